@@ -1,0 +1,510 @@
+//! Content-addressable blob bytes over [`object_store`].
+//!
+//! # Layout
+//!
+//! ```text
+//! blobs/<algorithm>/<first two hex chars>/<hex>   committed blobs, named by digest
+//! uploads/<upload id>/<part number, 8 digits>      staged bytes of an upload session
+//! ```
+//!
+//! The two-character shard keeps directories small on file systems (256 shards per algorithm).
+//!
+//! # Write path
+//!
+//! An upload session stores each request body (one OCI `PATCH`, or the body of a monolithic
+//! `PUT`) as one *part* object, streamed through a multipart upload so that a blob is never held
+//! whole in memory. The caller hashes the bytes while they stream ([`Cas::write_part`] feeds its
+//! [`Hasher`]). [`Cas::commit`] then publishes the parts under the digest's name: a single part is
+//! renamed into place (no copy); several parts are concatenated into a new object first. The
+//! rename is create-if-absent where the backend supports it, so two clients committing the same
+//! blob at once leave exactly one object.
+//!
+//! # Durability
+//!
+//! The local file system backend is opened with `fsync` on: a part's bytes and directory entry
+//! are on disk before `write_part` returns, and the rename into `blobs/` is fsynced (file and
+//! both directories) before `commit` returns. Remote stores confirm a put before returning. So
+//! when `commit` returns `Ok`, the bytes are durable, and only then may the index say the blob
+//! exists.
+
+mod read;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use stowage_core::{Digest, Hasher};
+
+pub use read::BlobStream;
+
+/// Errors from the blob store. Each says what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    /// The backend failed.
+    #[error("blob store: {context}: {source}")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Reading the client's request body failed (disconnect, timeout).
+    #[error("reading request body: {0}")]
+    Body(String),
+    /// The upload grew beyond the configured maximum blob size.
+    #[error("blob exceeds the maximum size of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// No such blob in the store.
+    #[error("blob {0} not found in the blob store")]
+    NotFound(Digest),
+    /// A requested range does not fit the blob.
+    #[error("range {start}..{end} outside blob of {size} bytes")]
+    Range {
+        /// Requested start.
+        start: u64,
+        /// Requested end (exclusive).
+        end: u64,
+        /// Blob size.
+        size: u64,
+    },
+    /// Bytes read back do not hash to their name.
+    #[error("blob {expected} is corrupt: its bytes hash to {actual}")]
+    Corrupt {
+        /// The name.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// Local file I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn be_err(context: impl Into<String>) -> impl FnOnce(object_store::Error) -> CasError {
+    let context = context.into();
+    move |source| CasError::Backend { context, source }
+}
+
+/// Which backend holds the bytes.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// Local file system under `root` (the default: `<data dir>/blobs`).
+    Filesystem {
+        /// Root folder.
+        root: PathBuf,
+    },
+    /// In memory (tests).
+    Memory,
+    /// Any other `object_store` implementation (S3, GCS, Azure), built by the caller.
+    Custom(Arc<dyn ObjectStore>),
+}
+
+/// Tuning of the blob store.
+#[derive(Clone, Debug)]
+pub struct CasOptions {
+    /// Size of each multipart part buffered in memory before it is written.
+    pub part_size: usize,
+    /// Parts of one upload written concurrently (memory per upload is about
+    /// `part_size * (max_parts_in_flight + 1)`).
+    pub max_parts_in_flight: usize,
+    /// Hash full-blob reads and fail the stream if the bytes do not match their digest.
+    pub verify_reads: bool,
+}
+
+impl Default for CasOptions {
+    fn default() -> Self {
+        Self {
+            part_size: 1024 * 1024,
+            max_parts_in_flight: 2,
+            verify_reads: true,
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The bytes were published under the digest.
+    Stored,
+    /// An object with that digest already existed; the staged bytes were discarded.
+    AlreadyPresent,
+}
+
+/// The blob store.
+#[derive(Clone, Debug)]
+pub struct Cas {
+    store: Arc<dyn ObjectStore>,
+    opts: CasOptions,
+    /// Local root when the backend is the file system (used for cleanup of stray staging).
+    local_root: Option<PathBuf>,
+}
+
+/// The object path of a committed blob.
+pub fn blob_path(digest: &Digest) -> Path {
+    let hex = digest.hex();
+    Path::from(format!(
+        "blobs/{}/{}/{}",
+        digest.algorithm().as_str(),
+        &hex[..2],
+        hex
+    ))
+}
+
+fn part_path(upload: &str, part: u32) -> Path {
+    Path::from(format!("uploads/{upload}/{part:08}"))
+}
+
+fn combined_path(upload: &str) -> Path {
+    Path::from(format!("uploads/{upload}/combined"))
+}
+
+impl Cas {
+    /// Opens the blob store on `backend`.
+    pub fn open(backend: Backend, opts: CasOptions) -> Result<Cas, CasError> {
+        let (store, local_root): (Arc<dyn ObjectStore>, _) = match backend {
+            Backend::Filesystem { root } => {
+                std::fs::create_dir_all(&root).map_err(|source| CasError::Io {
+                    context: format!("creating blob root {}", root.display()),
+                    source,
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(&root)
+                    .map_err(be_err(format!("opening {}", root.display())))?
+                    .with_fsync(true)
+                    .with_automatic_cleanup(true);
+                (Arc::new(fs), Some(root))
+            }
+            Backend::Memory => (Arc::new(InMemory::new()), None),
+            Backend::Custom(store) => (store, None),
+        };
+        Ok(Cas {
+            store,
+            opts,
+            local_root,
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &CasOptions {
+        &self.opts
+    }
+
+    /// Streams `body` into part `part` of upload `upload`, feeding every byte to `hasher`.
+    ///
+    /// At most `limit` bytes are accepted (`CasError::TooLarge` beyond, and the part is dropped).
+    /// Returns the number of bytes written. On any error nothing of this part remains, but
+    /// `hasher` may have seen some of its bytes: the caller must then rebuild its hash state
+    /// from the parts that exist ([`Cas::rehash_parts`]).
+    pub async fn write_part<S, E>(
+        &self,
+        upload: &str,
+        part: u32,
+        mut body: S,
+        hasher: &mut Hasher,
+        limit: u64,
+    ) -> Result<u64, CasError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let path = part_path(upload, part);
+        let multipart = self
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(be_err(format!("starting part {path}")))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
+        let mut written: u64 = 0;
+        let result: Result<(), CasError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
+                written += chunk.len() as u64;
+                if written > limit {
+                    return Err(CasError::TooLarge { limit });
+                }
+                hasher.update(&chunk);
+                writer
+                    .wait_for_capacity(self.opts.max_parts_in_flight)
+                    .await
+                    .map_err(be_err(format!("writing part {path}")))?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) if written == 0 => {
+                // Nothing arrived: leave no empty part behind.
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(part = %path, error = %abort, "aborting empty part");
+                }
+                Ok(0)
+            }
+            Ok(()) => {
+                writer
+                    .finish()
+                    .await
+                    .map_err(be_err(format!("completing part {path}")))?;
+                Ok(written)
+            }
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(part = %path, error = %abort, "aborting failed part");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Rebuilds the hash state of an upload from its stored parts (after a restart or a failed
+    /// append). Returns the hasher and the total size.
+    pub async fn rehash_parts(
+        &self,
+        upload: &str,
+        parts: &[u32],
+        algorithm: stowage_core::Algorithm,
+    ) -> Result<(Hasher, u64), CasError> {
+        let mut hasher = Hasher::new(algorithm);
+        let mut size = 0;
+        for part in parts {
+            let path = part_path(upload, *part);
+            let mut stream = read::open(&self.store, &path, None)
+                .await
+                .map_err(be_err(format!("reading part {path}")))?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(be_err(format!("reading part {path}")))?;
+                size += chunk.len() as u64;
+                hasher.update(&chunk);
+            }
+        }
+        Ok((hasher, size))
+    }
+
+    /// Sizes of the parts stored for `upload` (missing parts are absent from the result).
+    pub async fn part_size(&self, upload: &str, part: u32) -> Result<Option<u64>, CasError> {
+        let path = part_path(upload, part);
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(be_err(format!("stat of part {path}"))(e)),
+        }
+    }
+
+    /// Publishes the parts of `upload` as blob `digest`, which the caller has verified, and
+    /// removes the parts. Durable when it returns `Ok`.
+    pub async fn commit(
+        &self,
+        upload: &str,
+        parts: &[u32],
+        digest: &Digest,
+    ) -> Result<CommitOutcome, CasError> {
+        let target = blob_path(digest);
+        let source = match parts {
+            [] => {
+                // An empty blob: publish an empty object.
+                let staged = combined_path(upload);
+                self.store
+                    .put(&staged, Bytes::new().into())
+                    .await
+                    .map_err(be_err(format!("staging empty blob {digest}")))?;
+                staged
+            }
+            [only] => part_path(upload, *only),
+            many => self.concatenate(upload, many).await?,
+        };
+        let outcome = match self.store.rename_if_not_exists(&source, &target).await {
+            Ok(()) => CommitOutcome::Stored,
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                self.delete_quiet(&source).await;
+                CommitOutcome::AlreadyPresent
+            }
+            Err(object_store::Error::NotSupported { .. })
+            | Err(object_store::Error::NotImplemented { .. }) => {
+                // Backends without create-if-absent: content addressing makes an overwrite by
+                // identical bytes harmless, but skip it when the object is already there.
+                if self.size(digest).await?.is_some() {
+                    self.delete_quiet(&source).await;
+                    CommitOutcome::AlreadyPresent
+                } else {
+                    self.store
+                        .rename(&source, &target)
+                        .await
+                        .map_err(be_err(format!("publishing blob {digest}")))?;
+                    CommitOutcome::Stored
+                }
+            }
+            Err(e) => return Err(be_err(format!("publishing blob {digest}"))(e)),
+        };
+        self.abort(upload, parts).await;
+        Ok(outcome)
+    }
+
+    async fn concatenate(&self, upload: &str, parts: &[u32]) -> Result<Path, CasError> {
+        let staged = combined_path(upload);
+        let multipart = self
+            .store
+            .put_multipart(&staged)
+            .await
+            .map_err(be_err(format!("starting {staged}")))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
+        for part in parts {
+            let path = part_path(upload, *part);
+            let mut stream = read::open(&self.store, &path, None)
+                .await
+                .map_err(be_err(format!("reading part {path}")))?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(be_err(format!("reading part {path}")))?;
+                writer
+                    .wait_for_capacity(self.opts.max_parts_in_flight)
+                    .await
+                    .map_err(be_err(format!("writing {staged}")))?;
+                writer.put(chunk);
+            }
+        }
+        writer
+            .finish()
+            .await
+            .map_err(be_err(format!("completing {staged}")))?;
+        Ok(staged)
+    }
+
+    /// Removes every staged object of `upload` (best effort; stray staging is also swept on
+    /// start by [`Cas::remove_stray_uploads`]).
+    pub async fn abort(&self, upload: &str, parts: &[u32]) {
+        for part in parts {
+            self.delete_quiet(&part_path(upload, *part)).await;
+        }
+        self.delete_quiet(&combined_path(upload)).await;
+        if let Some(root) = &self.local_root {
+            let dir = root.join("uploads").join(upload);
+            // Only succeeds when empty; leftovers are handled by the start-up sweep.
+            let _ = tokio::fs::remove_dir(&dir).await;
+        }
+    }
+
+    async fn delete_quiet(&self, path: &Path) {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(%path, error = %e, "removing staged object"),
+        }
+    }
+
+    /// Removes staging of uploads that are not in `live` (after a crash or restart).
+    pub async fn remove_stray_uploads(
+        &self,
+        live: &std::collections::HashSet<String>,
+    ) -> Result<usize, CasError> {
+        if let Some(root) = &self.local_root {
+            // The local backend also leaves `#`-suffixed temporary files of interrupted parts,
+            // which listing through object_store does not show: sweep the folders directly.
+            let uploads = root.join("uploads");
+            let mut removed = 0;
+            let mut entries = match tokio::fs::read_dir(&uploads).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(source) => {
+                    return Err(CasError::Io {
+                        context: format!("listing {}", uploads.display()),
+                        source,
+                    })
+                }
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(|source| CasError::Io {
+                context: format!("listing {}", uploads.display()),
+                source,
+            })? {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !live.contains(&name) {
+                    tokio::fs::remove_dir_all(entry.path())
+                        .await
+                        .map_err(|source| CasError::Io {
+                            context: format!("removing stray upload {}", entry.path().display()),
+                            source,
+                        })?;
+                    removed += 1;
+                }
+            }
+            return Ok(removed);
+        }
+        let mut listing = self.store.list(Some(&Path::from("uploads")));
+        let mut stray = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(be_err("listing uploads"))?;
+            let id = meta.location.parts().nth(1).map(|p| p.as_ref().to_string());
+            if let Some(id) = id {
+                if !live.contains(&id) {
+                    stray.push(meta.location);
+                }
+            }
+        }
+        let n = stray.len();
+        for path in stray {
+            self.delete_quiet(&path).await;
+        }
+        Ok(n)
+    }
+
+    /// The stored size of a blob, or `None` when the store has no such object.
+    pub async fn size(&self, digest: &Digest) -> Result<Option<u64>, CasError> {
+        match self.store.head(&blob_path(digest)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(be_err(format!("stat of blob {digest}"))(e)),
+        }
+    }
+
+    /// Streams blob `digest` (of `size` bytes, as the index records it), whole or the byte range
+    /// `range` (end exclusive). Whole reads are verified against the digest when
+    /// `verify_reads` is on: corrupt bytes end the stream with [`CasError::Corrupt`].
+    pub async fn read(
+        &self,
+        digest: &Digest,
+        size: u64,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<BlobStream, CasError> {
+        if let Some(r) = &range {
+            if r.start >= r.end || r.end > size {
+                return Err(CasError::Range {
+                    start: r.start,
+                    end: r.end,
+                    size,
+                });
+            }
+        }
+        let path = blob_path(digest);
+        let verify = self.opts.verify_reads && range.is_none();
+        let stream = match read::open(&self.store, &path, range).await {
+            Ok(s) => s,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(CasError::NotFound(digest.clone()))
+            }
+            Err(e) => return Err(be_err(format!("reading blob {digest}"))(e)),
+        };
+        Ok(read::wrap(stream, digest.clone(), verify))
+    }
+
+    /// Deletes a blob's bytes. Deleting an absent blob is not an error.
+    pub async fn delete(&self, digest: &Digest) -> Result<(), CasError> {
+        match self.store.delete(&blob_path(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(be_err(format!("deleting blob {digest}"))(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,696 @@
+//! The reference index: repositories, tags, manifests, blob states, reverse references,
+//! referrers, upload sessions and the ordered change feed, in RocksDB.
+//!
+//! Every change goes through [`Index::commit`], which writes one [`Batch`] together with its
+//! change-feed entries in a single synced RocksDB write. Feed sequence numbers are allocated under
+//! the commit lock, so the feed's order is the commit order and a reader that has seen sequence
+//! `n` has seen every change up to `n`.
+//!
+//! The index knows nothing of HTTP, gRPC or of the rules that decide what may be written (that is
+//! `stowage-store`'s job); it offers typed reads and a typed batch builder.
+
+pub mod keys;
+pub mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rocksdb::{
+    BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode,
+    MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+use stowage_core::{Descriptor, Digest, RepoName};
+
+pub use records::{
+    BlobRecord, BlobState, Event, EventKind, ManifestRecord, RefKind, RepoRecord, TagRecord,
+    UploadRecord,
+};
+
+/// On-disk format version written at creation and checked at every open.
+pub const FORMAT_VERSION: u32 = 1;
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+/// Column family names.
+mod cf {
+    pub const META: &str = "meta";
+    pub const BLOBS: &str = "blobs";
+    pub const REPO_BLOBS: &str = "repo_blobs";
+    pub const REPOS: &str = "repos";
+    pub const TAGS: &str = "tags";
+    pub const MANIFESTS: &str = "manifests";
+    pub const MANIFEST_BYTES: &str = "manifest_bytes";
+    pub const REFS: &str = "refs";
+    pub const REFERRERS: &str = "referrers";
+    pub const UPLOADS: &str = "uploads";
+    pub const FEED: &str = "feed";
+    pub const ALL: [&str; 11] = [
+        META,
+        BLOBS,
+        REPO_BLOBS,
+        REPOS,
+        TAGS,
+        MANIFESTS,
+        MANIFEST_BYTES,
+        REFS,
+        REFERRERS,
+        UPLOADS,
+        FEED,
+    ];
+}
+
+const META_FORMAT: &[u8] = b"format_version";
+const META_SEQ: &[u8] = b"feed_seq";
+
+/// Index errors. Every variant says what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// RocksDB failed.
+    #[error("rocksdb: {context}: {source}")]
+    Db {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// Stored bytes did not decode.
+    #[error("index corrupt: {0}")]
+    Corrupt(String),
+    /// The database was written by an incompatible version.
+    #[error("index at {path} has format version {found}, this build reads {expected}")]
+    FormatVersion {
+        /// Where.
+        path: PathBuf,
+        /// Found on disk.
+        found: String,
+        /// What this build reads.
+        expected: u32,
+    },
+}
+
+fn db_err(context: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> IndexError {
+    let context = context.into();
+    move |source| IndexError::Db { context, source }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, IndexError> {
+    serde_json::from_slice(bytes).map_err(|e| IndexError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain records cannot fail (no maps with non-string keys, no I/O).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Options for opening the index.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// fsync the WAL on every commit (default true). Off only for benchmarks and bulk loads.
+    pub sync_writes: bool,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self { sync_writes: true }
+    }
+}
+
+/// The open index.
+pub struct Index {
+    db: Db,
+    path: PathBuf,
+    /// Next feed sequence number to allocate; held for the whole commit so the feed is ordered.
+    next_seq: Mutex<u64>,
+    sync_writes: bool,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("path", &self.path).finish()
+    }
+}
+
+/// A change being assembled. Nothing is visible until [`Index::commit`].
+pub struct Batch {
+    events: Vec<Event>,
+    ops: Vec<Op>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("ops", &self.ops.len())
+            .field("events", &self.events.len())
+            .finish()
+    }
+}
+
+/// Operations are recorded and applied at commit time (so the builder needs no borrow of the DB).
+enum Op {
+    Put(&'static str, Vec<u8>, Vec<u8>),
+    Delete(&'static str, Vec<u8>),
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self {
+            events: Vec::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.events.is_empty()
+    }
+
+    fn put(&mut self, cf: &'static str, k: Vec<u8>, v: Vec<u8>) {
+        self.ops.push(Op::Put(cf, k, v));
+    }
+
+    fn del(&mut self, cf: &'static str, k: Vec<u8>) {
+        self.ops.push(Op::Delete(cf, k));
+    }
+
+    /// Records a change-feed event, written with this batch.
+    pub fn event(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// Sets a blob's record.
+    pub fn put_blob(&mut self, digest: &Digest, rec: &BlobRecord) {
+        self.put(cf::BLOBS, keys::digest_key(digest), encode(rec));
+    }
+
+    /// Removes a blob's record entirely.
+    pub fn delete_blob(&mut self, digest: &Digest) {
+        self.del(cf::BLOBS, keys::digest_key(digest));
+    }
+
+    /// Links a blob into a repository.
+    pub fn link_blob(&mut self, repo: &RepoName, digest: &Digest, at_ms: u64) {
+        self.put(
+            cf::REPO_BLOBS,
+            keys::repo_digest(repo, digest),
+            at_ms.to_be_bytes().to_vec(),
+        );
+    }
+
+    /// Unlinks a blob from a repository.
+    pub fn unlink_blob(&mut self, repo: &RepoName, digest: &Digest) {
+        self.del(cf::REPO_BLOBS, keys::repo_digest(repo, digest));
+    }
+
+    /// Adds a repository to the catalog.
+    pub fn put_repo(&mut self, repo: &RepoName, rec: &RepoRecord) {
+        self.put(cf::REPOS, repo.as_str().as_bytes().to_vec(), encode(rec));
+    }
+
+    /// Points a tag at a manifest.
+    pub fn put_tag(&mut self, repo: &RepoName, tag: &str, rec: &TagRecord) {
+        self.put(cf::TAGS, keys::repo_tag(repo, tag), encode(rec));
+    }
+
+    /// Removes a tag.
+    pub fn delete_tag(&mut self, repo: &RepoName, tag: &str) {
+        self.del(cf::TAGS, keys::repo_tag(repo, tag));
+    }
+
+    /// Stores a manifest record for a repository.
+    pub fn put_manifest(&mut self, repo: &RepoName, digest: &Digest, rec: &ManifestRecord) {
+        self.put(cf::MANIFESTS, keys::repo_digest(repo, digest), encode(rec));
+    }
+
+    /// Removes a repository's manifest record.
+    pub fn delete_manifest(&mut self, repo: &RepoName, digest: &Digest) {
+        self.del(cf::MANIFESTS, keys::repo_digest(repo, digest));
+    }
+
+    /// Stores the exact bytes of a manifest (shared by every repository that holds it).
+    pub fn put_manifest_bytes(&mut self, digest: &Digest, bytes: &[u8]) {
+        self.put(cf::MANIFEST_BYTES, keys::digest_key(digest), bytes.to_vec());
+    }
+
+    /// Removes the exact bytes of a manifest.
+    pub fn delete_manifest_bytes(&mut self, digest: &Digest) {
+        self.del(cf::MANIFEST_BYTES, keys::digest_key(digest));
+    }
+
+    /// Records that `manifest` in `repo` references `target`.
+    pub fn put_ref(&mut self, target: &Digest, repo: &RepoName, manifest: &Digest, kind: RefKind) {
+        self.put(
+            cf::REFS,
+            keys::reference(target, repo, manifest),
+            vec![kind as u8],
+        );
+    }
+
+    /// Removes a reverse reference.
+    pub fn delete_ref(&mut self, target: &Digest, repo: &RepoName, manifest: &Digest) {
+        self.del(cf::REFS, keys::reference(target, repo, manifest));
+    }
+
+    /// Records `referrer` as a referrer of `subject` in `repo`.
+    pub fn put_referrer(
+        &mut self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+        desc: &Descriptor,
+    ) {
+        self.put(
+            cf::REFERRERS,
+            keys::referrer(repo, subject, referrer),
+            encode(desc),
+        );
+    }
+
+    /// Removes a referrer entry.
+    pub fn delete_referrer(&mut self, repo: &RepoName, subject: &Digest, referrer: &Digest) {
+        self.del(cf::REFERRERS, keys::referrer(repo, subject, referrer));
+    }
+
+    /// Records an upload session.
+    pub fn put_upload(&mut self, id: &str, rec: &UploadRecord) {
+        self.put(cf::UPLOADS, id.as_bytes().to_vec(), encode(rec));
+    }
+
+    /// Removes an upload session.
+    pub fn delete_upload(&mut self, id: &str) {
+        self.del(cf::UPLOADS, id.as_bytes().to_vec());
+    }
+}
+
+impl Index {
+    /// Opens (creating if absent) the index at `path`.
+    pub fn open(path: &Path, opts: IndexOptions) -> Result<Index, IndexError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        db_opts.set_keep_log_file_num(4);
+        let descriptors = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = Db::open_cf_descriptors(&db_opts, path, descriptors)
+            .map_err(db_err(format!("opening index at {}", path.display())))?;
+        let index = Index {
+            db,
+            path: path.to_path_buf(),
+            next_seq: Mutex::new(0),
+            sync_writes: opts.sync_writes,
+        };
+        index.check_format()?;
+        let last = index.last_seq()?;
+        *index.lock_seq() = last + 1;
+        Ok(index)
+    }
+
+    fn check_format(&self) -> Result<(), IndexError> {
+        let meta = self.cf(cf::META)?;
+        let found = self
+            .db
+            .get_cf(&meta, META_FORMAT)
+            .map_err(db_err("reading format version"))?;
+        match found {
+            None => {
+                let mut opts = WriteOptions::default();
+                opts.set_sync(true);
+                self.db
+                    .put_cf_opt(&meta, META_FORMAT, FORMAT_VERSION.to_string(), &opts)
+                    .map_err(db_err("writing format version"))?;
+                Ok(())
+            }
+            Some(v) if v == FORMAT_VERSION.to_string().as_bytes() => Ok(()),
+            Some(v) => Err(IndexError::FormatVersion {
+                path: self.path.clone(),
+                found: String::from_utf8_lossy(&v).into_owned(),
+                expected: FORMAT_VERSION,
+            }),
+        }
+    }
+
+    fn lock_seq(&self) -> std::sync::MutexGuard<'_, u64> {
+        // A panic while holding this lock cannot leave the counter inconsistent (it is only
+        // advanced after a successful write), so a poisoned lock is safe to reuse.
+        self.next_seq
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cf(&self, name: &str) -> Result<std::sync::Arc<BoundColumnFamily<'_>>, IndexError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| IndexError::Corrupt(format!("column family {name} missing")))
+    }
+
+    /// Where the index lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `batch` and its events atomically, returning the sequence number of the last event
+    /// written (or the current last sequence when the batch has no events).
+    pub fn commit(&self, mut batch: Batch) -> Result<u64, IndexError> {
+        let mut next = self.lock_seq();
+        let mut wb = WriteBatch::default();
+        for op in batch.ops.drain(..) {
+            match op {
+                Op::Put(name, k, v) => wb.put_cf(&self.cf(name)?, k, v),
+                Op::Delete(name, k) => wb.delete_cf(&self.cf(name)?, k),
+            }
+        }
+        let mut seq = *next;
+        let feed = self.cf(cf::FEED)?;
+        for event in &batch.events {
+            wb.put_cf(&feed, keys::seq(seq), encode(event));
+            seq += 1;
+        }
+        if !batch.events.is_empty() {
+            wb.put_cf(&self.cf(cf::META)?, META_SEQ, (seq - 1).to_be_bytes());
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync_writes);
+        self.db
+            .write_opt(wb, &opts)
+            .map_err(db_err("committing batch"))?;
+        *next = seq;
+        Ok(seq - 1)
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, IndexError> {
+        let cf = self.cf(name)?;
+        match self
+            .db
+            .get_pinned_cf(&cf, key)
+            .map_err(db_err(format!("reading {name}")))?
+        {
+            Some(v) => Ok(Some(decode(name, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn exists(&self, name: &'static str, key: &[u8]) -> Result<bool, IndexError> {
+        let cf = self.cf(name)?;
+        Ok(self
+            .db
+            .get_pinned_cf(&cf, key)
+            .map_err(db_err(format!("reading {name}")))?
+            .is_some())
+    }
+
+    /// Visits `(key, value)` pairs starting at `start` while keys start with `prefix`; `visit`
+    /// returns false to stop.
+    fn scan(
+        &self,
+        name: &'static str,
+        prefix: &[u8],
+        start: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, IndexError>,
+    ) -> Result<(), IndexError> {
+        let cf = self.cf(name)?;
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let iter = self
+            .db
+            .iterator_cf_opt(&cf, ro, IteratorMode::From(start, Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(db_err(format!("scanning {name}")))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last feed sequence number written (0 when the feed is empty).
+    pub fn last_seq(&self) -> Result<u64, IndexError> {
+        let meta = self.cf(cf::META)?;
+        match self
+            .db
+            .get_cf(&meta, META_SEQ)
+            .map_err(db_err("reading feed sequence"))?
+        {
+            Some(v) => keys::take_seq(&v),
+            None => Ok(0),
+        }
+    }
+
+    /// A blob's record.
+    pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, IndexError> {
+        self.get(cf::BLOBS, &keys::digest_key(digest))
+    }
+
+    /// Whether `digest` is linked into `repo`.
+    pub fn repo_has_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, IndexError> {
+        self.exists(cf::REPO_BLOBS, &keys::repo_digest(repo, digest))
+    }
+
+    /// Repositories a blob is linked into.
+    pub fn blob_links(&self, digest: &Digest) -> Result<Vec<RepoName>, IndexError> {
+        // repo_blobs is keyed repo-first; a blob-first lookup scans repos. This is only used by
+        // tests and tools; the hot paths ask `repo_has_blob`.
+        let mut out = Vec::new();
+        for repo in self.repos(None, usize::MAX)? {
+            if self.repo_has_blob(&repo, digest)? {
+                out.push(repo);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the repository is in the catalog.
+    pub fn repo_exists(&self, repo: &RepoName) -> Result<bool, IndexError> {
+        self.exists(cf::REPOS, repo.as_str().as_bytes())
+    }
+
+    /// Catalog page: repository names after `last`, at most `n`, in lexical order.
+    pub fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<RepoName>, IndexError> {
+        let mut out = Vec::new();
+        let start = match last {
+            // Start just after `last`.
+            Some(l) => {
+                let mut s = l.as_bytes().to_vec();
+                s.push(0);
+                s
+            }
+            None => Vec::new(),
+        };
+        if n == 0 {
+            return Ok(out);
+        }
+        self.scan(cf::REPOS, b"", &start, |k, _| {
+            let name = std::str::from_utf8(k)
+                .map_err(|e| IndexError::Corrupt(format!("repo key: {e}")))?;
+            out.push(
+                RepoName::parse(name)
+                    .map_err(|e| IndexError::Corrupt(format!("repo key: {e}")))?,
+            );
+            Ok(out.len() < n)
+        })?;
+        Ok(out)
+    }
+
+    /// What a tag points at.
+    pub fn tag(&self, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, IndexError> {
+        self.get(cf::TAGS, &keys::repo_tag(repo, tag))
+    }
+
+    /// Tags of a repository after `last`, at most `n`, in lexical (byte) order.
+    pub fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<(String, TagRecord)>, IndexError> {
+        let prefix = keys::repo_prefix(repo);
+        let start = match last {
+            Some(l) => {
+                let mut s = keys::repo_tag(repo, l);
+                s.push(0);
+                s
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        if n == 0 {
+            return Ok(out);
+        }
+        self.scan(cf::TAGS, &prefix, &start, |k, v| {
+            let tag = std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|e| IndexError::Corrupt(format!("tag key: {e}")))?;
+            out.push((tag.to_string(), decode("tags", v)?));
+            Ok(out.len() < n)
+        })?;
+        Ok(out)
+    }
+
+    /// Tags in `repo` that point at `digest`.
+    pub fn tags_pointing_at(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<String>, IndexError> {
+        Ok(self
+            .tags(repo, None, usize::MAX)?
+            .into_iter()
+            .filter(|(_, rec)| &rec.digest == digest)
+            .map(|(t, _)| t)
+            .collect())
+    }
+
+    /// A repository's manifest record.
+    pub fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, IndexError> {
+        self.get(cf::MANIFESTS, &keys::repo_digest(repo, digest))
+    }
+
+    /// All manifests of a repository.
+    pub fn manifests(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Vec<(Digest, ManifestRecord)>, IndexError> {
+        let prefix = keys::repo_prefix(repo);
+        let mut out = Vec::new();
+        self.scan(cf::MANIFESTS, &prefix, &prefix, |k, v| {
+            let (d, _) = keys::take_digest(&k[prefix.len()..])?;
+            out.push((d, decode("manifests", v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// The exact bytes of a manifest.
+    pub fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, IndexError> {
+        let cf = self.cf(cf::MANIFEST_BYTES)?;
+        self.db
+            .get_cf(&cf, keys::digest_key(digest))
+            .map_err(db_err("reading manifest bytes"))
+    }
+
+    /// Manifests (with their repository) that reference `target` as a blob or child.
+    pub fn referencing(
+        &self,
+        target: &Digest,
+    ) -> Result<Vec<(RepoName, Digest, RefKind)>, IndexError> {
+        let prefix = keys::digest_key(target);
+        let mut out = Vec::new();
+        self.scan(cf::REFS, &prefix, &prefix, |k, v| {
+            let (repo, rest) = keys::take_repo(&k[prefix.len()..])?;
+            let (manifest, _) = keys::take_digest(rest)?;
+            let kind = v
+                .first()
+                .and_then(|b| RefKind::from_byte(*b))
+                .ok_or_else(|| IndexError::Corrupt("bad ref kind".into()))?;
+            out.push((repo, manifest, kind));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Referrers of `subject` in `repo`, ordered by referrer digest.
+    pub fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, IndexError> {
+        let prefix = keys::repo_digest(repo, subject);
+        let mut out = Vec::new();
+        self.scan(cf::REFERRERS, &prefix, &prefix, |_, v| {
+            out.push(decode("referrers", v)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// An upload session.
+    pub fn upload(&self, id: &str) -> Result<Option<UploadRecord>, IndexError> {
+        self.get(cf::UPLOADS, id.as_bytes())
+    }
+
+    /// All upload sessions.
+    pub fn uploads(&self) -> Result<Vec<(String, UploadRecord)>, IndexError> {
+        let mut out = Vec::new();
+        self.scan(cf::UPLOADS, b"", b"", |k, v| {
+            let id = String::from_utf8(k.to_vec())
+                .map_err(|e| IndexError::Corrupt(format!("upload key: {e}")))?;
+            out.push((id, decode("uploads", v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// All blob records, in key order (for recovery and tools).
+    pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
+        let mut out = Vec::new();
+        self.scan(cf::BLOBS, b"", b"", |k, v| {
+            let (d, _) = keys::take_digest(k)?;
+            out.push((d, decode("blobs", v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Feed entries with sequence `>= from`, at most `limit`.
+    pub fn feed(&self, from: u64, limit: usize) -> Result<Vec<(u64, Event)>, IndexError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.scan(cf::FEED, b"", &keys::seq(from), |k, v| {
+            out.push((keys::take_seq(k)?, decode("feed", v)?));
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    fn estimate_keys(&self, name: &'static str) -> Result<u64, IndexError> {
+        let cf = self.cf(name)?;
+        Ok(self
+            .db
+            .property_int_value_cf(&cf, "rocksdb.estimate-num-keys")
+            .map_err(db_err(format!("estimating keys of {name}")))?
+            .unwrap_or(0))
+    }
+
+    /// Approximate number of blob records (RocksDB's estimate; cheap).
+    pub fn estimate_blobs(&self) -> Result<u64, IndexError> {
+        self.estimate_keys(cf::BLOBS)
+    }
+
+    /// Approximate number of manifest records across repositories.
+    pub fn estimate_manifests(&self) -> Result<u64, IndexError> {
+        self.estimate_keys(cf::MANIFESTS)
+    }
+
+    /// Flushes memtables and closes cleanly is done on drop; this forces a WAL sync for callers
+    /// that opened with `sync_writes = false`.
+    pub fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush_wal(true).map_err(db_err("syncing WAL"))?;
+        self.db.flush().map_err(db_err("flushing memtables"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use stowage_core::RepoName;
+
+fn open(dir: &Path) -> Index {
+    Index::open(dir, IndexOptions::default()).unwrap()
+}
+
+fn repo(s: &str) -> RepoName {
+    RepoName::parse(s).unwrap()
+}
+
+fn ev(kind: EventKind, r: &str) -> Event {
+    Event {
+        kind,
+        repo: r.into(),
+        digest: None,
+        tag: None,
+        ts_ms: 1,
+        actor: None,
+        origin: None,
+    }
+}
+
+#[test]
+fn batch_and_feed_commit_together_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Digest::sha256(b"x");
+    {
+        let idx = open(dir.path());
+        let mut b = Batch::new();
+        b.put_blob(
+            &d,
+            &BlobRecord {
+                size: 1,
+                state: BlobState::Present,
+                created_ms: 5,
+                updated_ms: 5,
+            },
+        );
+        b.link_blob(&repo("a/b"), &d, 5);
+        b.put_repo(&repo("a/b"), &RepoRecord { created_ms: 5 });
+        b.event(ev(EventKind::BlobPut, "a/b"));
+        b.event(ev(EventKind::BlobLinked, "a/b"));
+        assert_eq!(idx.commit(b).unwrap(), 2);
+        let mut b = Batch::new();
+        b.event(ev(EventKind::TagSet, "a/b"));
+        assert_eq!(idx.commit(b).unwrap(), 3);
+    }
+    let idx = open(dir.path());
+    assert_eq!(idx.last_seq().unwrap(), 3);
+    assert_eq!(idx.blob(&d).unwrap().unwrap().size, 1);
+    assert!(idx.repo_has_blob(&repo("a/b"), &d).unwrap());
+    assert!(!idx.repo_has_blob(&repo("a"), &d).unwrap());
+    let feed = idx.feed(2, 10).unwrap();
+    assert_eq!(feed.len(), 2);
+    assert_eq!(feed[0].0, 2);
+    assert_eq!(feed[1].1.kind, EventKind::TagSet);
+    // New commits continue the sequence after reopen.
+    let mut b = Batch::new();
+    b.event(ev(EventKind::TagDeleted, "a/b"));
+    assert_eq!(idx.commit(b).unwrap(), 4);
+}
+
+#[test]
+fn tags_page_in_byte_order_without_crossing_repos() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = open(dir.path());
+    let d = Digest::sha256(b"m");
+    let mut b = Batch::new();
+    for (r, t) in [("a", "v2"), ("a", "V1"), ("a", "latest"), ("a/b", "x"), ("a0", "y")] {
+        b.put_tag(
+            &repo(r),
+            t,
+            &TagRecord {
+                digest: d.clone(),
+                updated_ms: 1,
+            },
+        );
+    }
+    idx.commit(b).unwrap();
+    let names = |v: Vec<(String, TagRecord)>| v.into_iter().map(|(t, _)| t).collect::<Vec<_>>();
+    assert_eq!(
+        names(idx.tags(&repo("a"), None, 100).unwrap()),
+        ["V1", "latest", "v2"]
+    );
+    assert_eq!(names(idx.tags(&repo("a"), None, 2).unwrap()), ["V1", "latest"]);
+    assert_eq!(
+        names(idx.tags(&repo("a"), Some("latest"), 2).unwrap()),
+        ["v2"]
+    );
+    assert!(idx.tags(&repo("a"), Some("v2"), 2).unwrap().is_empty());
+    assert_eq!(names(idx.tags(&repo("a/b"), None, 9).unwrap()), ["x"]);
+    assert_eq!(idx.tags_pointing_at(&repo("a"), &d).unwrap().len(), 3);
+}
+
+#[test]
+fn catalog_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = open(dir.path());
+    let mut b = Batch::new();
+    for r in ["b", "a/x", "a", "c"] {
+        b.put_repo(&repo(r), &RepoRecord { created_ms: 0 });
+    }
+    idx.commit(b).unwrap();
+    let s = |v: Vec<RepoName>| v.into_iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    assert_eq!(s(idx.repos(None, 10).unwrap()), ["a", "a/x", "b", "c"]);
+    assert_eq!(s(idx.repos(Some("a"), 2).unwrap()), ["a/x", "b"]);
+    assert_eq!(s(idx.repos(Some("c"), 2).unwrap()), Vec::<String>::new());
+}
+
+#[test]
+fn references_and_referrers_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = open(dir.path());
+    let layer = Digest::sha256(b"layer");
+    let m1 = Digest::sha256(b"m1");
+    let m2 = Digest::sha256(b"m2");
+    let mut b = Batch::new();
+    b.put_ref(&layer, &repo("a"), &m1, RefKind::Blob);
+    b.put_ref(&layer, &repo("b"), &m2, RefKind::Blob);
+    b.put_ref(&m1, &repo("a"), &m2, RefKind::Child);
+    let desc = Descriptor {
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        digest: m2.clone(),
+        size: 10,
+        artifact_type: Some("application/x-sig".into()),
+        annotations: None,
+        urls: None,
+        platform: None,
+    };
+    b.put_referrer(&repo("a"), &m1, &m2, &desc);
+    idx.commit(b).unwrap();
+    let refs = idx.referencing(&layer).unwrap();
+    assert_eq!(refs.len(), 2);
+    assert!(refs.contains(&(repo("a"), m1.clone(), RefKind::Blob)));
+    assert_eq!(
+        idx.referencing(&m1).unwrap(),
+        vec![(repo("a"), m2.clone(), RefKind::Child)]
+    );
+    assert_eq!(idx.referrers(&repo("a"), &m1).unwrap(), vec![desc]);
+    assert!(idx.referrers(&repo("b"), &m1).unwrap().is_empty());
+    let mut b = Batch::new();
+    b.delete_ref(&layer, &repo("a"), &m1);
+    b.delete_referrer(&repo("a"), &m1, &m2);
+    idx.commit(b).unwrap();
+    assert_eq!(idx.referencing(&layer).unwrap().len(), 1);
+    assert!(idx.referrers(&repo("a"), &m1).unwrap().is_empty());
+}
+
+#[test]
+fn wrong_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let idx = open(dir.path());
+        let meta = idx.cf(cf::META).unwrap();
+        idx.db.put_cf(&meta, META_FORMAT, b"999").unwrap();
+    }
+    let err = Index::open(dir.path(), IndexOptions::default()).unwrap_err();
+    assert!(matches!(err, IndexError::FormatVersion { .. }), "{err}");
+}
