@@ -1,0 +1,82 @@
+//! The store's error type: one variant per outcome a client or operator must tell apart.
+//! `stowage-oci` maps each to its OCI error code and HTTP status.
+
+use stowage_cas::CasError;
+use stowage_core::Digest;
+use stowage_index::IndexError;
+
+/// Errors from store operations.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The blob is not known in this repository.
+    #[error("blob unknown to registry: {0}")]
+    BlobUnknown(Digest),
+    /// The upload session does not exist (or belongs to another repository).
+    #[error("blob upload unknown to registry: {0}")]
+    BlobUploadUnknown(String),
+    /// The upload is invalid (for example its body broke off).
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    /// The provided digest did not match the uploaded content, or is malformed.
+    #[error("provided digest did not match uploaded content: {0}")]
+    DigestInvalid(String),
+    /// A manifest references a blob or manifest that is not in the repository.
+    #[error("manifest references {0}, which is not in the repository")]
+    ManifestBlobUnknown(Digest),
+    /// The manifest is malformed.
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    /// No such manifest or tag.
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    /// The repository name is malformed.
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    /// The repository is not known.
+    #[error("repository name not known to registry: {0}")]
+    NameUnknown(String),
+    /// A tag or reference is malformed.
+    #[error("invalid tag: {0}")]
+    TagInvalid(String),
+    /// Content length or size does not match.
+    #[error("provided length did not match content length: {0}")]
+    SizeInvalid(String),
+    /// The blob is larger than the configured maximum.
+    #[error("blob exceeds the maximum size of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The operation is not supported.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A chunk did not start where the upload ended.
+    #[error("chunk starts at byte {got}, but the upload holds {expected} bytes")]
+    RangeInvalid {
+        /// Where the chunk said it starts.
+        got: u64,
+        /// Bytes the upload holds.
+        expected: u64,
+    },
+    /// A requested byte range does not fit the blob.
+    #[error("requested range not satisfiable: blob has {size} bytes")]
+    RangeNotSatisfiable {
+        /// Blob size.
+        size: u64,
+    },
+    /// Refused because other content depends on the target.
+    #[error("denied: {0}")]
+    Conflict(String),
+    /// The blob store failed.
+    #[error(transparent)]
+    Cas(#[from] CasError),
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Something that should be impossible (a bug or corrupt state), with context.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Shorthand.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,380 @@
+//! The one writer: every change to stored content goes through [`Store`].
+//!
+//! `Store` expresses registry operations (upload, mount, manifest put, tag, delete, pull) over the
+//! blob store (`stowage-cas`) and the index (`stowage-index`), and keeps the invariants that make
+//! the pair safe:
+//!
+//! * bytes are durable before the index says they exist (upload commit publishes, then indexes);
+//! * a manifest is accepted only if everything it references is present in the repository, and
+//!   the check and the index write happen under shared per-digest locks that any remover must
+//!   take exclusively ([`locks`]);
+//! * every index change is written together with its change-feed entry in one batch.
+
+pub mod error;
+pub mod locks;
+mod manifests;
+pub mod task;
+mod uploads;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use stowage_cas::{Backend, BlobStream, Cas, CasOptions};
+use stowage_core::{Clock, Digest, RepoName, SystemClock};
+use stowage_index::{Event, EventKind, Index, IndexOptions};
+
+pub use error::{Result, StoreError};
+pub use manifests::{ManifestContent, PutManifestOutcome};
+pub use uploads::UploadStatus;
+
+/// How the store is set up.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Folder holding the index (`index/`) and, for the file system backend, the blobs.
+    pub data_dir: PathBuf,
+    /// Where blob bytes live. `None` means the file system under `<data_dir>/blobs`.
+    pub backend: Option<Backend>,
+    /// Blob store tuning.
+    pub cas: CasOptions,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_size: u64,
+    /// fsync the index WAL on each commit.
+    pub sync_index: bool,
+    /// This site's name, recorded as the origin of feed events.
+    pub site: Option<String>,
+}
+
+impl StoreConfig {
+    /// Defaults for a data dir: file system backend, synced index, no blob size limit beyond
+    /// 1 TiB.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            backend: None,
+            cas: CasOptions::default(),
+            max_blob_size: 1 << 40,
+            sync_index: true,
+            site: None,
+        }
+    }
+}
+
+/// Size and digest of a stored blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A blob being read.
+#[derive(Debug)]
+pub struct BlobRead {
+    /// Total size of the blob.
+    pub size: u64,
+    /// The byte range being returned (end exclusive); the whole blob when no range was asked.
+    pub range: std::ops::Range<u64>,
+    /// The bytes.
+    pub stream: BlobStream,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cas: Cas,
+    index: Index,
+    clock: Arc<dyn Clock>,
+    locks: locks::DigestLocks,
+    sessions: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<uploads::Session>>>>,
+    config: StoreConfig,
+}
+
+impl Store {
+    /// Opens the store with the system clock.
+    pub async fn open(config: StoreConfig) -> Result<Store> {
+        Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Opens the store with `clock` (tests pass a manual clock).
+    pub async fn open_with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Store> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StoreError::Internal(format!(
+                "creating data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let backend = config.backend.clone().unwrap_or(Backend::Filesystem {
+            root: config.data_dir.join("blobs"),
+        });
+        let cas = Cas::open(backend, config.cas.clone())?;
+        let index = {
+            let path = config.data_dir.join("index");
+            let opts = IndexOptions {
+                sync_writes: config.sync_index,
+            };
+            tokio::task::spawn_blocking(move || Index::open(&path, opts))
+                .await
+                .map_err(|e| StoreError::Internal(format!("index open task: {e}")))??
+        };
+        let store = Store {
+            inner: Arc::new(Inner {
+                cas,
+                index,
+                clock,
+                locks: locks::DigestLocks::default(),
+                sessions: std::sync::Mutex::new(HashMap::new()),
+                config,
+            }),
+        };
+        store.recover().await?;
+        Ok(store)
+    }
+
+    /// Start-up repair: staging without a session record is removed (a crash between writing
+    /// bytes and recording the session, or after a session ended but before its staging was
+    /// removed).
+    async fn recover(&self) -> Result<()> {
+        let live: std::collections::HashSet<String> = self
+            .inner
+            .index
+            .uploads()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let removed = self.inner.cas.remove_stray_uploads(&live).await?;
+        if removed > 0 {
+            tracing::info!(removed, "removed stray upload staging");
+        }
+        Ok(())
+    }
+
+    /// The index (read access for GC, replication and tools).
+    pub fn index(&self) -> &Index {
+        &self.inner.index
+    }
+
+    /// The blob store.
+    pub fn cas(&self) -> &Cas {
+        &self.inner.cas
+    }
+
+    /// The per-digest locks (GC takes them exclusively).
+    pub fn locks(&self) -> &locks::DigestLocks {
+        &self.inner.locks
+    }
+
+    /// Current time from the store's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_millis()
+    }
+
+    /// Builds a feed event stamped with the clock and this site.
+    fn event(&self, kind: EventKind, repo: &RepoName) -> Event {
+        Event {
+            kind,
+            repo: repo.to_string(),
+            digest: None,
+            tag: None,
+            ts_ms: self.now_ms(),
+            actor: None,
+            origin: self.inner.config.site.clone(),
+        }
+    }
+
+    /// Runs a blocking index commit off the async workers.
+    async fn commit(&self, batch: stowage_index::Batch) -> Result<u64> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.inner.index.commit(batch))
+            .await
+            .map_err(|e| StoreError::Internal(format!("index commit task: {e}")))?
+            .map_err(StoreError::from)
+    }
+
+    /// Size of a blob linked into `repo`.
+    pub fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobInfo> {
+        let idx = &self.inner.index;
+        if !idx.repo_has_blob(repo, digest)? {
+            return Err(StoreError::BlobUnknown(digest.clone()));
+        }
+        match idx.blob(digest)? {
+            Some(rec) if rec.state == stowage_index::BlobState::Present => Ok(BlobInfo {
+                digest: digest.clone(),
+                size: rec.size,
+            }),
+            _ => Err(StoreError::BlobUnknown(digest.clone())),
+        }
+    }
+
+    /// Reads a blob linked into `repo`, whole or a byte range (end exclusive).
+    pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<BlobRead> {
+        let info = self.stat_blob(repo, digest)?;
+        if let Some(r) = &range {
+            if r.start >= info.size || r.end > info.size || r.start >= r.end {
+                return Err(StoreError::RangeNotSatisfiable { size: info.size });
+            }
+        }
+        let stream = match self.inner.cas.read(digest, info.size, range.clone()).await {
+            Ok(s) => s,
+            Err(stowage_cas::CasError::NotFound(d)) => {
+                // The index says present but the bytes are gone: that breaks invariant 3 and
+                // must be loud, not a quiet 404.
+                tracing::error!(digest = %d, "blob indexed as present has no bytes");
+                return Err(StoreError::Internal(format!(
+                    "blob {d} is indexed as present but its bytes are missing"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(BlobRead {
+            size: info.size,
+            range: range.unwrap_or(0..info.size),
+            stream,
+        })
+    }
+
+    /// Links an existing blob from repository `from` into `repo` (cross-repository mount, no
+    /// copy). Returns `None` when `from` does not hold the blob (the caller then starts a normal
+    /// upload).
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobInfo>> {
+        let _held = self.inner.locks.shared([digest]).await;
+        let info = match self.stat_blob(from, digest) {
+            Ok(info) => info,
+            Err(StoreError::BlobUnknown(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.link_present_blob(repo, digest, info.size).await?;
+        Ok(Some(info))
+    }
+
+    /// Records that `repo` holds blob `digest`, which is present. Caller holds the digest's
+    /// stripe (shared).
+    async fn link_present_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let idx = &self.inner.index;
+        if idx.repo_has_blob(repo, digest)? {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let mut batch = stowage_index::Batch::new();
+        batch.link_blob(repo, digest, now);
+        if let Some(mut rec) = idx.blob(digest)? {
+            rec.updated_ms = now;
+            rec.size = size;
+            batch.put_blob(digest, &rec);
+        }
+        self.ensure_repo(&mut batch, repo)?;
+        let mut ev = self.event(EventKind::BlobLinked, repo);
+        ev.digest = Some(digest.clone());
+        batch.event(ev);
+        self.commit(batch).await?;
+        Ok(())
+    }
+
+    fn ensure_repo(&self, batch: &mut stowage_index::Batch, repo: &RepoName) -> Result<()> {
+        if !self.inner.index.repo_exists(repo)? {
+            batch.put_repo(
+                repo,
+                &stowage_index::RepoRecord {
+                    created_ms: self.now_ms(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Unlinks a blob from `repo` (OCI blob DELETE). Refused while a manifest of the repository
+    /// references it, so no manifest ever points at a blob its repository cannot serve. The
+    /// bytes stay until garbage collection finds nothing else holds them.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let _held = self.inner.locks.exclusive([digest]).await;
+        let idx = &self.inner.index;
+        if !idx.repo_has_blob(repo, digest)? {
+            return Err(StoreError::BlobUnknown(digest.clone()));
+        }
+        if let Some((_, m, _)) = idx
+            .referencing(digest)?
+            .into_iter()
+            .find(|(r, _, _)| r == repo)
+        {
+            return Err(StoreError::Conflict(format!(
+                "blob {digest} is referenced by manifest {m} in {repo}; delete the manifest first"
+            )));
+        }
+        let mut batch = stowage_index::Batch::new();
+        batch.unlink_blob(repo, digest);
+        let mut ev = self.event(EventKind::BlobUnlinked, repo);
+        ev.digest = Some(digest.clone());
+        batch.event(ev);
+        self.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Tags of `repo`, after `last`, at most `n`, in lexical order.
+    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Vec<String>> {
+        let idx = &self.inner.index;
+        if !idx.repo_exists(repo)? {
+            return Err(StoreError::NameUnknown(repo.to_string()));
+        }
+        Ok(idx.tags(repo, last, n)?.into_iter().map(|(t, _)| t).collect())
+    }
+
+    /// Repositories after `last`, at most `n`, in lexical order.
+    pub fn catalog(&self, last: Option<&str>, n: usize) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .index
+            .repos(last, n)?
+            .into_iter()
+            .map(|r| r.to_string())
+            .collect())
+    }
+
+    /// Referrers of `subject` in `repo`, optionally only those of `artifact_type`.
+    pub fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<stowage_core::Descriptor>> {
+        let all = self.inner.index.referrers(repo, subject)?;
+        Ok(match artifact_type {
+            Some(t) => all
+                .into_iter()
+                .filter(|d| d.artifact_type.as_deref() == Some(t))
+                .collect(),
+            None => all,
+        })
+    }
+
+    /// Uploads a whole blob in one call (monolithic push): start, write, verify, commit.
+    pub async fn put_blob<S, E>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<BlobInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let status = self.start_upload(repo).await?;
+        self.finish_upload(repo, &status.id, digest, Some(body))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! Manifests and tags: put (with the reference check), get, delete, untag.
+
+use stowage_core::{parse_manifest, Descriptor, Digest, ManifestError, Reference, RepoName};
+use stowage_index::{Batch, BlobState, EventKind, ManifestRecord, RefKind, TagRecord};
+
+use crate::{Result, Store, StoreError};
+
+/// A manifest as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestContent {
+    /// Digest of the exact bytes.
+    pub digest: Digest,
+    /// Media type (served as `Content-Type`).
+    pub media_type: String,
+    /// The exact bytes received at push.
+    pub bytes: Vec<u8>,
+}
+
+/// What a manifest put did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutManifestOutcome {
+    /// Digest of the stored bytes.
+    pub digest: Digest,
+    /// The manifest's `subject`, if it has one (the HTTP layer echoes it as `OCI-Subject`).
+    pub subject: Option<Digest>,
+}
+
+fn map_manifest_error(e: ManifestError) -> StoreError {
+    match e {
+        ManifestError::UnsupportedMediaType(m) => {
+            StoreError::Unsupported(format!("manifest media type {m}"))
+        }
+        other => StoreError::ManifestInvalid(other.to_string()),
+    }
+}
+
+impl Store {
+    /// Stores a manifest under `reference` (a tag, which is then moved to it, or its digest).
+    ///
+    /// Accepted only if every blob and child manifest it references is present in `repo`; the
+    /// check and the index write happen under the shared locks of all referenced digests, so a
+    /// concurrent deletion either completes before (and the put fails with
+    /// [`StoreError::ManifestBlobUnknown`]) or waits until the references are recorded.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<PutManifestOutcome> {
+        let parsed = parse_manifest(content_type, &bytes).map_err(map_manifest_error)?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::compute(d.algorithm(), &bytes);
+                if &actual != d {
+                    return Err(StoreError::DigestInvalid(format!(
+                        "manifest bytes hash to {actual}, not {d}"
+                    )));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256(&bytes),
+        };
+        let blobs: Vec<&Descriptor> = parsed.blob_references();
+        let children: Vec<&Descriptor> = parsed.manifest_references();
+        let mut lock_set: Vec<&Digest> = blobs.iter().map(|d| &d.digest).collect();
+        lock_set.extend(children.iter().map(|d| &d.digest));
+        lock_set.push(&digest);
+        let _held = self.inner.locks.shared(lock_set).await;
+
+        let idx = &self.inner.index;
+        for desc in &blobs {
+            let present = idx.repo_has_blob(repo, &desc.digest)?
+                && matches!(idx.blob(&desc.digest)?, Some(r) if r.state == BlobState::Present);
+            if !present {
+                return Err(StoreError::ManifestBlobUnknown(desc.digest.clone()));
+            }
+            if let Some(rec) = idx.blob(&desc.digest)? {
+                if rec.size != desc.size {
+                    return Err(StoreError::ManifestInvalid(format!(
+                        "descriptor of {} says {} bytes, the blob has {}",
+                        desc.digest, desc.size, rec.size
+                    )));
+                }
+            }
+        }
+        for desc in &children {
+            match idx.manifest(repo, &desc.digest)? {
+                None => return Err(StoreError::ManifestBlobUnknown(desc.digest.clone())),
+                Some(rec) if rec.size != desc.size => {
+                    return Err(StoreError::ManifestInvalid(format!(
+                        "descriptor of {} says {} bytes, the manifest has {}",
+                        desc.digest, desc.size, rec.size
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+
+        let now = self.now_ms();
+        let mut batch = Batch::new();
+        self.ensure_repo(&mut batch, repo)?;
+        if idx.manifest(repo, &digest)?.is_none() {
+            if idx.manifest_bytes(&digest)?.is_none() {
+                batch.put_manifest_bytes(&digest, &bytes);
+            }
+            let record = ManifestRecord {
+                media_type: parsed.media_type.clone(),
+                size: bytes.len() as u64,
+                created_ms: now,
+                artifact_type: parsed.effective_artifact_type().map(str::to_string),
+                subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+                blobs: blobs.iter().map(|d| d.digest.clone()).collect(),
+                children: children.iter().map(|d| d.digest.clone()).collect(),
+                annotations: parsed.annotations.clone(),
+            };
+            batch.put_manifest(repo, &digest, &record);
+            for d in &record.blobs {
+                batch.put_ref(d, repo, &digest, RefKind::Blob);
+            }
+            for d in &record.children {
+                batch.put_ref(d, repo, &digest, RefKind::Child);
+            }
+            if let Some(subject) = &record.subject {
+                let desc = Descriptor {
+                    media_type: record.media_type.clone(),
+                    digest: digest.clone(),
+                    size: record.size,
+                    artifact_type: record.artifact_type.clone(),
+                    annotations: (!record.annotations.is_empty())
+                        .then(|| record.annotations.clone()),
+                    urls: None,
+                    platform: None,
+                };
+                batch.put_referrer(repo, subject, &digest, &desc);
+            }
+            let mut ev = self.event(EventKind::ManifestPut, repo);
+            ev.digest = Some(digest.clone());
+            batch.event(ev);
+        }
+        if let Reference::Tag(tag) = reference {
+            let current = idx.tag(repo, tag.as_str())?;
+            if current.map(|t| t.digest) != Some(digest.clone()) {
+                batch.put_tag(
+                    repo,
+                    tag.as_str(),
+                    &TagRecord {
+                        digest: digest.clone(),
+                        updated_ms: now,
+                    },
+                );
+                let mut ev = self.event(EventKind::TagSet, repo);
+                ev.digest = Some(digest.clone());
+                ev.tag = Some(tag.to_string());
+                batch.event(ev);
+            }
+        }
+        if !batch.is_empty() {
+            self.commit(batch).await?;
+        }
+        Ok(PutManifestOutcome {
+            digest,
+            subject: parsed.subject.map(|s| s.digest),
+        })
+    }
+
+    /// Resolves a reference to a manifest digest held by `repo`.
+    fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<(Digest, ManifestRecord)> {
+        let idx = &self.inner.index;
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => {
+                idx.tag(repo, t.as_str())?
+                    .ok_or_else(|| StoreError::ManifestUnknown(format!("{repo}:{t}")))?
+                    .digest
+            }
+        };
+        let rec = idx
+            .manifest(repo, &digest)?
+            .ok_or_else(|| StoreError::ManifestUnknown(format!("{repo}@{digest}")))?;
+        Ok((digest, rec))
+    }
+
+    /// Media type, size and digest of a manifest (HEAD).
+    pub fn stat_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, String, u64)> {
+        let (digest, rec) = self.resolve(repo, reference)?;
+        Ok((digest, rec.media_type, rec.size))
+    }
+
+    /// The exact bytes of a manifest.
+    pub fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestContent> {
+        let (digest, rec) = self.resolve(repo, reference)?;
+        let bytes = self.inner.index.manifest_bytes(&digest)?.ok_or_else(|| {
+            StoreError::Internal(format!("manifest {digest} is indexed but has no bytes"))
+        })?;
+        Ok(ManifestContent {
+            digest,
+            media_type: rec.media_type,
+            bytes,
+        })
+    }
+
+    /// Deletes by reference: a tag is removed (the manifest stays); a digest removes the
+    /// manifest from the repository with every tag that points at it. Refused while an index in
+    /// the repository references the manifest.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        match reference {
+            Reference::Tag(tag) => self.untag(repo, tag.as_str()).await,
+            Reference::Digest(digest) => self.delete_manifest_digest(repo, digest).await,
+        }
+    }
+
+    /// Removes a tag.
+    pub async fn untag(&self, repo: &RepoName, tag: &str) -> Result<()> {
+        let idx = &self.inner.index;
+        let current = idx
+            .tag(repo, tag)?
+            .ok_or_else(|| StoreError::ManifestUnknown(format!("{repo}:{tag}")))?;
+        let mut batch = Batch::new();
+        batch.delete_tag(repo, tag);
+        let mut ev = self.event(EventKind::TagDeleted, repo);
+        ev.tag = Some(tag.to_string());
+        ev.digest = Some(current.digest);
+        batch.event(ev);
+        self.commit(batch).await?;
+        Ok(())
+    }
+
+    async fn delete_manifest_digest(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let _held = self.inner.locks.exclusive([digest]).await;
+        let idx = &self.inner.index;
+        let rec = idx
+            .manifest(repo, digest)?
+            .ok_or_else(|| StoreError::ManifestUnknown(format!("{repo}@{digest}")))?;
+        if let Some((_, parent, _)) = idx
+            .referencing(digest)?
+            .into_iter()
+            .find(|(r, _, k)| r == repo && *k == RefKind::Child)
+        {
+            return Err(StoreError::Conflict(format!(
+                "manifest {digest} is a child of index {parent} in {repo}; delete the index first"
+            )));
+        }
+        let mut batch = Batch::new();
+        batch.delete_manifest(repo, digest);
+        for d in &rec.blobs {
+            batch.delete_ref(d, repo, digest);
+        }
+        for d in &rec.children {
+            batch.delete_ref(d, repo, digest);
+        }
+        if let Some(subject) = &rec.subject {
+            batch.delete_referrer(repo, subject, digest);
+        }
+        for tag in idx.tags_pointing_at(repo, digest)? {
+            batch.delete_tag(repo, &tag);
+            let mut ev = self.event(EventKind::TagDeleted, repo);
+            ev.tag = Some(tag);
+            ev.digest = Some(digest.clone());
+            batch.event(ev);
+        }
+        let mut ev = self.event(EventKind::ManifestDeleted, repo);
+        ev.digest = Some(digest.clone());
+        batch.event(ev);
+        self.commit(batch).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,342 @@
+#![allow(clippy::unwrap_used)]
+
+mod model;
+
+use super::*;
+use futures::TryStreamExt;
+use stowage_core::{Reference, Tag};
+
+pub(crate) fn body(data: &[u8]) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> + Unpin + Send {
+    let chunks: Vec<std::result::Result<Bytes, std::io::Error>> = data
+        .chunks(4096)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    futures::stream::iter(chunks)
+}
+
+pub(crate) fn no_body() -> Option<futures::stream::Iter<std::vec::IntoIter<std::result::Result<Bytes, std::io::Error>>>> {
+    None
+}
+
+pub(crate) fn repo(s: &str) -> RepoName {
+    RepoName::parse(s).unwrap()
+}
+
+pub(crate) fn tag(s: &str) -> Reference {
+    Reference::Tag(Tag::parse(s).unwrap())
+}
+
+pub(crate) async fn read(store: &Store, r: &RepoName, d: &Digest) -> Result<Vec<u8>> {
+    let b = store.read_blob(r, d, None).await?;
+    let chunks: Vec<Bytes> = b.stream.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+pub(crate) fn image(config: (&Digest, u64), layers: &[(&Digest, u64)]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(d, s)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": d.to_string(), "size": s
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config.0.to_string(), "size": config.1},
+        "layers": layers
+    }))
+    .unwrap()
+}
+
+async fn open(dir: &std::path::Path) -> Store {
+    Store::open(StoreConfig::new(dir)).await.unwrap()
+}
+
+#[tokio::test]
+async fn push_pull_dedup_and_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let data = b"hello layer".repeat(1000);
+    let d = Digest::sha256(&data);
+    let info = store.put_blob(&repo("a"), &d, body(&data)).await.unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(read(&store, &repo("a"), &d).await.unwrap(), data);
+    // Not visible in another repository until pushed or mounted there.
+    assert!(matches!(
+        store.stat_blob(&repo("b"), &d),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    // Mount: no copy, same bytes.
+    let m = store.mount_blob(&repo("b"), &repo("a"), &d).await.unwrap();
+    assert_eq!(m.unwrap().size, info.size);
+    assert_eq!(read(&store, &repo("b"), &d).await.unwrap(), data);
+    // Mount from a repository that lacks it: None.
+    let other = Digest::sha256(b"other");
+    assert!(store
+        .mount_blob(&repo("c"), &repo("a"), &other)
+        .await
+        .unwrap()
+        .is_none());
+    // Second push to another repo deduplicates: one object on disk.
+    store.put_blob(&repo("c"), &d, body(&data)).await.unwrap();
+    let blob_file = dir
+        .path()
+        .join("blobs")
+        .join(stowage_cas::blob_path(&d).as_ref());
+    assert!(blob_file.exists());
+    let count = walk_files(&dir.path().join("blobs/blobs"));
+    assert_eq!(count, 1, "one stored object for one digest");
+    assert_eq!(store.catalog(None, 10).unwrap(), ["a", "b", "c"]);
+}
+
+fn walk_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += walk_files(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn chunked_upload_checks_offsets_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let d = Digest::sha256(&data);
+    let id = {
+        let store = open(dir.path()).await;
+        let st = store.start_upload(&repo("x")).await.unwrap();
+        let st = store
+            .append_upload(&repo("x"), &st.id, Some(0), body(&data[..100_000]))
+            .await
+            .unwrap();
+        assert_eq!(st.size, 100_000);
+        let err = store
+            .append_upload(&repo("x"), &st.id, Some(5), body(&data[100_000..]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::RangeInvalid { got: 5, expected: 100_000 }));
+        // Wrong repository: unknown session.
+        assert!(matches!(
+            store.upload_status(&repo("y"), &st.id).await,
+            Err(StoreError::BlobUploadUnknown(_))
+        ));
+        st.id
+    };
+    // Restart: the session and its bytes persist; the hash is rebuilt from storage.
+    let store = open(dir.path()).await;
+    assert_eq!(store.upload_status(&repo("x"), &id).await.unwrap().size, 100_000);
+    store
+        .append_upload(&repo("x"), &id, Some(100_000), body(&data[100_000..200_000]))
+        .await
+        .unwrap();
+    let info = store
+        .finish_upload(&repo("x"), &id, &d, Some(body(&data[200_000..])))
+        .await
+        .unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(read(&store, &repo("x"), &d).await.unwrap(), data);
+    assert!(matches!(
+        store.upload_status(&repo("x"), &id).await,
+        Err(StoreError::BlobUploadUnknown(_))
+    ));
+}
+
+#[tokio::test]
+async fn digest_mismatch_discards_upload_and_keeps_existing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let good = b"good".to_vec();
+    let gd = Digest::sha256(&good);
+    store.put_blob(&repo("r"), &gd, body(&good)).await.unwrap();
+    let st = store.start_upload(&repo("r")).await.unwrap();
+    let err = store
+        .finish_upload(&repo("r"), &st.id, &gd, Some(body(b"evil")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DigestInvalid(_)), "{err}");
+    assert_eq!(read(&store, &repo("r"), &gd).await.unwrap(), good);
+    assert!(!dir.path().join("blobs/uploads").join(&st.id).exists());
+    // sha512 digests are verified with sha512.
+    let d512 = stowage_core::Digest::compute(stowage_core::Algorithm::Sha512, &good);
+    store.put_blob(&repo("r"), &d512, body(&good)).await.unwrap();
+    assert_eq!(read(&store, &repo("r"), &d512).await.unwrap(), good);
+}
+
+#[tokio::test]
+async fn manifest_requires_references_and_serves_exact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let cfg = b"{}".to_vec();
+    let layer = b"layer-bytes".to_vec();
+    let (cd, ld) = (Digest::sha256(&cfg), Digest::sha256(&layer));
+    let m = image((&cd, cfg.len() as u64), &[(&ld, layer.len() as u64)]);
+    store.put_blob(&repo("app"), &cd, body(&cfg)).await.unwrap();
+    let err = store
+        .put_manifest(&repo("app"), &tag("v1"), None, m.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ManifestBlobUnknown(ref d) if *d == ld), "{err}");
+    store.put_blob(&repo("app"), &ld, body(&layer)).await.unwrap();
+    // A wrong size in the descriptor is refused.
+    let bad = image((&cd, 99), &[(&ld, layer.len() as u64)]);
+    assert!(matches!(
+        store.put_manifest(&repo("app"), &tag("v1"), None, bad).await,
+        Err(StoreError::ManifestInvalid(_))
+    ));
+    let out = store
+        .put_manifest(&repo("app"), &tag("v1"), None, m.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.digest, Digest::sha256(&m));
+    let got = store.get_manifest(&repo("app"), &tag("v1")).unwrap();
+    assert_eq!(got.bytes, m);
+    assert_eq!(got.media_type, "application/vnd.oci.image.manifest.v1+json");
+    let by_digest = store
+        .get_manifest(&repo("app"), &Reference::Digest(out.digest.clone()))
+        .unwrap();
+    assert_eq!(by_digest.bytes, m);
+    // A layer a manifest references cannot be deleted from under it.
+    assert!(matches!(
+        store.delete_blob(&repo("app"), &ld).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Pushing by digest checks the digest.
+    let wrong = Reference::Digest(Digest::sha256(b"not it"));
+    assert!(matches!(
+        store.put_manifest(&repo("app"), &wrong, None, m.clone()).await,
+        Err(StoreError::DigestInvalid(_))
+    ));
+    // Untag keeps the manifest; delete by digest removes it and its tags.
+    store.put_manifest(&repo("app"), &tag("v2"), None, m.clone()).await.unwrap();
+    store.delete_manifest(&repo("app"), &tag("v1")).await.unwrap();
+    assert_eq!(store.tags(&repo("app"), None, 10).unwrap(), ["v2"]);
+    store
+        .delete_manifest(&repo("app"), &Reference::Digest(out.digest.clone()))
+        .await
+        .unwrap();
+    assert!(store.tags(&repo("app"), None, 10).unwrap().is_empty());
+    assert!(matches!(
+        store.get_manifest(&repo("app"), &Reference::Digest(out.digest)),
+        Err(StoreError::ManifestUnknown(_))
+    ));
+    // Now the layer may be unlinked.
+    store.delete_blob(&repo("app"), &ld).await.unwrap();
+    assert!(matches!(
+        store.stat_blob(&repo("app"), &ld),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    // Feed: every change has an entry, in order.
+    let feed = store.index().feed(1, 100).unwrap();
+    assert!(feed.windows(2).all(|w| w[0].0 + 1 == w[1].0));
+    assert!(feed
+        .iter()
+        .any(|(_, e)| e.kind == stowage_index::EventKind::ManifestDeleted));
+}
+
+#[tokio::test]
+async fn index_children_and_referrers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let r = repo("multi");
+    let cfg = b"{\"c\":1}".to_vec();
+    let cd = Digest::sha256(&cfg);
+    store.put_blob(&r, &cd, body(&cfg)).await.unwrap();
+    let child = image((&cd, cfg.len() as u64), &[]);
+    let child_d = store
+        .put_manifest(&r, &Reference::Digest(Digest::sha256(&child)), None, child.clone())
+        .await
+        .unwrap()
+        .digest;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": child_d.to_string(), "size": child.len(),
+                        "platform": {"architecture": "amd64", "os": "linux"}}]
+    }))
+    .unwrap();
+    let missing_child = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": Digest::sha256(b"nope").to_string(), "size": 3}]
+    }))
+    .unwrap();
+    assert!(matches!(
+        store.put_manifest(&r, &tag("bad"), None, missing_child).await,
+        Err(StoreError::ManifestBlobUnknown(_))
+    ));
+    let idx_d = store.put_manifest(&r, &tag("latest"), None, index).await.unwrap().digest;
+    // The child cannot be deleted while the index holds it.
+    assert!(matches!(
+        store.delete_manifest(&r, &Reference::Digest(child_d.clone())).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A signature referring to the child.
+    let sig = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.sig",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": cd.to_string(), "size": cfg.len()},
+        "layers": [],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": child_d.to_string(), "size": child.len()},
+        "annotations": {"org.example": "yes"}
+    }))
+    .unwrap();
+    let out = store
+        .put_manifest(&r, &Reference::Digest(Digest::sha256(&sig)), None, sig)
+        .await
+        .unwrap();
+    assert_eq!(out.subject.as_ref(), Some(&child_d));
+    let refs = store.referrers(&r, &child_d, None).unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].digest, out.digest);
+    assert_eq!(refs[0].artifact_type.as_deref(), Some("application/vnd.example.sig"));
+    assert!(store
+        .referrers(&r, &child_d, Some("application/other"))
+        .unwrap()
+        .is_empty());
+    store.delete_manifest(&r, &Reference::Digest(idx_d)).await.unwrap();
+    store
+        .delete_manifest(&r, &Reference::Digest(child_d))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn no_body_finish_and_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let st = store.start_upload(&repo("z")).await.unwrap();
+    store
+        .append_upload(&repo("z"), &st.id, None, body(b"abc"))
+        .await
+        .unwrap();
+    let d = Digest::sha256(b"abc");
+    store
+        .finish_upload(&repo("z"), &st.id, &d, no_body())
+        .await
+        .unwrap();
+    assert_eq!(read(&store, &repo("z"), &d).await.unwrap(), b"abc");
+    let st = store.start_upload(&repo("z")).await.unwrap();
+    store.cancel_upload(&repo("z"), &st.id).await.unwrap();
+    assert!(matches!(
+        store.append_upload(&repo("z"), &st.id, None, body(b"x")).await,
+        Err(StoreError::BlobUploadUnknown(_))
+    ));
+    // Empty blob.
+    let e = Digest::sha256(b"");
+    store.put_blob(&repo("z"), &e, body(b"")).await.unwrap();
+    assert_eq!(read(&store, &repo("z"), &e).await.unwrap(), b"");
+}

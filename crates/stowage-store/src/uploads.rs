@@ -1,0 +1,336 @@
+//! Upload sessions: start, append chunks, finish with a digest, cancel.
+//!
+//! A session's record (repository, part sizes) is in the index, so it survives a restart; each
+//! appended request body is one part object in the blob store. The running hash lives in
+//! memory; when it is missing (after a restart) or may be wrong (an append failed half way), it
+//! is rebuilt by reading the stored parts back.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use stowage_cas::{CasError, CommitOutcome};
+use stowage_core::{Algorithm, Digest, Hasher, RepoName};
+use stowage_index::{Batch, BlobRecord, BlobState, EventKind, UploadRecord};
+
+use crate::{BlobInfo, Result, Store, StoreError};
+
+/// Where an upload stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadStatus {
+    /// Session id.
+    pub id: String,
+    /// Bytes received so far.
+    pub size: u64,
+}
+
+/// In-memory state of a session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    repo: RepoName,
+    record: UploadRecord,
+    /// Running sha256 over all parts; `None` when it must be rebuilt from storage.
+    hasher: Option<Hasher>,
+}
+
+impl Session {
+    fn size(&self) -> u64 {
+        self.record.parts.iter().sum()
+    }
+}
+
+fn map_cas(e: CasError) -> StoreError {
+    match e {
+        CasError::Body(msg) => StoreError::BlobUploadInvalid(format!("request body: {msg}")),
+        CasError::TooLarge { limit } => StoreError::TooLarge { limit },
+        other => StoreError::Cas(other),
+    }
+}
+
+impl Store {
+    /// Starts an upload session in `repo`.
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = self.now_ms();
+        let record = UploadRecord {
+            repo: repo.to_string(),
+            created_ms: now,
+            updated_ms: now,
+            parts: Vec::new(),
+        };
+        let mut batch = Batch::new();
+        batch.put_upload(&id, &record);
+        self.commit(batch).await?;
+        let session = Session {
+            repo: repo.clone(),
+            record,
+            hasher: Some(Hasher::new(Algorithm::Sha256)),
+        };
+        self.sessions()
+            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    fn sessions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<Session>>>>
+    {
+        // Only map inserts and removes happen under this lock; a panic cannot leave it torn.
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Finds a session of `repo`, loading it from the index after a restart.
+    fn session(&self, repo: &RepoName, id: &str) -> Result<Arc<tokio::sync::Mutex<Session>>> {
+        if let Some(s) = self.sessions().get(id) {
+            return Ok(s.clone());
+        }
+        let record = self
+            .inner
+            .index
+            .upload(id)?
+            .ok_or_else(|| StoreError::BlobUploadUnknown(id.to_string()))?;
+        if record.repo != repo.as_str() {
+            return Err(StoreError::BlobUploadUnknown(id.to_string()));
+        }
+        let session = Arc::new(tokio::sync::Mutex::new(Session {
+            repo: repo.clone(),
+            record,
+            hasher: None,
+        }));
+        Ok(self
+            .sessions()
+            .entry(id.to_string())
+            .or_insert(session)
+            .clone())
+    }
+
+    /// Locks a live session, checking it belongs to `repo`.
+    async fn live_session(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Session>> {
+        let session = self.session(repo, id)?.lock_owned().await;
+        if &session.repo != repo {
+            return Err(StoreError::BlobUploadUnknown(id.to_string()));
+        }
+        // A concurrent finish or cancel may have ended the session while we waited.
+        if !self.sessions().contains_key(id) {
+            return Err(StoreError::BlobUploadUnknown(id.to_string()));
+        }
+        Ok(session)
+    }
+
+    /// Bytes received by an upload.
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
+        let s = self.live_session(repo, id).await?;
+        Ok(UploadStatus {
+            id: id.to_string(),
+            size: s.size(),
+        })
+    }
+
+    /// Appends `body` to an upload. With `start`, the chunk must begin exactly where the upload
+    /// ends (else [`StoreError::RangeInvalid`] and nothing is written).
+    pub async fn append_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<UploadStatus>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let mut s = self.live_session(repo, id).await?;
+        self.append_locked(&mut s, id, start, body).await?;
+        Ok(UploadStatus {
+            id: id.to_string(),
+            size: s.size(),
+        })
+    }
+
+    async fn append_locked<S, E>(
+        &self,
+        s: &mut Session,
+        id: &str,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let size = s.size();
+        if let Some(start) = start {
+            if start != size {
+                return Err(StoreError::RangeInvalid {
+                    got: start,
+                    expected: size,
+                });
+            }
+        }
+        self.ensure_hasher(s, id).await?;
+        let limit = self.inner.config.max_blob_size.saturating_sub(size);
+        let part = s.record.parts.len() as u32;
+        let cas = &self.inner.cas;
+        let mut hasher = s
+            .hasher
+            .take()
+            .ok_or_else(|| StoreError::Internal("upload hash state missing".into()))?;
+        match cas.write_part(id, part, body, &mut hasher, limit).await {
+            Ok(0) => {
+                // Empty chunks add no part (an empty object would be a part of nothing).
+                s.hasher = Some(hasher);
+                Ok(())
+            }
+            Ok(n) => {
+                s.hasher = Some(hasher);
+                s.record.parts.push(n);
+                s.record.updated_ms = self.now_ms();
+                let mut batch = Batch::new();
+                batch.put_upload(id, &s.record);
+                self.commit(batch).await?;
+                Ok(())
+            }
+            Err(e) => {
+                // The hasher saw bytes that were not kept: rebuild it on next use.
+                s.hasher = None;
+                Err(map_cas(e))
+            }
+        }
+    }
+
+    async fn ensure_hasher(&self, s: &mut Session, id: &str) -> Result<()> {
+        if s.hasher.is_none() {
+            let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
+            let (hasher, size) = self
+                .inner
+                .cas
+                .rehash_parts(id, &parts, Algorithm::Sha256)
+                .await?;
+            if size != s.size() {
+                return Err(StoreError::BlobUploadInvalid(format!(
+                    "upload {id}: stored parts hold {size} bytes, session recorded {}",
+                    s.size()
+                )));
+            }
+            s.hasher = Some(hasher);
+        }
+        Ok(())
+    }
+
+    /// Appends the optional final `body`, checks the content against `digest`, and commits the
+    /// blob into `repo`. On a digest mismatch the session and its bytes are removed.
+    pub async fn finish_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        body: Option<S>,
+    ) -> Result<BlobInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let mut s = self.live_session(repo, id).await?;
+        if let Some(body) = body {
+            self.append_locked(&mut s, id, None, body).await?;
+        }
+        self.ensure_hasher(&mut s, id).await?;
+        let size = s.size();
+        let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
+        let actual = match digest.algorithm() {
+            Algorithm::Sha256 => s
+                .hasher
+                .take()
+                .ok_or_else(|| StoreError::Internal("upload hash state missing".into()))?
+                .finish(),
+            other => {
+                self.inner
+                    .cas
+                    .rehash_parts(id, &parts, other)
+                    .await?
+                    .0
+                    .finish()
+            }
+        };
+        if &actual != digest {
+            self.end_session(id, &parts).await?;
+            return Err(StoreError::DigestInvalid(format!(
+                "content of upload {id} hashes to {actual}, not {digest}"
+            )));
+        }
+        let result = self.commit_blob(repo, id, &parts, digest, size).await;
+        self.end_session(id, &parts).await?;
+        result?;
+        Ok(BlobInfo {
+            digest: digest.clone(),
+            size,
+        })
+    }
+
+    /// Publishes verified staged bytes and indexes them, under the digest's shared lock.
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        parts: &[u32],
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let _held = self.inner.locks.shared([digest]).await;
+        let idx = &self.inner.index;
+        let existing = idx.blob(digest)?;
+        if let Some(rec) = &existing {
+            if rec.state == BlobState::Present {
+                // Deduplicated: the bytes are already stored.
+                self.inner.cas.abort(id, parts).await;
+                return self.link_present_blob(repo, digest, size).await;
+            }
+        }
+        let outcome = self.inner.cas.commit(id, parts, digest).await?;
+        if outcome == CommitOutcome::AlreadyPresent {
+            tracing::debug!(%digest, "blob bytes already stored; reusing");
+        }
+        let now = self.now_ms();
+        let mut batch = Batch::new();
+        batch.put_blob(
+            digest,
+            &BlobRecord {
+                size,
+                state: BlobState::Present,
+                created_ms: existing.map(|r| r.created_ms).unwrap_or(now),
+                updated_ms: now,
+            },
+        );
+        batch.link_blob(repo, digest, now);
+        self.ensure_repo(&mut batch, repo)?;
+        let mut ev = self.event(EventKind::BlobPut, repo);
+        ev.digest = Some(digest.clone());
+        batch.event(ev);
+        self.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Removes a session's record, in-memory state and staging.
+    async fn end_session(&self, id: &str, parts: &[u32]) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.delete_upload(id);
+        self.commit(batch).await?;
+        self.sessions().remove(id);
+        self.inner.cas.abort(id, parts).await;
+        Ok(())
+    }
+
+    /// Cancels an upload and removes its bytes.
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let s = self.live_session(repo, id).await?;
+        let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
+        self.end_session(id, &parts).await
+    }
+}
