@@ -1,0 +1,337 @@
+//! Blob endpoints: HEAD/GET (with `Range`), DELETE, and upload sessions (POST, PATCH, PUT,
+//! GET status, DELETE cancel, cross-repository mount).
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use stowage_core::{Digest, RepoName};
+use stowage_store::UploadStatus;
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::{method_not_allowed, parse_digest, parse_repo, query_param, AppState};
+
+pub(crate) async fn handle_blob(
+    app: &AppState,
+    repo: &RepoName,
+    digest: &Digest,
+    req: Request<Body>,
+) -> ApiResult {
+    match *req.method() {
+        Method::HEAD => {
+            let info = app.store.stat_blob(repo, digest)?;
+            Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_LENGTH, info.size.to_string()),
+                    (header::CONTENT_TYPE, "application/octet-stream".into()),
+                    (header::ACCEPT_RANGES, "bytes".into()),
+                    (header::ETAG, format!("\"{digest}\"")),
+                    (
+                        header::HeaderName::from_static("docker-content-digest"),
+                        digest.to_string(),
+                    ),
+                ],
+            )
+                .into_response())
+        }
+        Method::GET => get_blob(app, repo, digest, req.headers()).await,
+        Method::DELETE => {
+            app.store.delete_blob(repo, digest).await?;
+            Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+        }
+        ref m => Err(method_not_allowed(m)),
+    }
+}
+
+/// Parses a `Range: bytes=a-b` header against a blob of `size` bytes into a half-open range.
+/// Returns `Ok(None)` without a header; an unsatisfiable or malformed range is an error.
+fn parse_range(headers: &HeaderMap, size: u64) -> ApiResult<Option<std::ops::Range<u64>>> {
+    let Some(value) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::RangeInvalid,
+            format!("unsatisfiable range {value:?} for a blob of {size} bytes"),
+        )
+        .with_header("content-range", format!("bytes */{size}"))
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    let spec = text.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+    if spec.contains(',') {
+        // Multi-range responses are not supported; serve the whole blob instead (allowed).
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (start, end_incl) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| bad())?;
+            if n == 0 || size == 0 {
+                return Err(bad());
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (s, "") => (s.parse().map_err(|_| bad())?, size.saturating_sub(1)),
+        (s, e) => {
+            let s: u64 = s.parse().map_err(|_| bad())?;
+            let e: u64 = e.parse().map_err(|_| bad())?;
+            (s, e.min(size.saturating_sub(1)))
+        }
+    };
+    if size == 0 || start >= size || end_incl < start {
+        return Err(bad());
+    }
+    Ok(Some(start..end_incl + 1))
+}
+
+async fn get_blob(
+    app: &AppState,
+    repo: &RepoName,
+    digest: &Digest,
+    headers: &HeaderMap,
+) -> ApiResult {
+    let info = app.store.stat_blob(repo, digest)?;
+    let range = parse_range(headers, info.size)?;
+    let read = app.store.read_blob(repo, digest, range.clone()).await?;
+    let len = read.range.end - read.range.start;
+    let mut builder = Response::builder()
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, format!("\"{digest}\""))
+        .header("docker-content-digest", digest.to_string());
+    builder = match range {
+        Some(r) => builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", r.start, r.end - 1, read.size),
+            ),
+        None => builder.status(StatusCode::OK),
+    };
+    builder
+        .body(Body::from_stream(read.stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unknown, e.to_string()))
+}
+
+fn upload_location(repo: &RepoName, id: &str) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+fn range_header(size: u64) -> String {
+    // The spec's Range is inclusive; an empty upload reports 0-0 (as Distribution does).
+    if size == 0 {
+        "0-0".into()
+    } else {
+        format!("0-{}", size - 1)
+    }
+}
+
+fn upload_response(status: StatusCode, repo: &RepoName, st: &UploadStatus) -> Response {
+    (
+        status,
+        [
+            (header::LOCATION, upload_location(repo, &st.id)),
+            (header::RANGE, range_header(st.size)),
+            (header::CONTENT_LENGTH, "0".into()),
+            (
+                header::HeaderName::from_static("docker-upload-uuid"),
+                st.id.clone(),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+fn created_blob(repo: &RepoName, digest: &Digest) -> Response {
+    (
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, format!("/v2/{repo}/blobs/{digest}")),
+            (header::CONTENT_LENGTH, "0".into()),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                digest.to_string(),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+/// Checks a declared `Content-Length` against what a `Content-Range` says.
+fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    Code::SizeInvalid,
+                    "Content-Length is not a number",
+                )
+            }),
+    }
+}
+
+/// POST `/v2/<name>/blobs/uploads/`: monolithic (`?digest=`), mount (`?mount=&from=`), or a
+/// new session.
+pub(crate) async fn start_upload(app: &AppState, repo: &RepoName, req: Request<Body>) -> ApiResult {
+    if let Some(mount) = query_param(&req, "mount") {
+        let digest = parse_digest(&mount)?;
+        if let Some(from) = query_param(&req, "from") {
+            let from = parse_repo(&from)?;
+            if app.store.mount_blob(repo, &from, &digest).await?.is_some() {
+                return Ok(created_blob(repo, &digest));
+            }
+        }
+        // Fall back to a normal upload session (202), as the spec allows.
+        let st = app.store.start_upload(repo).await?;
+        return Ok(upload_response(StatusCode::ACCEPTED, repo, &st));
+    }
+    if let Some(d) = query_param(&req, "digest") {
+        let digest = parse_digest(&d)?;
+        let declared = content_length(req.headers())?;
+        let body = req.into_body().into_data_stream();
+        let info = app.store.put_blob(repo, &digest, body).await?;
+        if let Some(n) = declared {
+            if n != info.size {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    Code::SizeInvalid,
+                    format!("Content-Length {n} but {} bytes received", info.size),
+                ));
+            }
+        }
+        return Ok(created_blob(repo, &digest));
+    }
+    let st = app.store.start_upload(repo).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, repo, &st))
+}
+
+/// Parses `Content-Range: <start>-<end>` (inclusive; a `bytes ` prefix is tolerated).
+fn content_range(headers: &HeaderMap) -> ApiResult<Option<(u64, u64)>> {
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::RangeInvalid,
+            format!("malformed Content-Range {v:?}"),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s.strip_prefix("bytes").map(str::trim_start).unwrap_or(s);
+    let s = s.strip_prefix('=').unwrap_or(s);
+    let s = s.split('/').next().unwrap_or(s);
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b: u64 = b.trim().parse().map_err(|_| bad())?;
+    if b < a {
+        return Err(bad());
+    }
+    Ok(Some((a, b)))
+}
+
+/// `/v2/<name>/blobs/uploads/<id>`: GET status, PATCH chunk, PUT finish, DELETE cancel.
+pub(crate) async fn handle_upload(
+    app: &AppState,
+    repo: &RepoName,
+    id: &str,
+    req: Request<Body>,
+) -> ApiResult {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            Code::BlobUploadUnknown,
+            format!("upload {id:?} unknown"),
+        ));
+    }
+    match req.method().clone() {
+        Method::GET => {
+            let st = app.store.upload_status(repo, id).await?;
+            Ok(upload_response(StatusCode::NO_CONTENT, repo, &st))
+        }
+        Method::PATCH => {
+            let range = content_range(req.headers())?;
+            let declared = content_length(req.headers())?;
+            if let (Some((a, b)), Some(n)) = (range, declared) {
+                if b - a + 1 != n {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        Code::SizeInvalid,
+                        format!("Content-Range {a}-{b} does not match Content-Length {n}"),
+                    ));
+                }
+            }
+            let body = req.into_body().into_data_stream();
+            let st = app
+                .store
+                .append_upload(repo, id, range.map(|(a, _)| a), body)
+                .await?;
+            Ok(upload_response(StatusCode::ACCEPTED, repo, &st))
+        }
+        Method::PUT => {
+            let d = query_param(&req, "digest").ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    Code::DigestInvalid,
+                    "the digest query parameter is required to finish an upload",
+                )
+            })?;
+            let digest = parse_digest(&d)?;
+            let range = content_range(req.headers())?;
+            let body = req.into_body().into_data_stream();
+            if let Some((a, _)) = range {
+                let st = app.store.upload_status(repo, id).await?;
+                if a != st.size {
+                    return Err(stowage_store::StoreError::RangeInvalid {
+                        got: a,
+                        expected: st.size,
+                    }
+                    .into());
+                }
+            }
+            app.store
+                .finish_upload(repo, id, &digest, Some(body))
+                .await?;
+            Ok(created_blob(repo, &digest))
+        }
+        Method::DELETE => {
+            app.store.cancel_upload(repo, id).await?;
+            Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
+        }
+        m => Err(method_not_allowed(&m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn h(range: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::RANGE, range.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(&HeaderMap::new(), 10).unwrap(), None);
+        assert_eq!(parse_range(&h("bytes=0-4"), 10).unwrap(), Some(0..5));
+        assert_eq!(parse_range(&h("bytes=5-"), 10).unwrap(), Some(5..10));
+        assert_eq!(parse_range(&h("bytes=-3"), 10).unwrap(), Some(7..10));
+        assert_eq!(parse_range(&h("bytes=8-100"), 10).unwrap(), Some(8..10));
+        for bad in ["bytes=10-", "bytes=5-2", "bytes=x-1", "items=0-1", "bytes=-0"] {
+            let e = parse_range(&h(bad), 10).unwrap_err();
+            assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! One error type for the HTTP API, rendered as the Distribution spec's JSON error body with its
+//! code and status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use stowage_store::StoreError;
+
+/// The spec's error codes (plus `UNKNOWN` for server faults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// Blob unknown to registry.
+    BlobUnknown,
+    /// Blob upload invalid.
+    BlobUploadInvalid,
+    /// Blob upload unknown to registry.
+    BlobUploadUnknown,
+    /// Provided digest did not match uploaded content.
+    DigestInvalid,
+    /// Manifest references a manifest or blob unknown to registry.
+    ManifestBlobUnknown,
+    /// Manifest invalid.
+    ManifestInvalid,
+    /// Manifest unknown to registry.
+    ManifestUnknown,
+    /// Invalid repository name.
+    NameInvalid,
+    /// Repository name not known to registry.
+    NameUnknown,
+    /// Provided length did not match content length.
+    SizeInvalid,
+    /// The operation is unsupported.
+    Unsupported,
+    /// Requested access to the resource is denied.
+    Denied,
+    /// Range of an upload chunk or blob read is invalid.
+    RangeInvalid,
+    /// A server fault.
+    Unknown,
+}
+
+impl Code {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            Code::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Code::DigestInvalid => "DIGEST_INVALID",
+            Code::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            Code::ManifestInvalid => "MANIFEST_INVALID",
+            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::NameInvalid => "NAME_INVALID",
+            Code::NameUnknown => "NAME_UNKNOWN",
+            Code::SizeInvalid => "SIZE_INVALID",
+            Code::Unsupported => "UNSUPPORTED",
+            Code::Denied => "DENIED",
+            Code::RangeInvalid => "RANGE_INVALID",
+            Code::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// An API error: status, code, message, and optional JSON detail.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OCI code.
+    pub code: Code,
+    /// Human-readable message.
+    pub message: String,
+    /// Extra headers (for example `Range` on 416 for uploads).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: Code, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        use StatusCode as S;
+        let msg = e.to_string();
+        match e {
+            StoreError::BlobUnknown(_) => Self::new(S::NOT_FOUND, Code::BlobUnknown, msg),
+            StoreError::BlobUploadUnknown(_) => {
+                Self::new(S::NOT_FOUND, Code::BlobUploadUnknown, msg)
+            }
+            StoreError::BlobUploadInvalid(_) => {
+                Self::new(S::BAD_REQUEST, Code::BlobUploadInvalid, msg)
+            }
+            StoreError::DigestInvalid(_) => Self::new(S::BAD_REQUEST, Code::DigestInvalid, msg),
+            StoreError::ManifestBlobUnknown(_) => {
+                Self::new(S::BAD_REQUEST, Code::ManifestBlobUnknown, msg)
+            }
+            StoreError::ManifestInvalid(_) => {
+                Self::new(S::BAD_REQUEST, Code::ManifestInvalid, msg)
+            }
+            StoreError::ManifestUnknown(_) => Self::new(S::NOT_FOUND, Code::ManifestUnknown, msg),
+            StoreError::NameInvalid(_) => Self::new(S::BAD_REQUEST, Code::NameInvalid, msg),
+            StoreError::NameUnknown(_) => Self::new(S::NOT_FOUND, Code::NameUnknown, msg),
+            StoreError::TagInvalid(_) => Self::new(S::BAD_REQUEST, Code::ManifestInvalid, msg),
+            StoreError::SizeInvalid(_) => Self::new(S::BAD_REQUEST, Code::SizeInvalid, msg),
+            StoreError::TooLarge { .. } => Self::new(S::PAYLOAD_TOO_LARGE, Code::SizeInvalid, msg),
+            StoreError::Unsupported(_) => {
+                Self::new(S::UNSUPPORTED_MEDIA_TYPE, Code::Unsupported, msg)
+            }
+            StoreError::RangeInvalid { expected, .. } => {
+                let range = if expected == 0 {
+                    "0-0".to_string()
+                } else {
+                    format!("0-{}", expected - 1)
+                };
+                Self::new(S::RANGE_NOT_SATISFIABLE, Code::RangeInvalid, msg)
+                    .with_header("range", range)
+            }
+            StoreError::RangeNotSatisfiable { size } => {
+                Self::new(S::RANGE_NOT_SATISFIABLE, Code::RangeInvalid, msg)
+                    .with_header("content-range", format!("bytes */{size}"))
+            }
+            StoreError::Conflict(_) => Self::new(S::CONFLICT, Code::Denied, msg),
+            StoreError::Cas(_) | StoreError::Index(_) | StoreError::Internal(_) => {
+                tracing::error!(error = %msg, "internal error serving request");
+                Self::new(S::INTERNAL_SERVER_ERROR, Code::Unknown, msg)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "errors": [{"code": self.code.as_str(), "message": self.message, "detail": null}]
+        });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
+        resp
+    }
+}
+
+/// Shorthand.
+pub type ApiResult<T = Response> = Result<T, ApiError>;

@@ -1,0 +1,157 @@
+//! Manifest endpoints (HEAD/GET/PUT/DELETE by tag or digest) and the referrers API.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use stowage_core::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::{method_not_allowed, parse_digest, query_param, AppState};
+
+fn parse_reference(s: &str, for_put: bool) -> ApiResult<Reference> {
+    if s.contains(':') {
+        return Ok(Reference::Digest(parse_digest(s)?));
+    }
+    Reference::parse(s).map_err(|e| {
+        if for_put {
+            ApiError::new(StatusCode::BAD_REQUEST, Code::ManifestInvalid, e.to_string())
+        } else {
+            ApiError::new(StatusCode::NOT_FOUND, Code::ManifestUnknown, e.to_string())
+        }
+    })
+}
+
+pub(crate) async fn handle(
+    app: &AppState,
+    repo: &RepoName,
+    reference: &str,
+    req: Request<Body>,
+) -> ApiResult {
+    let method = req.method().clone();
+    let reference = parse_reference(reference, method == Method::PUT)?;
+    match method {
+        Method::HEAD => {
+            let (digest, media_type, size) = app.store.stat_manifest(repo, &reference)?;
+            Ok(manifest_headers(StatusCode::OK, &digest, &media_type, size).into_response())
+        }
+        Method::GET => {
+            let m = app.store.get_manifest(repo, &reference)?;
+            let size = m.bytes.len() as u64;
+            let mut resp = manifest_headers(StatusCode::OK, &m.digest, &m.media_type, size)
+                .into_response();
+            *resp.body_mut() = Body::from(m.bytes);
+            Ok(resp)
+        }
+        Method::PUT => put(app, repo, &reference, req).await,
+        Method::DELETE => {
+            app.store.delete_manifest(repo, &reference).await?;
+            Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+        }
+        m => Err(method_not_allowed(&m)),
+    }
+}
+
+fn manifest_headers(
+    status: StatusCode,
+    digest: &Digest,
+    media_type: &str,
+    size: u64,
+) -> (StatusCode, [(header::HeaderName, String); 4]) {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, media_type.to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::ETAG, format!("\"{digest}\"")),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                digest.to_string(),
+            ),
+        ],
+    )
+}
+
+async fn put(app: &AppState, repo: &RepoName, reference: &Reference, req: Request<Body>) -> ApiResult {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ManifestInvalid,
+            format!("manifest exceeds the limit of {MAX_MANIFEST_BYTES} bytes"),
+        )
+    };
+    if let Some(n) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        if n > MAX_MANIFEST_BYTES {
+            return Err(too_large());
+        }
+    }
+    let body = Limited::new(req.into_body(), MAX_MANIFEST_BYTES);
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes().to_vec(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                Code::ManifestInvalid,
+                format!("reading manifest body: {e}"),
+            ))
+        }
+    };
+    let out = app
+        .store
+        .put_manifest(repo, reference, content_type.as_deref(), bytes)
+        .await?;
+    let mut resp = (
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, format!("/v2/{repo}/manifests/{}", out.digest)),
+            (header::CONTENT_LENGTH, "0".to_string()),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                out.digest.to_string(),
+            ),
+        ],
+    )
+        .into_response();
+    if let Some(subject) = out.subject {
+        if let Ok(v) = subject.to_string().parse() {
+            resp.headers_mut().insert("oci-subject", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// GET `/v2/<name>/referrers/<digest>[?artifactType=...]`: an image index of referrers.
+pub(crate) fn referrers(
+    app: &AppState,
+    repo: &RepoName,
+    subject: &Digest,
+    req: &Request<Body>,
+) -> ApiResult {
+    let filter = query_param(req, "artifactType").filter(|s| !s.is_empty());
+    let manifests = app.store.referrers(repo, subject, filter.as_deref())?;
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": stowage_core::media::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, stowage_core::media::OCI_INDEX);
+    if filter.is_some() {
+        resp = resp.header("oci-filters-applied", "artifactType");
+    }
+    resp.body(Body::from(body.to_string()))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unknown, e.to_string()))
+}

@@ -1,0 +1,68 @@
+//! Paged listings: `/v2/<name>/tags/list` and `/v2/_catalog`, with `n`, `last` and `Link`.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use stowage_core::RepoName;
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::{query_param, AppState};
+
+/// `n` and `last` from the query. `n` is capped at the configured maximum.
+fn page_params(app: &AppState, req: &Request<Body>) -> ApiResult<(usize, Option<String>)> {
+    let n = match query_param(req, "n") {
+        None => app.config.max_page,
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                Code::Unsupported,
+                format!("n must be a non-negative integer, got {s:?}"),
+            )
+        })?,
+    };
+    let last = query_param(req, "last").filter(|s| !s.is_empty());
+    Ok((n.min(app.config.max_page), last))
+}
+
+fn link(path: &str, n: usize, last: &str) -> String {
+    format!("<{path}?n={n}&last={last}>; rel=\"next\"")
+}
+
+fn json_page(body: serde_json::Value, next: Option<String>) -> Response {
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(l) = next.and_then(|l| l.parse().ok()) {
+        resp.headers_mut().insert(header::LINK, l);
+    }
+    resp
+}
+
+pub(crate) fn tags(app: &AppState, repo: &RepoName, req: &Request<Body>) -> ApiResult {
+    let (n, last) = page_params(app, req)?;
+    // Ask for one more than the page to know whether a next page exists.
+    let mut tags = app.store.tags(repo, last.as_deref(), n.saturating_add(1))?;
+    let more = tags.len() > n;
+    tags.truncate(n);
+    let next = match (more, tags.last()) {
+        (true, Some(l)) => Some(link(&format!("/v2/{repo}/tags/list"), n, l)),
+        _ => None,
+    };
+    Ok(json_page(serde_json::json!({"name": repo.as_str(), "tags": tags}), next))
+}
+
+pub(crate) fn catalog(app: &AppState, req: &Request<Body>) -> ApiResult {
+    let (n, last) = page_params(app, req)?;
+    let mut repos = app.store.catalog(last.as_deref(), n.saturating_add(1))?;
+    let more = repos.len() > n;
+    repos.truncate(n);
+    let next = match (more, repos.last()) {
+        (true, Some(l)) => Some(link("/v2/_catalog", n, l)),
+        _ => None,
+    };
+    Ok(json_page(serde_json::json!({"repositories": repos}), next))
+}

@@ -1,0 +1,47 @@
+//! `stowage`: the daemon (`stowage serve`) and the operator's command line.
+
+mod admin;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Stowage: a storage backend for container registries. Content-addressed blobs on a local
+/// file system or object storage, a RocksDB reference index, and the OCI Distribution API.
+#[derive(Parser, Debug)]
+#[command(name = "stowage", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: the OCI Distribution API on --listen and the admin gRPC service on
+    /// --admin-listen. Stops gracefully on SIGTERM or Ctrl-C.
+    Serve(config::ServeArgs),
+    /// Ask a running daemon for its identity and index figures (admin gRPC).
+    Info {
+        /// Admin address of the daemon.
+        #[arg(long, env = "STOWAGE_SERVER", default_value = "127.0.0.1:5001")]
+        server: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Info { server, json } => admin::info_command(&server, json),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stowage: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
