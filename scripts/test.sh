@@ -11,4 +11,5 @@ scripts/install-deps.sh --test
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stowage/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 exec cargo test --workspace --all-targets --no-fail-fast "$@"

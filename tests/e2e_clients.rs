@@ -24,8 +24,15 @@ fn umoci_image(layout: &Path, tag: &str, arch: &str, layers: &[(&str, Vec<u8>)])
     let image = format!("{}:{tag}", layout.display());
     run(Command::new("umoci").args(["new", "--image", &image]));
     run(Command::new("umoci").args([
-        "config", "--image", &image, "--architecture", arch, "--os", "linux",
-        "--config.cmd", "/bin/true",
+        "config",
+        "--image",
+        &image,
+        "--architecture",
+        arch,
+        "--os",
+        "linux",
+        "--config.cmd",
+        "/bin/true",
     ]));
     for (i, (name, contents)) in layers.iter().enumerate() {
         let bundle = layout.with_extension(format!("bundle-{tag}-{i}"));
@@ -68,7 +75,10 @@ fn layout_ref(layout: &Path, tag: &str) -> serde_json::Value {
 
 /// Blobs reachable from `digest` in `blobs` (manifest, config, layers, children).
 fn reachable(blobs: &BTreeMap<String, Vec<u8>>, digest: &str, out: &mut BTreeMap<String, Vec<u8>>) {
-    let bytes = blobs.get(digest).unwrap_or_else(|| panic!("{digest} missing")).clone();
+    let bytes = blobs
+        .get(digest)
+        .unwrap_or_else(|| panic!("{digest} missing"))
+        .clone();
     out.insert(digest.to_string(), bytes.clone());
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
         if let Some(cfg) = v["config"]["digest"].as_str() {
@@ -94,11 +104,18 @@ fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let daemon = Daemon::start(&root.join("data"));
-    Env { _dir: dir, root, daemon }
+    Env {
+        _dir: dir,
+        root,
+        daemon,
+    }
 }
 
 fn get(url: &str) -> (u16, Vec<u8>, String) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let r = reqwest::Client::new()
             .get(url)
@@ -116,20 +133,48 @@ fn get(url: &str) -> (u16, Vec<u8>, String) {
 fn umoci_image_round_trip_is_byte_identical() {
     let e = env();
     let src = e.root.join("src");
-    umoci_image(&src, "v1", "amd64", &[("hello.txt", b"hello stowage\n".to_vec()), ("big.bin", common::data(3 << 20, 7))]);
+    umoci_image(
+        &src,
+        "v1",
+        "amd64",
+        &[
+            ("hello.txt", b"hello stowage\n".to_vec()),
+            ("big.bin", common::data(3 << 20, 7)),
+        ],
+    );
     let dest = format!("docker://{}/e2e/umoci:v1", e.daemon.host);
-    run(skopeo().args(["copy", "--dest-tls-verify=false", "--preserve-digests"]).arg(format!("oci:{}:v1", src.display())).arg(&dest));
+    run(skopeo()
+        .args(["copy", "--dest-tls-verify=false", "--preserve-digests"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(&dest));
     let out = e.root.join("out");
-    run(skopeo().args(["copy", "--src-tls-verify=false", "--preserve-digests"]).arg(&dest).arg(format!("oci:{}:v1", out.display())));
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false", "--preserve-digests"])
+        .arg(&dest)
+        .arg(format!("oci:{}:v1", out.display())));
 
     let want_ref = layout_ref(&src, "v1");
     let got_ref = layout_ref(&out, "v1");
-    assert_eq!(want_ref["digest"], got_ref["digest"], "manifest digest changed");
+    assert_eq!(
+        want_ref["digest"], got_ref["digest"],
+        "manifest digest changed"
+    );
     let mut want = BTreeMap::new();
-    reachable(&layout_blobs(&src), want_ref["digest"].as_str().unwrap(), &mut want);
+    reachable(
+        &layout_blobs(&src),
+        want_ref["digest"].as_str().unwrap(),
+        &mut want,
+    );
     let mut got = BTreeMap::new();
-    reachable(&layout_blobs(&out), got_ref["digest"].as_str().unwrap(), &mut got);
-    assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+    reachable(
+        &layout_blobs(&out),
+        got_ref["digest"].as_str().unwrap(),
+        &mut got,
+    );
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
     assert!(want == got, "blob bytes differ");
     // The registry serves the exact manifest bytes.
     let (status, body, ct) = get(&format!("{}/v2/e2e/umoci/manifests/v1", e.daemon.base));
@@ -158,27 +203,61 @@ fn multi_arch_index_copy_all() {
     }))
     .unwrap();
     let index_digest = sha256(&index);
-    std::fs::write(src.join("blobs/sha256").join(index_digest.trim_start_matches("sha256:")), &index).unwrap();
-    let mut layout_index: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    std::fs::write(
+        src.join("blobs/sha256")
+            .join(index_digest.trim_start_matches("sha256:")),
+        &index,
+    )
+    .unwrap();
+    let mut layout_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
     layout_index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
         "mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest, "size": index.len(),
         "annotations": {"org.opencontainers.image.ref.name": "multi"}
     }));
-    std::fs::write(src.join("index.json"), serde_json::to_vec(&layout_index).unwrap()).unwrap();
+    std::fs::write(
+        src.join("index.json"),
+        serde_json::to_vec(&layout_index).unwrap(),
+    )
+    .unwrap();
 
     let dest = format!("docker://{}/e2e/multi:v1", e.daemon.host);
-    run(skopeo().args(["copy", "--all", "--dest-tls-verify=false", "--preserve-digests"]).arg(format!("oci:{}:multi", src.display())).arg(&dest));
+    run(skopeo()
+        .args([
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+        ])
+        .arg(format!("oci:{}:multi", src.display()))
+        .arg(&dest));
     let (status, body, ct) = get(&format!("{}/v2/e2e/multi/manifests/v1", e.daemon.base));
     assert_eq!(status, 200);
     assert_eq!(body, index, "index bytes differ");
     assert_eq!(ct, "application/vnd.oci.image.index.v1+json");
     let out = e.root.join("multi-out");
-    run(skopeo().args(["copy", "--all", "--src-tls-verify=false", "--preserve-digests"]).arg(&dest).arg(format!("oci:{}:multi", out.display())));
+    run(skopeo()
+        .args([
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+        ])
+        .arg(&dest)
+        .arg(format!("oci:{}:multi", out.display())));
     let mut want = BTreeMap::new();
     reachable(&layout_blobs(&src), &index_digest, &mut want);
     let mut got = BTreeMap::new();
-    reachable(&layout_blobs(&out), layout_ref(&out, "multi")["digest"].as_str().unwrap(), &mut got);
-    assert_eq!(want.len(), 1 + 2 * 3, "index + 2 x (manifest, config, layer)");
+    reachable(
+        &layout_blobs(&out),
+        layout_ref(&out, "multi")["digest"].as_str().unwrap(),
+        &mut got,
+    );
+    assert_eq!(
+        want.len(),
+        1 + 2 * 3,
+        "index + 2 x (manifest, config, layer)"
+    );
     assert!(want == got, "multi-arch blobs differ");
 }
 
@@ -188,33 +267,74 @@ fn docker_v2s2_format_and_deletes() {
     let src = e.root.join("v2s2");
     umoci_image(&src, "v1", "amd64", &[("f", b"docker format\n".to_vec())]);
     let dest = format!("docker://{}/e2e/docker:v1", e.daemon.host);
-    run(skopeo().args(["copy", "--format", "v2s2", "--dest-tls-verify=false"]).arg(format!("oci:{}:v1", src.display())).arg(&dest));
-    let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(&dest));
+    run(skopeo()
+        .args(["copy", "--format", "v2s2", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(&dest));
+    let raw = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(&dest));
     let (status, body, ct) = get(&format!("{}/v2/e2e/docker/manifests/v1", e.daemon.base));
     assert_eq!(status, 200);
     assert_eq!(ct, "application/vnd.docker.distribution.manifest.v2+json");
-    assert_eq!(raw.as_bytes(), &body[..], "skopeo saw other bytes than served");
+    assert_eq!(
+        raw.as_bytes(),
+        &body[..],
+        "skopeo saw other bytes than served"
+    );
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["config"]["mediaType"], "application/vnd.docker.container.image.v1+json");
+    assert_eq!(
+        v["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
     // Pull into a dir: every blob verifies against the manifest.
     let out = e.root.join("v2s2-out");
-    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(&dest).arg(format!("dir:{}", out.display())));
-    for l in v["layers"].as_array().unwrap().iter().chain(std::iter::once(&v["config"])) {
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(&dest)
+        .arg(format!("dir:{}", out.display())));
+    for l in v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&v["config"]))
+    {
         let d = l["digest"].as_str().unwrap();
         let bytes = std::fs::read(out.join(d.trim_start_matches("sha256:"))).unwrap();
         assert_eq!(sha256(&bytes), d);
     }
     // Delete by tag (skopeo resolves the tag and deletes the manifest).
     run(skopeo().args(["delete", "--tls-verify=false"]).arg(&dest));
-    assert_eq!(get(&format!("{}/v2/e2e/docker/manifests/v1", e.daemon.base)).0, 404);
+    assert_eq!(
+        get(&format!("{}/v2/e2e/docker/manifests/v1", e.daemon.base)).0,
+        404
+    );
     // Push again under another tag and delete by digest: tag and manifest go.
     let dest2 = format!("docker://{}/e2e/docker:v2", e.daemon.host);
-    run(skopeo().args(["copy", "--format", "v2s2", "--dest-tls-verify=false"]).arg(format!("oci:{}:v1", src.display())).arg(&dest2));
+    run(skopeo()
+        .args(["copy", "--format", "v2s2", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(&dest2));
     let digest = sha256(&get(&format!("{}/v2/e2e/docker/manifests/v2", e.daemon.base)).1);
-    run(skopeo().args(["delete", "--tls-verify=false"]).arg(format!("docker://{}/e2e/docker@{digest}", e.daemon.host)));
-    assert_eq!(get(&format!("{}/v2/e2e/docker/manifests/{digest}", e.daemon.base)).0, 404);
-    assert_eq!(get(&format!("{}/v2/e2e/docker/manifests/v2", e.daemon.base)).0, 404);
+    run(skopeo()
+        .args(["delete", "--tls-verify=false"])
+        .arg(format!("docker://{}/e2e/docker@{digest}", e.daemon.host)));
+    assert_eq!(
+        get(&format!(
+            "{}/v2/e2e/docker/manifests/{digest}",
+            e.daemon.base
+        ))
+        .0,
+        404
+    );
+    assert_eq!(
+        get(&format!("{}/v2/e2e/docker/manifests/v2", e.daemon.base)).0,
+        404
+    );
     // Blobs remain for garbage collection to decide; layers still pull.
     let cfg = v["config"]["digest"].as_str().unwrap();
-    assert_eq!(get(&format!("{}/v2/e2e/docker/blobs/{cfg}", e.daemon.base)).0, 200);
+    assert_eq!(
+        get(&format!("{}/v2/e2e/docker/blobs/{cfg}", e.daemon.base)).0,
+        200
+    );
 }

@@ -47,7 +47,13 @@ fn image_manifest(cfg: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
     .unwrap()
 }
 
-async fn put_manifest(c: &reqwest::Client, d: &Daemon, repo: &str, reference: &str, m: &[u8]) -> reqwest::Response {
+async fn put_manifest(
+    c: &reqwest::Client,
+    d: &Daemon,
+    repo: &str,
+    reference: &str,
+    m: &[u8],
+) -> reqwest::Response {
     c.put(d.url(&format!("/v2/{repo}/manifests/{reference}")))
         .header("content-type", "application/vnd.oci.image.manifest.v1+json")
         .body(m.to_vec())
@@ -65,7 +71,11 @@ async fn large_blobs_chunked_and_ranged() {
     let c = client();
     let big = data(64 << 20, 1);
     let digest = sha256(&big);
-    let r = c.post(d.url("/v2/big/blobs/uploads/")).send().await.unwrap();
+    let r = c
+        .post(d.url("/v2/big/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let mut loc = r.headers()["location"].to_str().unwrap().to_string();
     let chunk = 20 << 20;
@@ -85,7 +95,11 @@ async fn large_blobs_chunked_and_ranged() {
         loc = r.headers()["location"].to_str().unwrap().to_string();
         off = end;
     }
-    let r = c.put(d.url(&format!("{loc}?digest={digest}"))).send().await.unwrap();
+    let r = c
+        .put(d.url(&format!("{loc}?digest={digest}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let (st, body) = get(&c, &d, &format!("/v2/big/blobs/{digest}")).await;
     assert_eq!(st, StatusCode::OK);
@@ -97,14 +111,24 @@ async fn large_blobs_chunked_and_ranged() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), &big[33_554_432..=33_620_000]);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        &big[33_554_432..=33_620_000]
+    );
     // Monolithic push of a second large blob.
     let big2 = data(40 << 20, 2);
     let d2 = push_blob(&c, &d, "big", &big2).await;
     let (_, body) = get(&c, &d, &format!("/v2/big/blobs/{d2}")).await;
     assert!(body == big2);
-    let r = c.head(d.url(&format!("/v2/big/blobs/{d2}"))).send().await.unwrap();
-    assert_eq!(r.headers()["content-length"], (40u64 << 20).to_string().as_str());
+    let r = c
+        .head(d.url(&format!("/v2/big/blobs/{d2}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-length"],
+        (40u64 << 20).to_string().as_str()
+    );
     assert_eq!(r.headers()["docker-content-digest"], d2.as_str());
 }
 
@@ -120,13 +144,28 @@ async fn bad_input_leaves_stored_content_intact() {
     let cd = push_blob(&c, &d, "app", &cfg).await;
     let ld = push_blob(&c, &d, "app", &layer).await;
     let m = image_manifest((&cd, cfg.len()), &[(&ld, layer.len())]);
-    assert_eq!(put_manifest(&c, &d, "app", "v1", &m).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        put_manifest(&c, &d, "app", "v1", &m).await.status(),
+        StatusCode::CREATED
+    );
 
     let missing = sha256(b"missing");
     let bad_manifests: Vec<(Vec<u8>, StatusCode, &str)> = vec![
-        (b"{\"schemaVersion\": 2, \"config\": ".to_vec(), StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
-        (image_manifest((&cd, cfg.len()), &[(&missing, 7)]), StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
-        (vec![b'x'; 5 << 20], StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
+        (
+            b"{\"schemaVersion\": 2, \"config\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+        ),
+        (
+            image_manifest((&cd, cfg.len()), &[(&missing, 7)]),
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_BLOB_UNKNOWN",
+        ),
+        (
+            vec![b'x'; 5 << 20],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MANIFEST_INVALID",
+        ),
     ];
     for (body, status, code) in bad_manifests {
         // Overwriting the good tag with bad content must fail and leave the tag alone.
@@ -147,7 +186,12 @@ async fn bad_input_leaves_stored_content_intact() {
     assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
     let r = c.get(d.url("/v2/Upper/tags/list")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = c.patch(d.url("/v2/app/blobs/uploads/4e1b1c9e-0000-4000-8000-000000000000")).body("x").send().await.unwrap();
+    let r = c
+        .patch(d.url("/v2/app/blobs/uploads/4e1b1c9e-0000-4000-8000-000000000000"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     let (st, body) = get(&c, &d, "/v2/app/manifests/v1").await;
@@ -173,14 +217,27 @@ async fn kill9_and_restart() {
             let ld = push_blob(&c, &d, "keep/me", &layer).await;
             let m = image_manifest((&cd, cfg.len()), &[(&ld, layer.len())]);
             let tag = format!("t{i}");
-            assert_eq!(put_manifest(&c, &d, "keep/me", &tag, &m).await.status(), StatusCode::CREATED);
+            assert_eq!(
+                put_manifest(&c, &d, "keep/me", &tag, &m).await.status(),
+                StatusCode::CREATED
+            );
             committed.push((tag, m, vec![(cd, cfg), (ld, layer)]));
         }
         // A session with one completed chunk.
-        let r = c.post(d.url("/v2/keep/me/blobs/uploads/")).send().await.unwrap();
+        let r = c
+            .post(d.url("/v2/keep/me/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
         let loc = r.headers()["location"].to_str().unwrap().to_string();
         let first = data(1 << 20, 99);
-        let r = c.patch(d.url(&loc)).header("content-range", format!("0-{}", first.len() - 1)).body(first).send().await.unwrap();
+        let r = c
+            .patch(d.url(&loc))
+            .header("content-range", format!("0-{}", first.len() - 1))
+            .body(first)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         // A monolithic upload whose body is still streaming when the daemon dies.
         let torn = data(8 << 20, 77);
@@ -188,13 +245,24 @@ async fn kill9_and_restart() {
         let (tx, rx) = futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
         let url = d.url(&format!("/v2/keep/me/blobs/uploads/?digest={torn_digest}"));
         let c2 = c.clone();
-        let push = tokio::spawn(async move { c2.post(url).body(reqwest::Body::wrap_stream(rx)).send().await });
+        let push = tokio::spawn(async move {
+            c2.post(url)
+                .body(reqwest::Body::wrap_stream(rx))
+                .send()
+                .await
+        });
         let mut tx = tx;
         use futures::SinkExt;
-        tx.send(Ok(bytes::Bytes::copy_from_slice(&torn[..4 << 20]))).await.unwrap();
+        tx.send(Ok(bytes::Bytes::copy_from_slice(&torn[..4 << 20])))
+            .await
+            .unwrap();
         d.kill9();
         drop(tx);
-        assert!(push.await.unwrap().map(|r| r.status() != StatusCode::CREATED).unwrap_or(true));
+        assert!(push
+            .await
+            .unwrap()
+            .map(|r| r.status() != StatusCode::CREATED)
+            .unwrap_or(true));
         (loc, torn_digest)
     };
     let d = Daemon::start(dir.path());
@@ -203,15 +271,25 @@ async fn kill9_and_restart() {
         assert_eq!(st, StatusCode::OK);
         assert_eq!(&body, m);
         for (digest, bytes) in blobs {
-            assert_eq!(&get(&c, &d, &format!("/v2/keep/me/blobs/{digest}")).await.1, bytes);
+            assert_eq!(
+                &get(&c, &d, &format!("/v2/keep/me/blobs/{digest}")).await.1,
+                bytes
+            );
         }
     }
     let (st, _) = get(&c, &d, &format!("/v2/keep/me/blobs/{torn_digest}")).await;
-    assert_eq!(st, StatusCode::NOT_FOUND, "a torn upload must not be served");
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "a torn upload must not be served"
+    );
     // The chunked session resumes where it was.
     let r = c.get(d.url(&session_loc)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(r.headers()["range"], format!("0-{}", (1 << 20) - 1).as_str());
+    assert_eq!(
+        r.headers()["range"],
+        format!("0-{}", (1 << 20) - 1).as_str()
+    );
     let first = data(1 << 20, 99);
     let second = data(500_000, 98);
     let whole = [first, second.clone()].concat();
@@ -224,8 +302,18 @@ async fn kill9_and_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
-    assert_eq!(get(&c, &d, &format!("/v2/keep/me/blobs/{digest}")).await.1, whole);
-    let tags: serde_json::Value = c.get(d.url("/v2/keep/me/tags/list")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        get(&c, &d, &format!("/v2/keep/me/blobs/{digest}")).await.1,
+        whole
+    );
+    let tags: serde_json::Value = c
+        .get(d.url("/v2/keep/me/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tags["tags"].as_array().unwrap().len(), 5);
 }
 
@@ -241,23 +329,175 @@ async fn sigterm_drains_in_flight_requests() {
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
     let url = d.url(&format!("/v2/drain/blobs/uploads/?digest={digest}"));
     let c2 = c.clone();
-    let push = tokio::spawn(async move { c2.post(url).body(reqwest::Body::wrap_stream(rx)).send().await });
+    let push = tokio::spawn(async move {
+        c2.post(url)
+            .body(reqwest::Body::wrap_stream(rx))
+            .send()
+            .await
+    });
     use futures::SinkExt;
-    tx.send(Ok(bytes::Bytes::copy_from_slice(&blob[..3 << 20]))).await.unwrap();
+    tx.send(Ok(bytes::Bytes::copy_from_slice(&blob[..3 << 20])))
+        .await
+        .unwrap();
     // Wait until the server has the request (staging exists), then ask it to stop.
     let uploads = dir.path().join("blobs/uploads");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(&uploads).map(|mut r| r.next().is_none()).unwrap_or(true) {
-        assert!(std::time::Instant::now() < deadline, "upload never reached the server");
+    while std::fs::read_dir(&uploads)
+        .map(|mut r| r.next().is_none())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upload never reached the server"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let term = tokio::task::spawn_blocking(move || d.terminate());
-    tx.send(Ok(bytes::Bytes::copy_from_slice(&blob[3 << 20..]))).await.unwrap();
+    tx.send(Ok(bytes::Bytes::copy_from_slice(&blob[3 << 20..])))
+        .await
+        .unwrap();
     drop(tx);
     let resp = push.await.unwrap().unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     let status = term.await.unwrap();
     assert!(status.success(), "daemon exit status {status}");
     let d = Daemon::start(dir.path());
-    assert_eq!(get(&c, &d, &format!("/v2/drain/blobs/{digest}")).await.1, blob);
+    assert_eq!(
+        get(&c, &d, &format!("/v2/drain/blobs/{digest}")).await.1,
+        blob
+    );
+}
+
+/// Mounts, referrers, paging and every error code, over a real socket.
+#[tokio::test]
+async fn api_surface_over_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path());
+    let c = client();
+    let cfg = b"{}".to_vec();
+    let layer = data(50_000, 8);
+    let cd = push_blob(&c, &d, "lib/base", &cfg).await;
+    let ld = push_blob(&c, &d, "lib/base", &layer).await;
+    // Mount: 201 without a body; unknown source: 202 session.
+    let r = c
+        .post(d.url(&format!(
+            "/v2/app/one/blobs/uploads/?mount={ld}&from=lib/base"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c
+        .post(d.url(&format!(
+            "/v2/app/one/blobs/uploads/?mount={ld}&from=nowhere"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = c
+        .post(d.url(&format!(
+            "/v2/app/one/blobs/uploads/?mount={cd}&from=lib/base"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let m = image_manifest((&cd, cfg.len()), &[(&ld, layer.len())]);
+    for t in ["1.0", "1.1", "2.0", "latest"] {
+        assert_eq!(
+            put_manifest(&c, &d, "app/one", t, &m).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    // Paging with Link.
+    let r = c
+        .get(d.url("/v2/app/one/tags/list?n=3"))
+        .send()
+        .await
+        .unwrap();
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["1.0", "1.1", "2.0"]));
+    assert_eq!(link, "</v2/app/one/tags/list?n=3&last=2.0>; rel=\"next\"");
+    let v: serde_json::Value = c
+        .get(d.url("/v2/app/one/tags/list?n=3&last=2.0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["latest"]));
+    let v: serde_json::Value = c
+        .get(d.url("/v2/_catalog"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["app/one", "lib/base"])
+    );
+    // Referrers.
+    let subject = sha256(&m);
+    let sbom = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/spdx+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": cd, "size": cfg.len()},
+        "layers": [],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": m.len()}
+    })).unwrap();
+    let r = put_manifest(&c, &d, "app/one", &sha256(&sbom), &sbom).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["oci-subject"], subject.as_str());
+    let v: serde_json::Value = c
+        .get(d.url(&format!(
+            "/v2/app/one/referrers/{subject}?artifactType=application/spdx%2Bjson"
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["manifests"][0]["digest"], sha256(&sbom));
+    assert_eq!(v["manifests"][0]["artifactType"], "application/spdx+json");
+    // Error codes.
+    let r = c
+        .post(d.url("/v2/app/one/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let checks: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (c.get(d.url(&format!("/v2/app/one/blobs/{}", sha256(b"?")))), StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        (c.patch(d.url(&loc)).header("content-range", "10-19").body(vec![0u8; 10]), StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
+        (c.patch(d.url(&loc)).header("content-range", "0-19").header("content-length", "3").body(vec![0u8; 3]), StatusCode::BAD_REQUEST, "SIZE_INVALID"),
+        (c.put(d.url(&format!("{loc}?digest=sha256:abc"))), StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+        (c.get(d.url("/v2/app/one/blobs/uploads/11111111-2222-4333-8444-555555555555")), StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+        (c.put(d.url("/v2/app/one/manifests/bad")).body("[]"), StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+        (c.put(d.url("/v2/app/one/manifests/bad")).body(image_manifest((&cd, cfg.len()), &[(&sha256(b"gone"), 4)])), StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+        (c.get(d.url("/v2/app/one/manifests/nope")), StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        (c.get(d.url("/v2/app//one/tags/list")), StatusCode::BAD_REQUEST, "NAME_INVALID"),
+        (c.get(d.url("/v2/never/pushed/tags/list")), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        (c.put(d.url("/v2/app/one/manifests/v1")).header("content-type", "application/vnd.docker.distribution.manifest.v1+prettyjws").body("{\"schemaVersion\":1}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED"),
+        (c.post(d.url("/v2/app/one/blobs/uploads/?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000")).body("x"), StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+    ];
+    for (req, status, code) in checks {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), status, "{code}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], code);
+    }
+    // The session survived the rejected chunks, and nothing stored was disturbed.
+    let r = c.get(d.url(&loc)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(get(&c, &d, "/v2/app/one/manifests/latest").await.1, m);
+    assert_eq!(
+        get(&c, &d, &format!("/v2/app/one/blobs/{ld}")).await.1,
+        layer
+    );
 }

@@ -19,7 +19,12 @@ fn data(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-async fn read_all(cas: &Cas, d: &Digest, size: u64, range: Option<std::ops::Range<u64>>) -> Result<Vec<u8>, CasError> {
+async fn read_all(
+    cas: &Cas,
+    d: &Digest,
+    size: u64,
+    range: Option<std::ops::Range<u64>>,
+) -> Result<Vec<u8>, CasError> {
     let s = cas.read(d, size, range).await?;
     let chunks: Vec<Bytes> = s.try_collect().await?;
     Ok(chunks.concat())
@@ -52,20 +57,39 @@ async fn write_commit_read_in_parts() {
         let a = data(300_000, 1);
         let b = data(123_457, 2);
         let mut h = Hasher::new(Algorithm::Sha256);
-        let n1 = cas.write_part("u1", 0, body(&a, 7000), &mut h, u64::MAX).await.unwrap();
-        let n2 = cas.write_part("u1", 1, body(&b, 65536), &mut h, u64::MAX).await.unwrap();
+        let n1 = cas
+            .write_part("u1", 0, body(&a, 7000), &mut h, u64::MAX)
+            .await
+            .unwrap();
+        let n2 = cas
+            .write_part("u1", 1, body(&b, 65536), &mut h, u64::MAX)
+            .await
+            .unwrap();
         assert_eq!((n1, n2), (a.len() as u64, b.len() as u64));
         let digest = h.finish();
         let whole = [a.clone(), b.clone()].concat();
         assert_eq!(digest, Digest::sha256(&whole));
         // Rehash from stored parts gives the same state.
-        let (h2, size) = cas.rehash_parts("u1", &[0, 1], Algorithm::Sha256).await.unwrap();
+        let (h2, size) = cas
+            .rehash_parts("u1", &[0, 1], Algorithm::Sha256)
+            .await
+            .unwrap();
         assert_eq!(size, whole.len() as u64);
         assert_eq!(h2.finish(), digest);
-        assert_eq!(cas.commit("u1", &[0, 1], &digest).await.unwrap(), CommitOutcome::Stored);
+        assert_eq!(
+            cas.commit("u1", &[0, 1], &digest).await.unwrap(),
+            CommitOutcome::Stored
+        );
         assert_eq!(cas.size(&digest).await.unwrap(), Some(whole.len() as u64));
-        assert_eq!(read_all(&cas, &digest, whole.len() as u64, None).await.unwrap(), whole);
-        let r = read_all(&cas, &digest, whole.len() as u64, Some(1000..250_000)).await.unwrap();
+        assert_eq!(
+            read_all(&cas, &digest, whole.len() as u64, None)
+                .await
+                .unwrap(),
+            whole
+        );
+        let r = read_all(&cas, &digest, whole.len() as u64, Some(1000..250_000))
+            .await
+            .unwrap();
         assert_eq!(r, whole[1000..250_000]);
         // Staged parts are gone.
         assert_eq!(cas.part_size("u1", 0).await.unwrap(), None);
@@ -81,10 +105,15 @@ async fn same_blob_twice_is_stored_once() {
         let mut outcomes = Vec::new();
         for id in ["x", "y"] {
             let mut h = Hasher::new(Algorithm::Sha256);
-            cas.write_part(id, 0, body(&a, 999), &mut h, u64::MAX).await.unwrap();
+            cas.write_part(id, 0, body(&a, 999), &mut h, u64::MAX)
+                .await
+                .unwrap();
             outcomes.push(cas.commit(id, &[0], &d).await.unwrap());
         }
-        assert_eq!(outcomes, [CommitOutcome::Stored, CommitOutcome::AlreadyPresent]);
+        assert_eq!(
+            outcomes,
+            [CommitOutcome::Stored, CommitOutcome::AlreadyPresent]
+        );
         assert_eq!(cas.part_size("y", 0).await.unwrap(), None);
         assert_eq!(read_all(&cas, &d, a.len() as u64, None).await.unwrap(), a);
     }
@@ -103,7 +132,9 @@ async fn concurrent_commits_of_one_digest_leave_one_object() {
             tasks.push(tokio::spawn(async move {
                 let id = format!("c{i}");
                 let mut h = Hasher::new(Algorithm::Sha256);
-                cas.write_part(&id, 0, body(&a, 4096), &mut h, u64::MAX).await.unwrap();
+                cas.write_part(&id, 0, body(&a, 4096), &mut h, u64::MAX)
+                    .await
+                    .unwrap();
                 cas.commit(&id, &[0], &d).await.unwrap()
             }));
         }
@@ -122,7 +153,10 @@ async fn concurrent_commits_of_one_digest_leave_one_object() {
 async fn empty_blob_commits() {
     for (cas, _dir) in backends() {
         let d = Digest::sha256(b"");
-        assert_eq!(cas.commit("e", &[], &d).await.unwrap(), CommitOutcome::Stored);
+        assert_eq!(
+            cas.commit("e", &[], &d).await.unwrap(),
+            CommitOutcome::Stored
+        );
         assert_eq!(read_all(&cas, &d, 0, None).await.unwrap(), Vec::<u8>::new());
     }
 }
@@ -132,14 +166,20 @@ async fn limit_and_body_errors_leave_no_part() {
     for (cas, _dir) in backends() {
         let a = data(5000, 5);
         let mut h = Hasher::new(Algorithm::Sha256);
-        let err = cas.write_part("l", 0, body(&a, 100), &mut h, 4000).await.unwrap_err();
+        let err = cas
+            .write_part("l", 0, body(&a, 100), &mut h, 4000)
+            .await
+            .unwrap_err();
         assert!(matches!(err, CasError::TooLarge { limit: 4000 }), "{err}");
         assert_eq!(cas.part_size("l", 0).await.unwrap(), None);
         let broken = futures::stream::iter(vec![
             Ok(Bytes::from_static(b"abc")),
             Err(std::io::Error::other("client went away")),
         ]);
-        let err = cas.write_part("l", 1, broken, &mut h, u64::MAX).await.unwrap_err();
+        let err = cas
+            .write_part("l", 1, broken, &mut h, u64::MAX)
+            .await
+            .unwrap_err();
         assert!(matches!(err, CasError::Body(_)), "{err}");
         assert_eq!(cas.part_size("l", 1).await.unwrap(), None);
     }
@@ -151,12 +191,23 @@ async fn bad_ranges_and_missing_blobs_are_errors() {
         let a = data(100, 6);
         let d = Digest::sha256(&a);
         let mut h = Hasher::new(Algorithm::Sha256);
-        cas.write_part("r", 0, body(&a, 100), &mut h, u64::MAX).await.unwrap();
+        cas.write_part("r", 0, body(&a, 100), &mut h, u64::MAX)
+            .await
+            .unwrap();
         cas.commit("r", &[0], &d).await.unwrap();
-        assert!(matches!(read_all(&cas, &d, 100, Some(50..101)).await, Err(CasError::Range { .. })));
-        assert!(matches!(read_all(&cas, &d, 100, Some(10..10)).await, Err(CasError::Range { .. })));
+        assert!(matches!(
+            read_all(&cas, &d, 100, Some(50..101)).await,
+            Err(CasError::Range { .. })
+        ));
+        assert!(matches!(
+            read_all(&cas, &d, 100, Some(10..10)).await,
+            Err(CasError::Range { .. })
+        ));
         let missing = Digest::sha256(b"nope");
-        assert!(matches!(read_all(&cas, &missing, 1, None).await, Err(CasError::NotFound(_))));
+        assert!(matches!(
+            read_all(&cas, &missing, 1, None).await,
+            Err(CasError::NotFound(_))
+        ));
         assert_eq!(cas.size(&missing).await.unwrap(), None);
         cas.delete(&d).await.unwrap();
         cas.delete(&d).await.unwrap();
@@ -168,11 +219,17 @@ async fn bad_ranges_and_missing_blobs_are_errors() {
 async fn corrupt_bytes_fail_the_read_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("blobs");
-    let cas = Cas::open(Backend::Filesystem { root: root.clone() }, CasOptions::default()).unwrap();
+    let cas = Cas::open(
+        Backend::Filesystem { root: root.clone() },
+        CasOptions::default(),
+    )
+    .unwrap();
     let a = data(50_000, 7);
     let d = Digest::sha256(&a);
     let mut h = Hasher::new(Algorithm::Sha256);
-    cas.write_part("k", 0, body(&a, 5000), &mut h, u64::MAX).await.unwrap();
+    cas.write_part("k", 0, body(&a, 5000), &mut h, u64::MAX)
+        .await
+        .unwrap();
     cas.commit("k", &[0], &d).await.unwrap();
     // Flip one byte on disk.
     let file = root.join(blob_path(&d).as_ref());
@@ -187,8 +244,12 @@ async fn corrupt_bytes_fail_the_read_loudly() {
 async fn stray_uploads_are_swept() {
     for (cas, _dir) in backends() {
         let mut h = Hasher::new(Algorithm::Sha256);
-        cas.write_part("keep", 0, body(b"k", 1), &mut h, u64::MAX).await.unwrap();
-        cas.write_part("gone", 0, body(b"g", 1), &mut h, u64::MAX).await.unwrap();
+        cas.write_part("keep", 0, body(b"k", 1), &mut h, u64::MAX)
+            .await
+            .unwrap();
+        cas.write_part("gone", 0, body(b"g", 1), &mut h, u64::MAX)
+            .await
+            .unwrap();
         let live: std::collections::HashSet<String> = ["keep".to_string()].into();
         let removed = cas.remove_stray_uploads(&live).await.unwrap();
         assert_eq!(removed, 1);

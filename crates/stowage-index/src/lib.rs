@@ -501,8 +501,7 @@ impl Index {
             let name = std::str::from_utf8(k)
                 .map_err(|e| IndexError::Corrupt(format!("repo key: {e}")))?;
             out.push(
-                RepoName::parse(name)
-                    .map_err(|e| IndexError::Corrupt(format!("repo key: {e}")))?,
+                RepoName::parse(name).map_err(|e| IndexError::Corrupt(format!("repo key: {e}")))?,
             );
             Ok(out.len() < n)
         })?;
@@ -567,10 +566,7 @@ impl Index {
     }
 
     /// All manifests of a repository.
-    pub fn manifests(
-        &self,
-        repo: &RepoName,
-    ) -> Result<Vec<(Digest, ManifestRecord)>, IndexError> {
+    pub fn manifests(&self, repo: &RepoName) -> Result<Vec<(Digest, ManifestRecord)>, IndexError> {
         let prefix = keys::repo_prefix(repo);
         let mut out = Vec::new();
         self.scan(cf::MANIFESTS, &prefix, &prefix, |k, v| {

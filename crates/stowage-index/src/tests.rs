@@ -68,7 +68,13 @@ fn tags_page_in_byte_order_without_crossing_repos() {
     let idx = open(dir.path());
     let d = Digest::sha256(b"m");
     let mut b = Batch::new();
-    for (r, t) in [("a", "v2"), ("a", "V1"), ("a", "latest"), ("a/b", "x"), ("a0", "y")] {
+    for (r, t) in [
+        ("a", "v2"),
+        ("a", "V1"),
+        ("a", "latest"),
+        ("a/b", "x"),
+        ("a0", "y"),
+    ] {
         b.put_tag(
             &repo(r),
             t,
@@ -84,7 +90,10 @@ fn tags_page_in_byte_order_without_crossing_repos() {
         names(idx.tags(&repo("a"), None, 100).unwrap()),
         ["V1", "latest", "v2"]
     );
-    assert_eq!(names(idx.tags(&repo("a"), None, 2).unwrap()), ["V1", "latest"]);
+    assert_eq!(
+        names(idx.tags(&repo("a"), None, 2).unwrap()),
+        ["V1", "latest"]
+    );
     assert_eq!(
         names(idx.tags(&repo("a"), Some("latest"), 2).unwrap()),
         ["v2"]

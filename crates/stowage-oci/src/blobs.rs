@@ -103,17 +103,19 @@ async fn get_blob(
         .header(header::ETAG, format!("\"{digest}\""))
         .header("docker-content-digest", digest.to_string());
     builder = match range {
-        Some(r) => builder
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(
-                header::CONTENT_RANGE,
-                format!("bytes {}-{}/{}", r.start, r.end - 1, read.size),
-            ),
+        Some(r) => builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{}", r.start, r.end - 1, read.size),
+        ),
         None => builder.status(StatusCode::OK),
     };
-    builder
-        .body(Body::from_stream(read.stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unknown, e.to_string()))
+    builder.body(Body::from_stream(read.stream)).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unknown,
+            e.to_string(),
+        )
+    })
 }
 
 fn upload_location(repo: &RepoName, id: &str) -> String {
@@ -329,7 +331,13 @@ mod tests {
         assert_eq!(parse_range(&h("bytes=5-"), 10).unwrap(), Some(5..10));
         assert_eq!(parse_range(&h("bytes=-3"), 10).unwrap(), Some(7..10));
         assert_eq!(parse_range(&h("bytes=8-100"), 10).unwrap(), Some(8..10));
-        for bad in ["bytes=10-", "bytes=5-2", "bytes=x-1", "items=0-1", "bytes=-0"] {
+        for bad in [
+            "bytes=10-",
+            "bytes=5-2",
+            "bytes=x-1",
+            "items=0-1",
+            "bytes=-0",
+        ] {
             let e = parse_range(&h(bad), 10).unwrap_err();
             assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
         }

@@ -107,9 +107,7 @@ impl From<StoreError> for ApiError {
             StoreError::ManifestBlobUnknown(_) => {
                 Self::new(S::BAD_REQUEST, Code::ManifestBlobUnknown, msg)
             }
-            StoreError::ManifestInvalid(_) => {
-                Self::new(S::BAD_REQUEST, Code::ManifestInvalid, msg)
-            }
+            StoreError::ManifestInvalid(_) => Self::new(S::BAD_REQUEST, Code::ManifestInvalid, msg),
             StoreError::ManifestUnknown(_) => Self::new(S::NOT_FOUND, Code::ManifestUnknown, msg),
             StoreError::NameInvalid(_) => Self::new(S::BAD_REQUEST, Code::NameInvalid, msg),
             StoreError::NameUnknown(_) => Self::new(S::NOT_FOUND, Code::NameUnknown, msg),

@@ -68,12 +68,7 @@ async fn api_version_header(mut resp: Response) -> Response {
 }
 
 async fn base() -> Response {
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        "{}",
-    )
-        .into_response()
+    (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
 }
 
 async fn not_found() -> Response {
@@ -148,7 +143,7 @@ async fn dispatch(State(app): State<AppState>, req: Request<Body>) -> Response {
     let result = match route(rest) {
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            Code::NameUnknown,
+            Code::Unsupported,
             format!("no such endpoint: {path}"),
         )),
         Some(target) => handle(&app, target, req).await,

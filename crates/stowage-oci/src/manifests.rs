@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Limited};
+use futures::StreamExt;
 use stowage_core::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
 
 use crate::error::{ApiError, ApiResult, Code};
@@ -16,7 +16,11 @@ fn parse_reference(s: &str, for_put: bool) -> ApiResult<Reference> {
     }
     Reference::parse(s).map_err(|e| {
         if for_put {
-            ApiError::new(StatusCode::BAD_REQUEST, Code::ManifestInvalid, e.to_string())
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                Code::ManifestInvalid,
+                e.to_string(),
+            )
         } else {
             ApiError::new(StatusCode::NOT_FOUND, Code::ManifestUnknown, e.to_string())
         }
@@ -39,8 +43,8 @@ pub(crate) async fn handle(
         Method::GET => {
             let m = app.store.get_manifest(repo, &reference)?;
             let size = m.bytes.len() as u64;
-            let mut resp = manifest_headers(StatusCode::OK, &m.digest, &m.media_type, size)
-                .into_response();
+            let mut resp =
+                manifest_headers(StatusCode::OK, &m.digest, &m.media_type, size).into_response();
             *resp.body_mut() = Body::from(m.bytes);
             Ok(resp)
         }
@@ -73,7 +77,12 @@ fn manifest_headers(
     )
 }
 
-async fn put(app: &AppState, repo: &RepoName, reference: &Reference, req: Request<Body>) -> ApiResult {
+async fn put(
+    app: &AppState,
+    repo: &RepoName,
+    reference: &Reference,
+    req: Request<Body>,
+) -> ApiResult {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -86,28 +95,9 @@ async fn put(app: &AppState, repo: &RepoName, reference: &Reference, req: Reques
             format!("manifest exceeds the limit of {MAX_MANIFEST_BYTES} bytes"),
         )
     };
-    if let Some(n) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<usize>().ok())
-    {
-        if n > MAX_MANIFEST_BYTES {
-            return Err(too_large());
-        }
-    }
-    let body = Limited::new(req.into_body(), MAX_MANIFEST_BYTES);
-    let bytes = match body.collect().await {
-        Ok(c) => c.to_bytes().to_vec(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                Code::ManifestInvalid,
-                format!("reading manifest body: {e}"),
-            ))
-        }
-    };
+    let bytes = read_limited(req.into_body(), MAX_MANIFEST_BYTES)
+        .await?
+        .ok_or_else(too_large)?;
     let out = app
         .store
         .put_manifest(repo, reference, content_type.as_deref(), bytes)
@@ -115,7 +105,10 @@ async fn put(app: &AppState, repo: &RepoName, reference: &Reference, req: Reques
     let mut resp = (
         StatusCode::CREATED,
         [
-            (header::LOCATION, format!("/v2/{repo}/manifests/{}", out.digest)),
+            (
+                header::LOCATION,
+                format!("/v2/{repo}/manifests/{}", out.digest),
+            ),
             (header::CONTENT_LENGTH, "0".to_string()),
             (
                 header::HeaderName::from_static("docker-content-digest"),
@@ -152,6 +145,39 @@ pub(crate) fn referrers(
     if filter.is_some() {
         resp = resp.header("oci-filters-applied", "artifactType");
     }
-    resp.body(Body::from(body.to_string()))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unknown, e.to_string()))
+    resp.body(Body::from(body.to_string())).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unknown,
+            e.to_string(),
+        )
+    })
+}
+
+/// Bodies this far past the limit are still read (and discarded) before answering 413, so that
+/// the client, which is still sending, reads the error instead of a reset connection. Beyond it
+/// the connection is dropped.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes; `Ok(None)` when it is larger.
+async fn read_limited(body: Body, limit: usize) -> ApiResult<Option<Vec<u8>>> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                Code::ManifestInvalid,
+                format!("reading manifest body: {e}"),
+            )
+        })?;
+        total += chunk.len();
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    Ok((total <= limit).then_some(buf))
 }

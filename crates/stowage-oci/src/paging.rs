@@ -52,7 +52,10 @@ pub(crate) fn tags(app: &AppState, repo: &RepoName, req: &Request<Body>) -> ApiR
         (true, Some(l)) => Some(link(&format!("/v2/{repo}/tags/list"), n, l)),
         _ => None,
     };
-    Ok(json_page(serde_json::json!({"name": repo.as_str(), "tags": tags}), next))
+    Ok(json_page(
+        serde_json::json!({"name": repo.as_str(), "tags": tags}),
+        next,
+    ))
 }
 
 pub(crate) fn catalog(app: &AppState, req: &Request<Body>) -> ApiResult {

@@ -333,7 +333,11 @@ impl Store {
         if !idx.repo_exists(repo)? {
             return Err(StoreError::NameUnknown(repo.to_string()));
         }
-        Ok(idx.tags(repo, last, n)?.into_iter().map(|(t, _)| t).collect())
+        Ok(idx
+            .tags(repo, last, n)?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect())
     }
 
     /// Repositories after `last`, at most `n`, in lexical order.
@@ -365,7 +369,12 @@ impl Store {
     }
 
     /// Uploads a whole blob in one call (monolithic push): start, write, verify, commit.
-    pub async fn put_blob<S, E>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<BlobInfo>
+    pub async fn put_blob<S, E>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: S,
+    ) -> Result<BlobInfo>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,

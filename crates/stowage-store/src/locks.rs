@@ -93,7 +93,10 @@ mod tests {
             let _g = l2.exclusive([&b2, &a2]).await;
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!excl.is_finished(), "exclusive must wait for the shared holder");
+        assert!(
+            !excl.is_finished(),
+            "exclusive must wait for the shared holder"
+        );
         drop(shared);
         tokio::time::timeout(Duration::from_secs(5), excl)
             .await

@@ -6,7 +6,9 @@ use super::*;
 use futures::TryStreamExt;
 use stowage_core::{Reference, Tag};
 
-pub(crate) fn body(data: &[u8]) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> + Unpin + Send {
+pub(crate) fn body(
+    data: &[u8],
+) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> + Unpin + Send {
     let chunks: Vec<std::result::Result<Bytes, std::io::Error>> = data
         .chunks(4096)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -14,7 +16,8 @@ pub(crate) fn body(data: &[u8]) -> impl Stream<Item = std::result::Result<Bytes,
     futures::stream::iter(chunks)
 }
 
-pub(crate) fn no_body() -> Option<futures::stream::Iter<std::vec::IntoIter<std::result::Result<Bytes, std::io::Error>>>> {
+pub(crate) fn no_body(
+) -> Option<futures::stream::Iter<std::vec::IntoIter<std::result::Result<Bytes, std::io::Error>>>> {
     None
 }
 
@@ -123,7 +126,13 @@ async fn chunked_upload_checks_offsets_and_survives_reopen() {
             .append_upload(&repo("x"), &st.id, Some(5), body(&data[100_000..]))
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::RangeInvalid { got: 5, expected: 100_000 }));
+        assert!(matches!(
+            err,
+            StoreError::RangeInvalid {
+                got: 5,
+                expected: 100_000
+            }
+        ));
         // Wrong repository: unknown session.
         assert!(matches!(
             store.upload_status(&repo("y"), &st.id).await,
@@ -133,9 +142,17 @@ async fn chunked_upload_checks_offsets_and_survives_reopen() {
     };
     // Restart: the session and its bytes persist; the hash is rebuilt from storage.
     let store = open(dir.path()).await;
-    assert_eq!(store.upload_status(&repo("x"), &id).await.unwrap().size, 100_000);
+    assert_eq!(
+        store.upload_status(&repo("x"), &id).await.unwrap().size,
+        100_000
+    );
     store
-        .append_upload(&repo("x"), &id, Some(100_000), body(&data[100_000..200_000]))
+        .append_upload(
+            &repo("x"),
+            &id,
+            Some(100_000),
+            body(&data[100_000..200_000]),
+        )
         .await
         .unwrap();
     let info = store
@@ -167,7 +184,10 @@ async fn digest_mismatch_discards_upload_and_keeps_existing() {
     assert!(!dir.path().join("blobs/uploads").join(&st.id).exists());
     // sha512 digests are verified with sha512.
     let d512 = stowage_core::Digest::compute(stowage_core::Algorithm::Sha512, &good);
-    store.put_blob(&repo("r"), &d512, body(&good)).await.unwrap();
+    store
+        .put_blob(&repo("r"), &d512, body(&good))
+        .await
+        .unwrap();
     assert_eq!(read(&store, &repo("r"), &d512).await.unwrap(), good);
 }
 
@@ -184,12 +204,20 @@ async fn manifest_requires_references_and_serves_exact_bytes() {
         .put_manifest(&repo("app"), &tag("v1"), None, m.clone())
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::ManifestBlobUnknown(ref d) if *d == ld), "{err}");
-    store.put_blob(&repo("app"), &ld, body(&layer)).await.unwrap();
+    assert!(
+        matches!(err, StoreError::ManifestBlobUnknown(ref d) if *d == ld),
+        "{err}"
+    );
+    store
+        .put_blob(&repo("app"), &ld, body(&layer))
+        .await
+        .unwrap();
     // A wrong size in the descriptor is refused.
     let bad = image((&cd, 99), &[(&ld, layer.len() as u64)]);
     assert!(matches!(
-        store.put_manifest(&repo("app"), &tag("v1"), None, bad).await,
+        store
+            .put_manifest(&repo("app"), &tag("v1"), None, bad)
+            .await,
         Err(StoreError::ManifestInvalid(_))
     ));
     let out = store
@@ -212,12 +240,20 @@ async fn manifest_requires_references_and_serves_exact_bytes() {
     // Pushing by digest checks the digest.
     let wrong = Reference::Digest(Digest::sha256(b"not it"));
     assert!(matches!(
-        store.put_manifest(&repo("app"), &wrong, None, m.clone()).await,
+        store
+            .put_manifest(&repo("app"), &wrong, None, m.clone())
+            .await,
         Err(StoreError::DigestInvalid(_))
     ));
     // Untag keeps the manifest; delete by digest removes it and its tags.
-    store.put_manifest(&repo("app"), &tag("v2"), None, m.clone()).await.unwrap();
-    store.delete_manifest(&repo("app"), &tag("v1")).await.unwrap();
+    store
+        .put_manifest(&repo("app"), &tag("v2"), None, m.clone())
+        .await
+        .unwrap();
+    store
+        .delete_manifest(&repo("app"), &tag("v1"))
+        .await
+        .unwrap();
     assert_eq!(store.tags(&repo("app"), None, 10).unwrap(), ["v2"]);
     store
         .delete_manifest(&repo("app"), &Reference::Digest(out.digest.clone()))
@@ -252,7 +288,12 @@ async fn index_children_and_referrers() {
     store.put_blob(&r, &cd, body(&cfg)).await.unwrap();
     let child = image((&cd, cfg.len() as u64), &[]);
     let child_d = store
-        .put_manifest(&r, &Reference::Digest(Digest::sha256(&child)), None, child.clone())
+        .put_manifest(
+            &r,
+            &Reference::Digest(Digest::sha256(&child)),
+            None,
+            child.clone(),
+        )
         .await
         .unwrap()
         .digest;
@@ -272,13 +313,21 @@ async fn index_children_and_referrers() {
     }))
     .unwrap();
     assert!(matches!(
-        store.put_manifest(&r, &tag("bad"), None, missing_child).await,
+        store
+            .put_manifest(&r, &tag("bad"), None, missing_child)
+            .await,
         Err(StoreError::ManifestBlobUnknown(_))
     ));
-    let idx_d = store.put_manifest(&r, &tag("latest"), None, index).await.unwrap().digest;
+    let idx_d = store
+        .put_manifest(&r, &tag("latest"), None, index)
+        .await
+        .unwrap()
+        .digest;
     // The child cannot be deleted while the index holds it.
     assert!(matches!(
-        store.delete_manifest(&r, &Reference::Digest(child_d.clone())).await,
+        store
+            .delete_manifest(&r, &Reference::Digest(child_d.clone()))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     // A signature referring to the child.
@@ -302,12 +351,18 @@ async fn index_children_and_referrers() {
     let refs = store.referrers(&r, &child_d, None).unwrap();
     assert_eq!(refs.len(), 1);
     assert_eq!(refs[0].digest, out.digest);
-    assert_eq!(refs[0].artifact_type.as_deref(), Some("application/vnd.example.sig"));
+    assert_eq!(
+        refs[0].artifact_type.as_deref(),
+        Some("application/vnd.example.sig")
+    );
     assert!(store
         .referrers(&r, &child_d, Some("application/other"))
         .unwrap()
         .is_empty());
-    store.delete_manifest(&r, &Reference::Digest(idx_d)).await.unwrap();
+    store
+        .delete_manifest(&r, &Reference::Digest(idx_d))
+        .await
+        .unwrap();
     store
         .delete_manifest(&r, &Reference::Digest(child_d))
         .await
@@ -332,7 +387,9 @@ async fn no_body_finish_and_cancel() {
     let st = store.start_upload(&repo("z")).await.unwrap();
     store.cancel_upload(&repo("z"), &st.id).await.unwrap();
     assert!(matches!(
-        store.append_upload(&repo("z"), &st.id, None, body(b"x")).await,
+        store
+            .append_upload(&repo("z"), &st.id, None, body(b"x"))
+            .await,
         Err(StoreError::BlobUploadUnknown(_))
     ));
     // Empty blob.

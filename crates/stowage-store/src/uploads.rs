@@ -73,8 +73,10 @@ impl Store {
 
     fn sessions(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<Session>>>>
-    {
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, Arc<tokio::sync::Mutex<Session>>>,
+    > {
         // Only map inserts and removes happen under this lock; a panic cannot leave it torn.
         self.inner
             .sessions
@@ -250,14 +252,13 @@ impl Store {
                 .take()
                 .ok_or_else(|| StoreError::Internal("upload hash state missing".into()))?
                 .finish(),
-            other => {
-                self.inner
-                    .cas
-                    .rehash_parts(id, &parts, other)
-                    .await?
-                    .0
-                    .finish()
-            }
+            other => self
+                .inner
+                .cas
+                .rehash_parts(id, &parts, other)
+                .await?
+                .0
+                .finish(),
         };
         if &actual != digest {
             self.end_session(id, &parts).await?;

@@ -136,8 +136,9 @@ impl ServeArgs {
         };
         let max_blob_size = match (self.max_blob_size, file.max_blob_size) {
             (Some(v), _) => v,
-            (None, Some(toml::Value::Integer(i))) => u64::try_from(i)
-                .map_err(|_| format!("max_blob_size must be positive, got {i}"))?,
+            (None, Some(toml::Value::Integer(i))) => {
+                u64::try_from(i).map_err(|_| format!("max_blob_size must be positive, got {i}"))?
+            }
             (None, Some(toml::Value::String(s))) => parse_size(&s)?,
             (None, Some(other)) => return Err(format!("max_blob_size: unexpected {other}")),
             (None, None) => 1 << 40,
@@ -150,7 +151,11 @@ impl ServeArgs {
         let site = self
             .site
             .or(file.site)
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "stowage".to_string());
         Ok(Settings {
@@ -171,7 +176,10 @@ impl ServeArgs {
             verify_reads: self.verify_reads.or(file.verify_reads).unwrap_or(true),
             sync_index: self.sync_index.or(file.sync_index).unwrap_or(true),
             shutdown_timeout,
-            log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             log_level: self
                 .log_level
                 .or(file.log_level)

@@ -111,7 +111,10 @@ async fn serve(s: Settings) -> Result<(), String> {
             tracing::error!(error = %e, "admin server ended with an error");
         }
     };
-    if tokio::time::timeout(s.shutdown_timeout, drain).await.is_err() {
+    if tokio::time::timeout(s.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!(timeout = ?s.shutdown_timeout, "in-flight requests did not finish in time");
     }
     if let Err(e) = store.index().flush() {

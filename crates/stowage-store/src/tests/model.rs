@@ -175,7 +175,10 @@ async fn check(store: &Store, model: &Model) {
         let rn = repo(name);
         for b in 0..POOL {
             if model.linked(r, b) {
-                assert_eq!(read(store, &rn, &blob_digest(b)).await.unwrap(), blob_data(b));
+                assert_eq!(
+                    read(store, &rn, &blob_digest(b)).await.unwrap(),
+                    blob_data(b)
+                );
             } else {
                 assert!(matches!(
                     store.stat_blob(&rn, &blob_digest(b)),
