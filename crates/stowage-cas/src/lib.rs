@@ -27,6 +27,7 @@
 //! when `commit` returns `Ok`, the bytes are durable, and only then may the index say the blob
 //! exists.
 
+mod local;
 mod read;
 
 use std::path::PathBuf;
@@ -222,6 +223,10 @@ impl Cas {
         E: std::fmt::Display,
     {
         let path = part_path(upload, part);
+        if let Some(root) = &self.local_root {
+            let file = root.join(path.as_ref());
+            return local::write_part(file, body, hasher, limit).await;
+        }
         let multipart = self
             .store
             .put_multipart(&path)
