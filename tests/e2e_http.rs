@@ -501,3 +501,35 @@ async fn api_surface_over_the_wire() {
         layer
     );
 }
+
+/// `stowage info` talks to the admin gRPC service of a running daemon.
+#[tokio::test]
+async fn info_command_reads_admin_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path());
+    let c = client();
+    push_blob(&c, &d, "info/repo", b"counted").await;
+    let admin = d.admin.trim_start_matches("http://").to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        common::run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
+                .args(["info", "--json", "--server", &admin]),
+        )
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["feed_sequence"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["data_dir"], dir.path().display().to_string());
+    // A daemon that is not there is a clear error, not a panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .args(["info", "--server", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connecting to"),
+        "{out:?}"
+    );
+}

@@ -86,7 +86,8 @@ where
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || {
             create_dir_durable(&dir)?;
-            let f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+            let f =
+                std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
             Ok::<_, CasError>((Arc::new(f), tmp))
         })
         .await

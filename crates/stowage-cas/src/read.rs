@@ -18,6 +18,8 @@ use crate::CasError;
 /// Read size for local files. `object_store`'s own file stream reads 8 KiB per blocking call,
 /// which caps pulls far below disk and loopback speed; 1 MiB reads do not.
 const FILE_CHUNK: u64 = 1024 * 1024;
+/// Chunks read ahead of the consumer.
+const READ_AHEAD: usize = 4;
 
 /// Opens `path`, whole or a range, as a stream of chunks.
 pub(crate) async fn open(
@@ -41,44 +43,44 @@ fn file_stream(
     path: std::path::PathBuf,
     range: Range<u64>,
 ) -> BoxStream<'static, Result<Bytes, object_store::Error>> {
-    let state = (file, path, range.start, range.end, false);
-    futures::stream::try_unfold(state, |(mut file, path, pos, end, seeked)| async move {
-        if pos >= end {
-            return Ok(None);
-        }
-        let to_read = (end - pos).min(FILE_CHUNK);
-        let res = tokio::task::spawn_blocking(move || {
-            if !seeked {
-                file.seek(SeekFrom::Start(pos))?;
-            }
-            let mut buf = Vec::with_capacity(to_read as usize);
-            (&mut file).take(to_read).read_to_end(&mut buf)?;
-            Ok::<_, std::io::Error>((file, buf))
-        })
-        .await;
-        let (file, buf) = match res {
-            Ok(Ok(v)) => v,
-            Ok(Err(source)) => {
-                return Err(object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: format!("reading {}: {source}", path.display()).into(),
-                })
-            }
-            Err(join) => {
-                return Err(object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: format!("read task for {} failed: {join}", path.display()).into(),
-                })
-            }
+    // A reader thread runs ahead of the response by up to READ_AHEAD chunks, so disk reads
+    // overlap hashing and socket writes. When the response is dropped (client gone) the channel
+    // closes and the thread stops.
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let fail = |what: String| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: what.into(),
         };
-        if buf.is_empty() {
-            return Err(object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: format!("{} ended early at byte {pos} of {end}", path.display()).into(),
-            });
+        let mut file = file;
+        if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
+            let _ = tx.blocking_send(Err(fail(format!("seeking {}: {e}", path.display()))));
+            return;
         }
-        let next = pos + buf.len() as u64;
-        Ok(Some((Bytes::from(buf), (file, path, next, end, true))))
+        let mut pos = range.start;
+        while pos < range.end {
+            let to_read = (range.end - pos).min(FILE_CHUNK);
+            let mut buf = Vec::with_capacity(to_read as usize);
+            let item = match (&mut file).take(to_read).read_to_end(&mut buf) {
+                Ok(0) => Err(fail(format!(
+                    "{} ended early at byte {pos} of {}",
+                    path.display(),
+                    range.end
+                ))),
+                Ok(n) => {
+                    pos += n as u64;
+                    Ok(Bytes::from(buf))
+                }
+                Err(e) => Err(fail(format!("reading {}: {e}", path.display()))),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
     })
     .boxed()
 }

@@ -397,3 +397,44 @@ async fn no_body_finish_and_cancel() {
     store.put_blob(&repo("z"), &e, body(b"")).await.unwrap();
     assert_eq!(read(&store, &repo("z"), &e).await.unwrap(), b"");
 }
+
+/// Invariant 2 under contention: manifest puts racing blob deletes never leave a manifest whose
+/// blob is unlinked; each put either wins (and the delete is refused) or fails cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manifest_put_races_blob_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let r = repo("race");
+    let cfg = b"{}".to_vec();
+    let cd = Digest::sha256(&cfg);
+    store.put_blob(&r, &cd, body(&cfg)).await.unwrap();
+    for round in 0..40u32 {
+        let layer = format!("layer {round}").into_bytes();
+        let ld = Digest::sha256(&layer);
+        store.put_blob(&r, &ld, body(&layer)).await.unwrap();
+        let m = image((&cd, cfg.len() as u64), &[(&ld, layer.len() as u64)]);
+        let (s1, s2) = (store.clone(), store.clone());
+        let (r1, r2) = (r.clone(), r.clone());
+        let ld2 = ld.clone();
+        let put = tokio::spawn(async move { s1.put_manifest(&r1, &tag("t"), None, m).await });
+        let del = tokio::spawn(async move { s2.delete_blob(&r2, &ld2).await });
+        let (put, del) = (put.await.unwrap(), del.await.unwrap());
+        match (&put, &del) {
+            (Ok(_), Err(StoreError::Conflict(_))) => {
+                // The manifest won: its layer must still be served.
+                assert_eq!(read(&store, &r, &ld).await.unwrap(), layer);
+            }
+            (Err(StoreError::ManifestBlobUnknown(d)), Ok(())) => assert_eq!(d, &ld),
+            other => panic!("round {round}: unexpected outcome {other:?}"),
+        }
+        // Whatever happened, every manifest in the repository has all its blobs linked.
+        for (md, rec) in store.index().manifests(&r).unwrap() {
+            for b in rec.blobs {
+                assert!(
+                    store.index().repo_has_blob(&r, &b).unwrap(),
+                    "{md} lost {b}"
+                );
+            }
+        }
+    }
+}
