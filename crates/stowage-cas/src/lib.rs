@@ -299,13 +299,17 @@ impl Cas {
         Ok((hasher, size))
     }
 
-    /// Sizes of the parts stored for `upload` (missing parts are absent from the result).
+    /// Size of part `part` of `upload`, `None` when it is not stored.
     pub async fn part_size(&self, upload: &str, part: u32) -> Result<Option<u64>, CasError> {
-        let path = part_path(upload, part);
-        match self.store.head(&path).await {
+        self.head_size(&part_path(upload, part)).await
+    }
+
+    /// Size of the object at `path`, `None` when absent.
+    async fn head_size(&self, path: &Path) -> Result<Option<u64>, CasError> {
+        match self.store.head(path).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(be_err(format!("stat of part {path}"))(e)),
+            Err(e) => Err(be_err(format!("stat of {path}"))(e)),
         }
     }
 
@@ -465,11 +469,7 @@ impl Cas {
 
     /// The stored size of a blob, or `None` when the store has no such object.
     pub async fn size(&self, digest: &Digest) -> Result<Option<u64>, CasError> {
-        match self.store.head(&blob_path(digest)).await {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(be_err(format!("stat of blob {digest}"))(e)),
-        }
+        self.head_size(&blob_path(digest)).await
     }
 
     /// Streams blob `digest` (of `size` bytes, as the index records it), whole or the byte range

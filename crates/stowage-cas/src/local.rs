@@ -107,19 +107,9 @@ where
     let writer_file = file.clone();
     let writer_tmp = tmp.clone();
     let write_thread = tokio::task::spawn_blocking(move || -> Result<(), CasError> {
-        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let sync_file = writer_file.clone();
-        let syncer = std::thread::Builder::new()
-            .name("stowage-part-sync".into())
-            .spawn(move || {
-                while sync_rx.recv().is_ok() {
-                    // Start writeback of what is written so far while more arrives; the final
-                    // sync after the last write then has little left to do. Errors surface in
-                    // that final sync.
-                    let _ = sync_file.sync_data();
-                }
-            })
-            .map_err(io("starting part sync thread".into()))?;
+        // The syncer thread starts with the first 16 MiB: small parts never pay for it.
+        let mut syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)> =
+            None;
         let mut since_sync = 0u64;
         let mut out: &std::fs::File = &writer_file;
         let mut result = Ok(());
@@ -131,11 +121,18 @@ where
             since_sync += b.len() as u64;
             if since_sync >= SYNC_EVERY {
                 since_sync = 0;
-                let _ = sync_tx.try_send(());
+                if syncer.is_none() {
+                    syncer = Some(start_syncer(writer_file.clone())?);
+                }
+                if let Some((tx, _)) = &syncer {
+                    let _ = tx.try_send(());
+                }
             }
         }
-        drop(sync_tx);
-        let _ = syncer.join();
+        if let Some((tx, handle)) = syncer {
+            drop(tx);
+            let _ = handle.join();
+        }
         result
     });
 
@@ -197,6 +194,24 @@ where
             outcome.map(|()| 0)
         }
     }
+}
+
+/// A thread that runs `fdatasync` on `file` each time it is signalled. Errors are ignored here:
+/// they surface in the final sync after the last write.
+fn start_syncer(
+    file: Arc<std::fs::File>,
+) -> Result<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>), CasError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let handle = std::thread::Builder::new()
+        .name("stowage-part-sync".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                // Start writeback of what is written so far while more arrives.
+                let _ = file.sync_data();
+            }
+        })
+        .map_err(io("starting part sync thread".into()))?;
+    Ok((tx, handle))
 }
 
 async fn send_both(

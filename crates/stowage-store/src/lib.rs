@@ -261,19 +261,28 @@ impl Store {
             Err(StoreError::BlobUnknown(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        self.link_present_blob(repo, digest, info.size).await?;
+        self.link_present_blob(stowage_index::Batch::new(), repo, digest, info.size)
+            .await?;
         Ok(Some(info))
     }
 
-    /// Records that `repo` holds blob `digest`, which is present. Caller holds the digest's
-    /// stripe (shared).
-    async fn link_present_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+    /// Records that `repo` holds blob `digest`, which is present, together with whatever
+    /// `batch` already holds. Caller holds the digest's stripe (shared).
+    async fn link_present_blob(
+        &self,
+        mut batch: stowage_index::Batch,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
         let idx = &self.inner.index;
         if idx.repo_has_blob(repo, digest)? {
+            if !batch.is_empty() {
+                self.commit(batch).await?;
+            }
             return Ok(());
         }
         let now = self.now_ms();
-        let mut batch = stowage_index::Batch::new();
         batch.link_blob(repo, digest, now);
         if let Some(mut rec) = idx.blob(digest)? {
             rec.updated_ms = now;
@@ -379,9 +388,10 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let status = self.start_upload(repo).await?;
-        self.finish_upload(repo, &status.id, digest, Some(body))
-            .await
+        // A monolithic push needs no durable session: its id is never handed out, so after a
+        // crash nobody can resume it and start-up recovery removes its staging.
+        let id = self.open_session(repo, false).await?;
+        self.finish_upload(repo, &id, digest, Some(body)).await
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct Session {
     record: UploadRecord,
     /// Running sha256 over all parts; `None` when it must be rebuilt from storage.
     hasher: Option<Hasher>,
+    /// Recorded in the index (handed to a client, resumable after a restart).
+    durable: bool,
 }
 
 impl Session {
@@ -50,6 +52,12 @@ fn map_cas(e: CasError) -> StoreError {
 impl Store {
     /// Starts an upload session in `repo`.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
+        let id = self.open_session(repo, true).await?;
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    /// Creates a session; a `durable` one is recorded in the index so it survives a restart.
+    pub(crate) async fn open_session(&self, repo: &RepoName, durable: bool) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now_ms();
         let record = UploadRecord {
@@ -58,17 +66,20 @@ impl Store {
             updated_ms: now,
             parts: Vec::new(),
         };
-        let mut batch = Batch::new();
-        batch.put_upload(&id, &record);
-        self.commit(batch).await?;
+        if durable {
+            let mut batch = Batch::new();
+            batch.put_upload(&id, &record);
+            self.commit(batch).await?;
+        }
         let session = Session {
             repo: repo.clone(),
             record,
             hasher: Some(Hasher::new(Algorithm::Sha256)),
+            durable,
         };
         self.sessions()
             .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
-        Ok(UploadStatus { id, size: 0 })
+        Ok(id)
     }
 
     fn sessions(
@@ -101,6 +112,7 @@ impl Store {
             repo: repo.clone(),
             record,
             hasher: None,
+            durable: true,
         }));
         Ok(self
             .sessions()
@@ -149,7 +161,7 @@ impl Store {
         E: std::fmt::Display,
     {
         let mut s = self.live_session(repo, id).await?;
-        self.append_locked(&mut s, id, start, body).await?;
+        self.append_locked(&mut s, id, start, body, true).await?;
         Ok(UploadStatus {
             id: id.to_string(),
             size: s.size(),
@@ -162,6 +174,7 @@ impl Store {
         id: &str,
         start: Option<u64>,
         body: S,
+        record_part: bool,
     ) -> Result<()>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
@@ -194,9 +207,13 @@ impl Store {
                 s.hasher = Some(hasher);
                 s.record.parts.push(n);
                 s.record.updated_ms = self.now_ms();
-                let mut batch = Batch::new();
-                batch.put_upload(id, &s.record);
-                self.commit(batch).await?;
+                // The final body of a finish is committed at once; recording it as a part
+                // first would only cost a synced write.
+                if s.durable && record_part {
+                    let mut batch = Batch::new();
+                    batch.put_upload(id, &s.record);
+                    self.commit(batch).await?;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -241,7 +258,14 @@ impl Store {
     {
         let mut s = self.live_session(repo, id).await?;
         if let Some(body) = body {
-            self.append_locked(&mut s, id, None, body).await?;
+            if let Err(e) = self.append_locked(&mut s, id, None, body, false).await {
+                if !s.durable {
+                    // Nobody can resume a monolithic upload: drop it now.
+                    let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
+                    self.end_session(id, &parts, false).await?;
+                }
+                return Err(e);
+            }
         }
         self.ensure_hasher(&mut s, id).await?;
         let size = s.size();
@@ -261,13 +285,21 @@ impl Store {
                 .finish(),
         };
         if &actual != digest {
-            self.end_session(id, &parts).await?;
+            self.end_session(id, &parts, s.durable).await?;
             return Err(StoreError::DigestInvalid(format!(
                 "content of upload {id} hashes to {actual}, not {digest}"
             )));
         }
-        let result = self.commit_blob(repo, id, &parts, digest, size).await;
-        self.end_session(id, &parts).await?;
+        // The session record goes in the same batch that records the blob.
+        let mut batch = Batch::new();
+        if s.durable {
+            batch.delete_upload(id);
+        }
+        let result = self
+            .commit_blob(batch, repo, id, &parts, digest, size)
+            .await;
+        let durable_left = s.durable && result.is_err();
+        self.end_session(id, &parts, durable_left).await?;
         result?;
         Ok(BlobInfo {
             digest: digest.clone(),
@@ -278,6 +310,7 @@ impl Store {
     /// Publishes verified staged bytes and indexes them, under the digest's shared lock.
     async fn commit_blob(
         &self,
+        mut batch: Batch,
         repo: &RepoName,
         id: &str,
         parts: &[u32],
@@ -291,7 +324,7 @@ impl Store {
             if rec.state == BlobState::Present {
                 // Deduplicated: the bytes are already stored.
                 self.inner.cas.abort(id, parts).await;
-                return self.link_present_blob(repo, digest, size).await;
+                return self.link_present_blob(batch, repo, digest, size).await;
             }
         }
         let outcome = self.inner.cas.commit(id, parts, digest).await?;
@@ -299,7 +332,6 @@ impl Store {
             tracing::debug!(%digest, "blob bytes already stored; reusing");
         }
         let now = self.now_ms();
-        let mut batch = Batch::new();
         batch.put_blob(
             digest,
             &BlobRecord {
@@ -318,11 +350,14 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a session's record, in-memory state and staging.
-    async fn end_session(&self, id: &str, parts: &[u32]) -> Result<()> {
-        let mut batch = Batch::new();
-        batch.delete_upload(id);
-        self.commit(batch).await?;
+    /// Removes a session's in-memory state and staging, and its index record when
+    /// `delete_record` (callers that already removed it in another batch pass false).
+    async fn end_session(&self, id: &str, parts: &[u32], delete_record: bool) -> Result<()> {
+        if delete_record {
+            let mut batch = Batch::new();
+            batch.delete_upload(id);
+            self.commit(batch).await?;
+        }
         self.sessions().remove(id);
         self.inner.cas.abort(id, parts).await;
         Ok(())
@@ -332,6 +367,6 @@ impl Store {
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let s = self.live_session(repo, id).await?;
         let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
-        self.end_session(id, &parts).await
+        self.end_session(id, &parts, s.durable).await
     }
 }
