@@ -283,6 +283,13 @@ async fn kill9_and_restart() {
         StatusCode::NOT_FOUND,
         "a torn upload must not be served"
     );
+    // Start-up recovery removed the torn upload's staging; the resumable session's stays.
+    let session_id = session_loc.rsplit('/').next().unwrap().to_string();
+    let staged: Vec<String> = std::fs::read_dir(dir.path().join("blobs/uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(staged, vec![session_id]);
     // The chunked session resumes where it was.
     let r = c.get(d.url(&session_loc)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
