@@ -289,7 +289,13 @@ async fn kill9_and_restart() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(staged, vec![session_id]);
+    assert!(!staged.is_empty());
+    for name in &staged {
+        assert!(
+            name.starts_with(&format!("{session_id}.")),
+            "stray staging {name}"
+        );
+    }
     // The chunked session resumes where it was.
     let r = c.get(d.url(&session_loc)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -539,4 +545,34 @@ async fn info_command_reads_admin_service() {
         String::from_utf8_lossy(&out.stderr).contains("connecting to"),
         "{out:?}"
     );
+}
+
+/// Many clients pushing and pulling at once: every push succeeds and every blob pulls
+/// byte-identical (staging is shared, so this catches races between uploads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pushes_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = std::sync::Arc::new(Daemon::start(dir.path()));
+    let c = client();
+    let mut tasks = Vec::new();
+    for client_no in 0..8u64 {
+        let (c, d) = (c.clone(), d.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut pushed = Vec::new();
+            for i in 0..40u64 {
+                let blob = data(64 * 1024 + (i as usize * 997), client_no * 1000 + i);
+                let repo = format!("load/c{}", client_no % 3);
+                let digest = push_blob(&c, &d, &repo, &blob).await;
+                pushed.push((repo, digest, blob));
+            }
+            pushed
+        }));
+    }
+    for t in tasks {
+        for (repo, digest, blob) in t.await.unwrap() {
+            let (st, body) = get(&c, &d, &format!("/v2/{repo}/blobs/{digest}")).await;
+            assert_eq!(st, StatusCode::OK);
+            assert!(body == blob, "{repo} {digest} differs");
+        }
+    }
 }

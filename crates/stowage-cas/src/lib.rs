@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! blobs/<algorithm>/<first two hex chars>/<hex>   committed blobs, named by digest
-//! uploads/<upload id>/<part number, 8 digits>      staged bytes of an upload session
+//! uploads/<upload id>.<part number, 8 digits>      staged bytes of an upload session
 //! ```
 //!
 //! The two-character shard keeps directories small on file systems (256 shards per algorithm).
@@ -166,12 +166,18 @@ pub fn blob_path(digest: &Digest) -> Path {
     ))
 }
 
+// Staging is flat (one folder for all uploads): no folder to create and sync per upload.
 fn part_path(upload: &str, part: u32) -> Path {
-    Path::from(format!("uploads/{upload}/{part:08}"))
+    Path::from(format!("uploads/{upload}.{part:08}"))
 }
 
 fn combined_path(upload: &str) -> Path {
-    Path::from(format!("uploads/{upload}/combined"))
+    Path::from(format!("uploads/{upload}.combined"))
+}
+
+/// The upload id a staging object name belongs to.
+fn upload_of(name: &str) -> &str {
+    name.split(['.', '#']).next().unwrap_or(name)
 }
 
 impl Cas {
@@ -186,7 +192,9 @@ impl Cas {
                 let fs = LocalFileSystem::new_with_prefix(&root)
                     .map_err(be_err(format!("opening {}", root.display())))?
                     .with_fsync(true)
-                    .with_automatic_cleanup(true);
+                    // No automatic removal of emptied folders: staging is one shared folder, and
+                    // removing it when it empties races with the next upload creating a file in it.
+                    .with_automatic_cleanup(false);
                 (Arc::new(fs), Some(root))
             }
             Backend::Memory => (Arc::new(InMemory::new()), None),
@@ -207,6 +215,9 @@ impl Cas {
     /// Streams `body` into part `part` of upload `upload`, feeding every byte to `hasher`.
     ///
     /// At most `limit` bytes are accepted (`CasError::TooLarge` beyond, and the part is dropped).
+    /// The part's bytes are synced before this returns; with `durable` its directory entry is
+    /// too, so the part survives a crash (needed for chunks of a resumable session, not for a
+    /// body that is committed right away).
     /// Returns the number of bytes written. On any error nothing of this part remains, but
     /// `hasher` may have seen some of its bytes: the caller must then rebuild its hash state
     /// from the parts that exist ([`Cas::rehash_parts`]).
@@ -217,6 +228,7 @@ impl Cas {
         mut body: S,
         hasher: &mut Hasher,
         limit: u64,
+        durable: bool,
     ) -> Result<u64, CasError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -225,7 +237,7 @@ impl Cas {
         let path = part_path(upload, part);
         if let Some(root) = &self.local_root {
             let file = root.join(path.as_ref());
-            return local::write_part(file, body, hasher, limit).await;
+            return local::write_part(file, body, hasher, limit, durable).await;
         }
         let multipart = self
             .store
@@ -398,11 +410,6 @@ impl Cas {
             self.delete_quiet(&part_path(upload, *part)).await;
         }
         self.delete_quiet(&combined_path(upload)).await;
-        if let Some(root) = &self.local_root {
-            let dir = root.join("uploads").join(upload);
-            // Only succeeds when empty; leftovers are handled by the start-up sweep.
-            let _ = tokio::fs::remove_dir(&dir).await;
-        }
     }
 
     async fn delete_quiet(&self, path: &Path) {
@@ -418,32 +425,32 @@ impl Cas {
         live: &std::collections::HashSet<String>,
     ) -> Result<usize, CasError> {
         if let Some(root) = &self.local_root {
-            // The local backend also leaves `#`-suffixed temporary files of interrupted parts,
-            // which listing through object_store does not show: sweep the folders directly.
+            // Read the folder directly: it also holds `#`-suffixed temporary files of
+            // interrupted multipart writes, which listing through object_store does not show.
             let uploads = root.join("uploads");
-            let mut removed = 0;
+            let listing = |source| CasError::Io {
+                context: format!("listing {}", uploads.display()),
+                source,
+            };
             let mut entries = match tokio::fs::read_dir(&uploads).await {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-                Err(source) => {
-                    return Err(CasError::Io {
-                        context: format!("listing {}", uploads.display()),
-                        source,
-                    })
-                }
+                Err(source) => return Err(listing(source)),
             };
-            while let Some(entry) = entries.next_entry().await.map_err(|source| CasError::Io {
-                context: format!("listing {}", uploads.display()),
-                source,
-            })? {
+            let mut removed = 0;
+            while let Some(entry) = entries.next_entry().await.map_err(listing)? {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !live.contains(&name) {
-                    tokio::fs::remove_dir_all(entry.path())
-                        .await
-                        .map_err(|source| CasError::Io {
-                            context: format!("removing stray upload {}", entry.path().display()),
-                            source,
-                        })?;
+                if !live.contains(upload_of(&name)) {
+                    let path = entry.path();
+                    let gone = if entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
+                        tokio::fs::remove_dir_all(&path).await
+                    } else {
+                        tokio::fs::remove_file(&path).await
+                    };
+                    gone.map_err(|source| CasError::Io {
+                        context: format!("removing stray staging {}", path.display()),
+                        source,
+                    })?;
                     removed += 1;
                 }
             }
@@ -453,9 +460,8 @@ impl Cas {
         let mut stray = Vec::new();
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(be_err("listing uploads"))?;
-            let id = meta.location.parts().nth(1).map(|p| p.as_ref().to_string());
-            if let Some(id) = id {
-                if !live.contains(&id) {
+            if let Some(name) = meta.location.filename() {
+                if !live.contains(upload_of(name)) {
                     stray.push(meta.location);
                 }
             }

@@ -14,9 +14,9 @@
 //!
 //! Each frame is shared (`Bytes`, reference counted) between the hasher and the writer, never
 //! copied. Channels are bounded, so a slow disk or hasher pushes back on the client instead of
-//! filling memory (about 8 MiB in flight per upload). The part is written to `<n>.tmp`, synced,
-//! renamed to its final name and the directory synced, so a part that exists is complete and
-//! durable, and a crash leaves only a `.tmp` file that start-up recovery removes.
+//! filling memory (a few MiB in flight per upload). The caller records a part in the index only
+//! after this returns, so a part file cut short by a crash is never counted: a retry of that
+//! chunk overwrites it, and start-up recovery removes staging of sessions that have no record.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use crate::CasError;
 /// Frames smaller than this are coalesced before they are handed to the threads.
 const COALESCE: usize = 256 * 1024;
 /// Depth of each hand-off channel, in frames.
-const DEPTH: usize = 16;
+const DEPTH: usize = 4;
 /// Bytes written between background data syncs.
 const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 
@@ -72,6 +72,7 @@ pub(crate) async fn write_part<S, E>(
     mut body: S,
     hasher: &mut Hasher,
     limit: u64,
+    durable: bool,
 ) -> Result<u64, CasError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -81,14 +82,14 @@ where
         .parent()
         .ok_or_else(|| CasError::Body(format!("part path {} has no parent", final_path.display())))?
         .to_path_buf();
-    let tmp = final_path.with_extension("tmp");
     let (file, tmp) = {
         let dir = dir.clone();
+        let path = final_path.clone();
         tokio::task::spawn_blocking(move || {
             create_dir_durable(&dir)?;
             let f =
-                std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-            Ok::<_, CasError>((Arc::new(f), tmp))
+                std::fs::File::create(&path).map_err(io(format!("creating {}", path.display())))?;
+            Ok::<_, CasError>((Arc::new(f), path))
         })
         .await
         .map_err(|e| CasError::Body(format!("part file task: {e}")))??
@@ -179,9 +180,10 @@ where
                 file.sync_data()
                     .map_err(io(format!("syncing {}", tmp.display())))?;
                 drop(file);
-                std::fs::rename(&tmp, &final_path)
-                    .map_err(io(format!("publishing part {}", final_path.display())))?;
-                sync_dir(&dir)
+                if durable {
+                    sync_dir(&dir)?;
+                }
+                Ok::<_, CasError>(())
             })
             .await
             .map_err(|e| CasError::Body(format!("part sync task: {e}")))??;

@@ -58,11 +58,11 @@ async fn write_commit_read_in_parts() {
         let b = data(123_457, 2);
         let mut h = Hasher::new(Algorithm::Sha256);
         let n1 = cas
-            .write_part("u1", 0, body(&a, 7000), &mut h, u64::MAX)
+            .write_part("u1", 0, body(&a, 7000), &mut h, u64::MAX, true)
             .await
             .unwrap();
         let n2 = cas
-            .write_part("u1", 1, body(&b, 65536), &mut h, u64::MAX)
+            .write_part("u1", 1, body(&b, 65536), &mut h, u64::MAX, true)
             .await
             .unwrap();
         assert_eq!((n1, n2), (a.len() as u64, b.len() as u64));
@@ -105,7 +105,7 @@ async fn same_blob_twice_is_stored_once() {
         let mut outcomes = Vec::new();
         for id in ["x", "y"] {
             let mut h = Hasher::new(Algorithm::Sha256);
-            cas.write_part(id, 0, body(&a, 999), &mut h, u64::MAX)
+            cas.write_part(id, 0, body(&a, 999), &mut h, u64::MAX, true)
                 .await
                 .unwrap();
             outcomes.push(cas.commit(id, &[0], &d).await.unwrap());
@@ -132,7 +132,7 @@ async fn concurrent_commits_of_one_digest_leave_one_object() {
             tasks.push(tokio::spawn(async move {
                 let id = format!("c{i}");
                 let mut h = Hasher::new(Algorithm::Sha256);
-                cas.write_part(&id, 0, body(&a, 4096), &mut h, u64::MAX)
+                cas.write_part(&id, 0, body(&a, 4096), &mut h, u64::MAX, true)
                     .await
                     .unwrap();
                 cas.commit(&id, &[0], &d).await.unwrap()
@@ -167,7 +167,7 @@ async fn limit_and_body_errors_leave_no_part() {
         let a = data(5000, 5);
         let mut h = Hasher::new(Algorithm::Sha256);
         let err = cas
-            .write_part("l", 0, body(&a, 100), &mut h, 4000)
+            .write_part("l", 0, body(&a, 100), &mut h, 4000, true)
             .await
             .unwrap_err();
         assert!(matches!(err, CasError::TooLarge { limit: 4000 }), "{err}");
@@ -177,7 +177,7 @@ async fn limit_and_body_errors_leave_no_part() {
             Err(std::io::Error::other("client went away")),
         ]);
         let err = cas
-            .write_part("l", 1, broken, &mut h, u64::MAX)
+            .write_part("l", 1, broken, &mut h, u64::MAX, true)
             .await
             .unwrap_err();
         assert!(matches!(err, CasError::Body(_)), "{err}");
@@ -191,7 +191,7 @@ async fn bad_ranges_and_missing_blobs_are_errors() {
         let a = data(100, 6);
         let d = Digest::sha256(&a);
         let mut h = Hasher::new(Algorithm::Sha256);
-        cas.write_part("r", 0, body(&a, 100), &mut h, u64::MAX)
+        cas.write_part("r", 0, body(&a, 100), &mut h, u64::MAX, true)
             .await
             .unwrap();
         cas.commit("r", &[0], &d).await.unwrap();
@@ -227,7 +227,7 @@ async fn corrupt_bytes_fail_the_read_loudly() {
     let a = data(50_000, 7);
     let d = Digest::sha256(&a);
     let mut h = Hasher::new(Algorithm::Sha256);
-    cas.write_part("k", 0, body(&a, 5000), &mut h, u64::MAX)
+    cas.write_part("k", 0, body(&a, 5000), &mut h, u64::MAX, true)
         .await
         .unwrap();
     cas.commit("k", &[0], &d).await.unwrap();
@@ -244,10 +244,10 @@ async fn corrupt_bytes_fail_the_read_loudly() {
 async fn stray_uploads_are_swept() {
     for (cas, _dir) in backends() {
         let mut h = Hasher::new(Algorithm::Sha256);
-        cas.write_part("keep", 0, body(b"k", 1), &mut h, u64::MAX)
+        cas.write_part("keep", 0, body(b"k", 1), &mut h, u64::MAX, true)
             .await
             .unwrap();
-        cas.write_part("gone", 0, body(b"g", 1), &mut h, u64::MAX)
+        cas.write_part("gone", 0, body(b"g", 1), &mut h, u64::MAX, true)
             .await
             .unwrap();
         let live: std::collections::HashSet<String> = ["keep".to_string()].into();

@@ -390,7 +390,7 @@ impl Store {
     {
         // A monolithic push needs no durable session: its id is never handed out, so after a
         // crash nobody can resume it and start-up recovery removes its staging.
-        let id = self.open_session(repo, false).await?;
+        let id = self.open_session(repo, false);
         self.finish_upload(repo, &id, digest, Some(body)).await
     }
 }

@@ -181,7 +181,19 @@ async fn digest_mismatch_discards_upload_and_keeps_existing() {
         .unwrap_err();
     assert!(matches!(err, StoreError::DigestInvalid(_)), "{err}");
     assert_eq!(read(&store, &repo("r"), &gd).await.unwrap(), good);
-    assert!(!dir.path().join("blobs/uploads").join(&st.id).exists());
+    let leftovers = std::fs::read_dir(dir.path().join("blobs/uploads"))
+        .map(|r| {
+            r.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&st.id)
+            })
+            .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0, "staging of the failed upload must be removed");
     // sha512 digests are verified with sha512.
     let d512 = stowage_core::Digest::compute(stowage_core::Algorithm::Sha512, &good);
     store

@@ -1,9 +1,11 @@
 //! Upload sessions: start, append chunks, finish with a digest, cancel.
 //!
-//! A session's record (repository, part sizes) is in the index, so it survives a restart; each
-//! appended request body is one part object in the blob store. The running hash lives in
-//! memory; when it is missing (after a restart) or may be wrong (an append failed half way), it
-//! is rebuilt by reading the stored parts back.
+//! Each appended request body is one part object in the blob store. A session is recorded in
+//! the index (repository, part sizes) when its first chunk is stored, so from then on it survives
+//! a restart; a session that holds no bytes yet, or a monolithic push whose id no client ever
+//! sees, costs no index write at all. The running hash lives in memory; when it is missing
+//! (after a restart) or may be wrong (an append failed half way), it is rebuilt by reading the
+//! stored parts back.
 
 use std::sync::Arc;
 
@@ -31,8 +33,11 @@ pub(crate) struct Session {
     record: UploadRecord,
     /// Running sha256 over all parts; `None` when it must be rebuilt from storage.
     hasher: Option<Hasher>,
-    /// Recorded in the index (handed to a client, resumable after a restart).
-    durable: bool,
+    /// The index holds a record of this session (it has stored chunks that must survive a
+    /// restart).
+    recorded: bool,
+    /// Its id was handed to a client, which may resume it (false for monolithic pushes).
+    resumable: bool,
 }
 
 impl Session {
@@ -52,34 +57,29 @@ fn map_cas(e: CasError) -> StoreError {
 impl Store {
     /// Starts an upload session in `repo`.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
-        let id = self.open_session(repo, true).await?;
+        let id = self.open_session(repo, true);
         Ok(UploadStatus { id, size: 0 })
     }
 
-    /// Creates a session; a `durable` one is recorded in the index so it survives a restart.
-    pub(crate) async fn open_session(&self, repo: &RepoName, durable: bool) -> Result<String> {
+    /// Creates a session in memory; it is recorded in the index with its first stored chunk.
+    pub(crate) fn open_session(&self, repo: &RepoName, resumable: bool) -> String {
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now_ms();
-        let record = UploadRecord {
-            repo: repo.to_string(),
-            created_ms: now,
-            updated_ms: now,
-            parts: Vec::new(),
-        };
-        if durable {
-            let mut batch = Batch::new();
-            batch.put_upload(&id, &record);
-            self.commit(batch).await?;
-        }
         let session = Session {
             repo: repo.clone(),
-            record,
+            record: UploadRecord {
+                repo: repo.to_string(),
+                created_ms: now,
+                updated_ms: now,
+                parts: Vec::new(),
+            },
             hasher: Some(Hasher::new(Algorithm::Sha256)),
-            durable,
+            recorded: false,
+            resumable,
         };
         self.sessions()
             .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
-        Ok(id)
+        id
     }
 
     fn sessions(
@@ -112,7 +112,8 @@ impl Store {
             repo: repo.clone(),
             record,
             hasher: None,
-            durable: true,
+            recorded: true,
+            resumable: true,
         }));
         Ok(self
             .sessions()
@@ -197,7 +198,13 @@ impl Store {
             .hasher
             .take()
             .ok_or_else(|| StoreError::Internal("upload hash state missing".into()))?;
-        match cas.write_part(id, part, body, &mut hasher, limit).await {
+        // Chunks of a resumable session must survive a restart; the final body of a finish is
+        // made durable by the commit that follows at once.
+        let durable = s.resumable && record_part;
+        match cas
+            .write_part(id, part, body, &mut hasher, limit, durable)
+            .await
+        {
             Ok(0) => {
                 // Empty chunks add no part (an empty object would be a part of nothing).
                 s.hasher = Some(hasher);
@@ -209,10 +216,11 @@ impl Store {
                 s.record.updated_ms = self.now_ms();
                 // The final body of a finish is committed at once; recording it as a part
                 // first would only cost a synced write.
-                if s.durable && record_part {
+                if durable {
                     let mut batch = Batch::new();
                     batch.put_upload(id, &s.record);
                     self.commit(batch).await?;
+                    s.recorded = true;
                 }
                 Ok(())
             }
@@ -259,10 +267,10 @@ impl Store {
         let mut s = self.live_session(repo, id).await?;
         if let Some(body) = body {
             if let Err(e) = self.append_locked(&mut s, id, None, body, false).await {
-                if !s.durable {
+                if !s.resumable {
                     // Nobody can resume a monolithic upload: drop it now.
                     let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
-                    self.end_session(id, &parts, false).await?;
+                    self.end_session(id, &parts, s.recorded).await?;
                 }
                 return Err(e);
             }
@@ -285,21 +293,21 @@ impl Store {
                 .finish(),
         };
         if &actual != digest {
-            self.end_session(id, &parts, s.durable).await?;
+            self.end_session(id, &parts, s.recorded).await?;
             return Err(StoreError::DigestInvalid(format!(
                 "content of upload {id} hashes to {actual}, not {digest}"
             )));
         }
         // The session record goes in the same batch that records the blob.
         let mut batch = Batch::new();
-        if s.durable {
+        if s.recorded {
             batch.delete_upload(id);
         }
         let result = self
             .commit_blob(batch, repo, id, &parts, digest, size)
             .await;
-        let durable_left = s.durable && result.is_err();
-        self.end_session(id, &parts, durable_left).await?;
+        let record_left = s.recorded && result.is_err();
+        self.end_session(id, &parts, record_left).await?;
         result?;
         Ok(BlobInfo {
             digest: digest.clone(),
@@ -367,6 +375,6 @@ impl Store {
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let s = self.live_session(repo, id).await?;
         let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
-        self.end_session(id, &parts, s.durable).await
+        self.end_session(id, &parts, s.recorded).await
     }
 }

@@ -6,6 +6,12 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+// Request bodies arrive as many short-lived buffers of a few hundred KiB; glibc's allocator
+// serves each from a fresh mmap, paying page faults and zeroing on every one (7% of push CPU
+// in a profile). mimalloc keeps and reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Stowage: a storage backend for container registries. Content-addressed blobs on a local
 /// file system or object storage, a RocksDB reference index, and the OCI Distribution API.
 #[derive(Parser, Debug)]
