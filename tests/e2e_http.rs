@@ -253,7 +253,7 @@ async fn kill9_and_restart() {
         });
         let mut tx = tx;
         use futures::SinkExt;
-        tx.send(Ok(bytes::Bytes::copy_from_slice(&torn[..4 << 20])))
+        tx.send(Ok(bytes::Bytes::copy_from_slice(&torn[..6 << 20])))
             .await
             .unwrap();
         d.kill9();
@@ -337,7 +337,8 @@ async fn sigterm_drains_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path());
     let c = client();
-    let blob = data(6 << 20, 5);
+    // Larger than the in-memory threshold (4 MiB), so staging appears on disk mid-request.
+    let blob = data(12 << 20, 5);
     let digest = sha256(&blob);
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
     let url = d.url(&format!("/v2/drain/blobs/uploads/?digest={digest}"));
@@ -349,7 +350,7 @@ async fn sigterm_drains_in_flight_requests() {
             .await
     });
     use futures::SinkExt;
-    tx.send(Ok(bytes::Bytes::copy_from_slice(&blob[..3 << 20])))
+    tx.send(Ok(bytes::Bytes::copy_from_slice(&blob[..6 << 20])))
         .await
         .unwrap();
     // Wait until the server has the request (staging exists), then ask it to stop.
@@ -366,7 +367,7 @@ async fn sigterm_drains_in_flight_requests() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let term = tokio::task::spawn_blocking(move || d.terminate());
-    tx.send(Ok(bytes::Bytes::copy_from_slice(&blob[3 << 20..])))
+    tx.send(Ok(bytes::Bytes::copy_from_slice(&blob[6 << 20..])))
         .await
         .unwrap();
     drop(tx);

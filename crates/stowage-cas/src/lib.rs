@@ -85,6 +85,9 @@ pub enum CasError {
         /// What the bytes hash to.
         actual: Digest,
     },
+    /// A background task failed (panicked or was cancelled).
+    #[error("internal: {0}")]
+    Internal(String),
     /// Local file I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -334,6 +337,19 @@ impl Cas {
         digest: &Digest,
     ) -> Result<CommitOutcome, CasError> {
         let target = blob_path(digest);
+        if let (Some(root), [only]) = (&self.local_root, parts) {
+            // Local fast path: one blocking call links, syncs and removes the staged name.
+            let part = root.join(part_path(upload, *only).as_ref());
+            let blob = root.join(target.as_ref());
+            let stored = tokio::task::spawn_blocking(move || local::publish(&part, &blob))
+                .await
+                .map_err(|e| CasError::Internal(format!("publish task: {e}")))??;
+            return Ok(if stored {
+                CommitOutcome::Stored
+            } else {
+                CommitOutcome::AlreadyPresent
+            });
+        }
         let source = match parts {
             [] => {
                 // An empty blob: publish an empty object.

@@ -31,6 +31,8 @@ use crate::CasError;
 
 /// Frames smaller than this are coalesced before they are handed to the threads.
 const COALESCE: usize = 256 * 1024;
+/// Bodies up to this size are handled without the thread pipeline.
+const INLINE_MAX: u64 = 4 * 1024 * 1024;
 /// Depth of each hand-off channel, in frames.
 const DEPTH: usize = 4;
 /// Bytes written between background data syncs.
@@ -66,9 +68,13 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), CasError> {
     Ok(())
 }
 
-/// Streams `body` into the part file `final_path`, hashing it on the way. See the module docs.
+/// Streams `body` into the part file `path`, hashing it on the way. See the module docs.
+///
+/// Bodies up to [`INLINE_MAX`] are hashed as they arrive, kept in memory, and written and synced
+/// in one blocking call: for small blobs the thread hand-offs of the pipeline cost more than
+/// they save. A body that grows past it continues through the pipeline.
 pub(crate) async fn write_part<S, E>(
-    final_path: PathBuf,
+    path: PathBuf,
     mut body: S,
     hasher: &mut Hasher,
     limit: u64,
@@ -78,21 +84,88 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let dir = final_path
+    let mut head: Vec<Bytes> = Vec::new();
+    let mut received: u64 = 0;
+    let mut ended = true;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
+        received += chunk.len() as u64;
+        if received > limit {
+            return Err(CasError::TooLarge { limit });
+        }
+        hasher.update(&chunk);
+        head.push(chunk);
+        if received > INLINE_MAX {
+            ended = false;
+            break;
+        }
+    }
+    if received == 0 {
+        return Ok(0);
+    }
+    if ended {
+        tokio::task::spawn_blocking(move || {
+            let written = write_new_file(&path, &head, durable);
+            if written.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            written
+        })
+        .await
+        .map_err(|e| CasError::Internal(format!("part write task: {e}")))??;
+        return Ok(received);
+    }
+    pipeline(path, head, received, body, hasher, limit, durable).await
+}
+
+/// Creates `path`, writes `chunks`, syncs it (and its folder when `durable`).
+fn write_new_file(path: &Path, chunks: &[Bytes], durable: bool) -> Result<(), CasError> {
+    let dir = path
         .parent()
-        .ok_or_else(|| CasError::Body(format!("part path {} has no parent", final_path.display())))?
+        .ok_or_else(|| CasError::Internal(format!("part path {} has no parent", path.display())))?;
+    create_dir_durable(dir)?;
+    let mut f = std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
+    for c in chunks {
+        f.write_all(c)
+            .map_err(io(format!("writing {}", path.display())))?;
+    }
+    f.sync_data()
+        .map_err(io(format!("syncing {}", path.display())))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The threaded path for large bodies. `head` (already hashed, `received` bytes) is written
+/// first; the rest of `body` is hashed and written by the threads.
+async fn pipeline<S, E>(
+    path: PathBuf,
+    head: Vec<Bytes>,
+    mut received: u64,
+    mut body: S,
+    hasher: &mut Hasher,
+    limit: u64,
+    durable: bool,
+) -> Result<u64, CasError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let dir = path
+        .parent()
+        .ok_or_else(|| CasError::Internal(format!("part path {} has no parent", path.display())))?
         .to_path_buf();
-    let (file, tmp) = {
-        let dir = dir.clone();
-        let path = final_path.clone();
+    let file = {
+        let (dir, path) = (dir.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
             create_dir_durable(&dir)?;
             let f =
                 std::fs::File::create(&path).map_err(io(format!("creating {}", path.display())))?;
-            Ok::<_, CasError>((Arc::new(f), path))
+            Ok::<_, CasError>(Arc::new(f))
         })
         .await
-        .map_err(|e| CasError::Body(format!("part file task: {e}")))??
+        .map_err(|e| CasError::Internal(format!("part file task: {e}")))??
     };
 
     let algo = hasher.algorithm();
@@ -106,9 +179,9 @@ where
         own_hasher
     });
     let writer_file = file.clone();
-    let writer_tmp = tmp.clone();
+    let writer_path = path.clone();
     let write_thread = tokio::task::spawn_blocking(move || -> Result<(), CasError> {
-        // The syncer thread starts with the first 16 MiB: small parts never pay for it.
+        // The syncer thread starts with the first 16 MiB.
         let mut syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)> =
             None;
         let mut since_sync = 0u64;
@@ -116,7 +189,7 @@ where
         let mut result = Ok(());
         while let Some(b) = write_rx.blocking_recv() {
             if let Err(e) = out.write_all(&b) {
-                result = Err(io(format!("writing {}", writer_tmp.display()))(e));
+                result = Err(io(format!("writing {}", writer_path.display()))(e));
                 break;
             }
             since_sync += b.len() as u64;
@@ -137,14 +210,17 @@ where
         result
     });
 
-    // Receive, coalesce small frames, fan out to the two threads.
-    let mut written: u64 = 0;
+    // Write the already-hashed head, then receive, coalesce small frames, fan out.
     let mut pending = BytesMut::new();
     let feed: Result<(), CasError> = async {
+        let closed = || CasError::Body("part writer stopped early".into());
+        for b in head {
+            write_tx.send(b).await.map_err(|_| closed())?;
+        }
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
-            written += chunk.len() as u64;
-            if written > limit {
+            received += chunk.len() as u64;
+            if received > limit {
                 return Err(CasError::TooLarge { limit });
             }
             let out = if chunk.len() >= COALESCE && pending.is_empty() {
@@ -167,18 +243,18 @@ where
     drop(write_tx);
     let hashed = hash_thread
         .await
-        .map_err(|e| CasError::Body(format!("hash task: {e}")));
+        .map_err(|e| CasError::Internal(format!("hash task: {e}")));
     let wrote = write_thread
         .await
-        .map_err(|e| CasError::Body(format!("write task: {e}")))
+        .map_err(|e| CasError::Internal(format!("write task: {e}")))
         .and_then(|r| r);
     let hashed = hashed.map(|h| *hasher = h);
     // The writer's own error (disk full, I/O) explains more than "stopped early".
     match wrote.and(hashed).and(feed) {
-        Ok(()) if written > 0 => {
+        Ok(()) => {
             tokio::task::spawn_blocking(move || {
                 file.sync_data()
-                    .map_err(io(format!("syncing {}", tmp.display())))?;
+                    .map_err(io(format!("syncing {}", path.display())))?;
                 drop(file);
                 if durable {
                     sync_dir(&dir)?;
@@ -186,16 +262,42 @@ where
                 Ok::<_, CasError>(())
             })
             .await
-            .map_err(|e| CasError::Body(format!("part sync task: {e}")))??;
-            Ok(written)
+            .map_err(|e| CasError::Internal(format!("part sync task: {e}")))??;
+            Ok(received)
         }
-        outcome => {
-            // Empty body (no part is kept) or a failure: remove the temporary file.
+        Err(e) => {
             drop(file);
-            let _ = tokio::fs::remove_file(&tmp).await;
-            outcome.map(|()| 0)
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(e)
         }
     }
+}
+
+/// Publishes staged part `part` as `blob` by hard link (create-if-absent), syncs the blob's
+/// folder, and removes the staged name. Returns false when the blob already existed.
+pub(crate) fn publish(part: &Path, blob: &Path) -> Result<bool, CasError> {
+    let dir = blob
+        .parent()
+        .ok_or_else(|| CasError::Internal(format!("blob path {} has no parent", blob.display())))?;
+    let linked = match std::fs::hard_link(part, blob) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+            create_dir_durable(dir)?;
+            match std::fs::hard_link(part, blob) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(io(format!("linking {}", blob.display()))(e)),
+            }
+        }
+        Err(e) => return Err(io(format!("linking {}", blob.display()))(e)),
+    };
+    if linked {
+        sync_dir(dir)?;
+    }
+    // The staged name is no longer needed; a leftover after a crash is swept at start.
+    let _ = std::fs::remove_file(part);
+    Ok(linked)
 }
 
 /// A thread that runs `fdatasync` on `file` each time it is signalled. Errors are ignored here:

@@ -306,8 +306,12 @@ impl Store {
         let result = self
             .commit_blob(batch, repo, id, &parts, digest, size)
             .await;
-        let record_left = s.recorded && result.is_err();
-        self.end_session(id, &parts, record_left).await?;
+        // A successful commit consumed the staged parts; a failed one leaves them to remove.
+        let (record_left, staged) = match &result {
+            Ok(()) => (false, &[][..]),
+            Err(_) => (s.recorded, &parts[..]),
+        };
+        self.end_session(id, staged, record_left).await?;
         result?;
         Ok(BlobInfo {
             digest: digest.clone(),
@@ -367,7 +371,9 @@ impl Store {
             self.commit(batch).await?;
         }
         self.sessions().remove(id);
-        self.inner.cas.abort(id, parts).await;
+        if !parts.is_empty() {
+            self.inner.cas.abort(id, parts).await;
+        }
         Ok(())
     }
 
