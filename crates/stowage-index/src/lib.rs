@@ -13,7 +13,7 @@ pub mod keys;
 pub mod records;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode,
@@ -89,6 +89,36 @@ pub enum IndexError {
     },
 }
 
+type CommitSlot = Arc<Mutex<Option<Result<u64, IndexError>>>>;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (plain values replaced
+/// whole), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl IndexError {
+    /// A copy for every waiter of a failed group commit.
+    fn duplicate(&self) -> IndexError {
+        match self {
+            IndexError::Db { context, source } => IndexError::Db {
+                context: context.clone(),
+                source: source.clone(),
+            },
+            IndexError::Corrupt(m) => IndexError::Corrupt(m.clone()),
+            IndexError::FormatVersion {
+                path,
+                found,
+                expected,
+            } => IndexError::FormatVersion {
+                path: path.clone(),
+                found: found.clone(),
+                expected: *expected,
+            },
+        }
+    }
+}
+
 fn db_err(context: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> IndexError {
     let context = context.into();
     move |source| IndexError::Db { context, source }
@@ -120,8 +150,10 @@ impl Default for IndexOptions {
 pub struct Index {
     db: Db,
     path: PathBuf,
-    /// Next feed sequence number to allocate; held for the whole commit so the feed is ordered.
+    /// Next feed sequence number to allocate; held for the whole write, so the feed is ordered.
     next_seq: Mutex<u64>,
+    /// Batches waiting for the next group commit, each with the slot its result goes to.
+    queue: Mutex<Vec<(Batch, CommitSlot)>>,
     sync_writes: bool,
 }
 
@@ -307,6 +339,7 @@ impl Index {
             db,
             path: path.to_path_buf(),
             next_seq: Mutex::new(0),
+            queue: Mutex::new(Vec::new()),
             sync_writes: opts.sync_writes,
         };
         index.check_format()?;
@@ -360,31 +393,62 @@ impl Index {
 
     /// Writes `batch` and its events atomically, returning the sequence number of the last event
     /// written (or the current last sequence when the batch has no events).
-    pub fn commit(&self, mut batch: Batch) -> Result<u64, IndexError> {
+    ///
+    /// Group commit: callers queue their batch and then contend for the writer lock. Whoever
+    /// gets it writes every queued batch, in queue order, as one synced RocksDB write, and
+    /// leaves each caller its result; a caller that finds its result already there returns it.
+    /// So under concurrency many changes share one fsync, while each caller still returns only
+    /// once its own change is durable, and feed order remains commit order.
+    pub fn commit(&self, batch: Batch) -> Result<u64, IndexError> {
+        let slot: Arc<Mutex<Option<Result<u64, IndexError>>>> = Arc::new(Mutex::new(None));
+        lock(&self.queue).push((batch, slot.clone()));
         let mut next = self.lock_seq();
+        let done = lock(&slot).take();
+        if let Some(done) = done {
+            return done;
+        }
+        let group = std::mem::take(&mut *lock(&self.queue));
         let mut wb = WriteBatch::default();
-        for op in batch.ops.drain(..) {
-            match op {
-                Op::Put(name, k, v) => wb.put_cf(&self.cf(name)?, k, v),
-                Op::Delete(name, k) => wb.delete_cf(&self.cf(name)?, k),
-            }
-        }
         let mut seq = *next;
-        let feed = self.cf(cf::FEED)?;
-        for event in &batch.events {
-            wb.put_cf(&feed, keys::seq(seq), encode(event));
-            seq += 1;
+        let mut lasts = Vec::with_capacity(group.len());
+        let built: Result<(), IndexError> = (|| {
+            let feed = self.cf(cf::FEED)?;
+            for (batch, _) in &group {
+                for op in &batch.ops {
+                    match op {
+                        Op::Put(name, k, v) => wb.put_cf(&self.cf(name)?, k, v),
+                        Op::Delete(name, k) => wb.delete_cf(&self.cf(name)?, k),
+                    }
+                }
+                for event in &batch.events {
+                    wb.put_cf(&feed, keys::seq(seq), encode(event));
+                    seq += 1;
+                }
+                lasts.push(seq - 1);
+            }
+            if seq != *next {
+                wb.put_cf(&self.cf(cf::META)?, META_SEQ, (seq - 1).to_be_bytes());
+            }
+            let mut opts = WriteOptions::default();
+            opts.set_sync(self.sync_writes);
+            self.db.write_opt(wb, &opts).map_err(db_err(format!(
+                "committing a group of {} batches",
+                group.len()
+            )))
+        })();
+        if built.is_ok() {
+            *next = seq;
         }
-        if !batch.events.is_empty() {
-            wb.put_cf(&self.cf(cf::META)?, META_SEQ, (seq - 1).to_be_bytes());
+        for ((_, waiter), last) in group.iter().zip(lasts.iter().chain(std::iter::repeat(&0))) {
+            let result = match &built {
+                Ok(()) => Ok(*last),
+                Err(e) => Err(e.duplicate()),
+            };
+            *lock(waiter) = Some(result);
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(self.sync_writes);
-        self.db
-            .write_opt(wb, &opts)
-            .map_err(db_err("committing batch"))?;
-        *next = seq;
-        Ok(seq - 1)
+        drop(next);
+        let mine = lock(&slot).take();
+        mine.unwrap_or_else(|| Err(IndexError::Corrupt("group commit lost a result".into())))
     }
 
     fn get<T: serde::de::DeserializeOwned>(

@@ -168,3 +168,45 @@ fn wrong_format_version_is_refused() {
     let err = Index::open(dir.path(), IndexOptions::default()).unwrap_err();
     assert!(matches!(err, IndexError::FormatVersion { .. }), "{err}");
 }
+
+#[test]
+fn concurrent_commits_share_groups_and_keep_the_feed_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = std::sync::Arc::new(open(dir.path()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let idx = idx.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..50 {
+                    let mut b = Batch::new();
+                    let mut e = ev(EventKind::TagSet, "r");
+                    e.tag = Some(format!("t{t}-{i}"));
+                    b.event(e);
+                    b.put_repo(&repo(&format!("r{t}")), &RepoRecord { created_ms: i });
+                    mine.push((idx.commit(b).unwrap(), format!("t{t}-{i}")));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().unwrap());
+    }
+    // Every commit got its own sequence number, and that entry is its own event.
+    let feed = idx.feed(1, 1000).unwrap();
+    assert_eq!(feed.len(), 400);
+    assert!(feed
+        .iter()
+        .enumerate()
+        .all(|(i, (s, _))| *s == i as u64 + 1));
+    for (seq, tag) in &all {
+        assert_eq!(
+            feed[(*seq - 1) as usize].1.tag.as_deref(),
+            Some(tag.as_str())
+        );
+    }
+    assert_eq!(idx.last_seq().unwrap(), 400);
+    assert_eq!(idx.repos(None, 100).unwrap().len(), 8);
+}
