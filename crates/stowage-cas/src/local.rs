@@ -5,7 +5,7 @@
 //! happened while the bytes were still arriving. This writer overlaps the three costs of a push:
 //!
 //! ```text
-//! request task:  receive body frames, coalesce small ones --+--> hasher thread: sha256
+//! request task:  receive body frames, group them (1 MiB) ----+--> hasher thread: sha256
 //!                                                           +--> writer thread: write(2)
 //!                                                                      |  every 16 MiB
 //!                                                                      v
@@ -22,19 +22,20 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use stowage_core::Hasher;
 use tokio::sync::mpsc;
 
 use crate::CasError;
 
-/// Frames smaller than this are coalesced before they are handed to the threads.
-const COALESCE: usize = 256 * 1024;
+/// Frames are handed to the threads in groups of at least this many bytes (without copying),
+/// so each thread wakes up once per group rather than once per frame.
+const GROUP: usize = 1024 * 1024;
 /// Bodies up to this size are handled without the thread pipeline.
 const INLINE_MAX: u64 = 4 * 1024 * 1024;
-/// Depth of each hand-off channel, in frames.
-const DEPTH: usize = 4;
+/// Depth of each hand-off channel, in groups.
+const DEPTH: usize = 2;
 /// Bytes written between background data syncs.
 const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 
@@ -170,11 +171,13 @@ where
 
     let algo = hasher.algorithm();
     let mut own_hasher = std::mem::replace(hasher, Hasher::new(algo));
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(DEPTH);
-    let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(DEPTH);
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Vec<Bytes>>>(DEPTH);
+    let (write_tx, mut write_rx) = mpsc::channel::<Arc<Vec<Bytes>>>(DEPTH);
     let hash_thread = tokio::task::spawn_blocking(move || {
-        while let Some(b) = hash_rx.blocking_recv() {
-            own_hasher.update(&b);
+        while let Some(group) = hash_rx.blocking_recv() {
+            for b in group.iter() {
+                own_hasher.update(b);
+            }
         }
         own_hasher
     });
@@ -187,12 +190,14 @@ where
         let mut since_sync = 0u64;
         let mut out: &std::fs::File = &writer_file;
         let mut result = Ok(());
-        while let Some(b) = write_rx.blocking_recv() {
-            if let Err(e) = out.write_all(&b) {
-                result = Err(io(format!("writing {}", writer_path.display()))(e));
-                break;
+        'groups: while let Some(group) = write_rx.blocking_recv() {
+            for b in group.iter() {
+                if let Err(e) = out.write_all(b) {
+                    result = Err(io(format!("writing {}", writer_path.display()))(e));
+                    break 'groups;
+                }
+                since_sync += b.len() as u64;
             }
-            since_sync += b.len() as u64;
             if since_sync >= SYNC_EVERY {
                 since_sync = 0;
                 if syncer.is_none() {
@@ -210,31 +215,27 @@ where
         result
     });
 
-    // Write the already-hashed head, then receive, coalesce small frames, fan out.
-    let mut pending = BytesMut::new();
+    // Write the already-hashed head, then receive frames and fan them out in groups.
     let feed: Result<(), CasError> = async {
         let closed = || CasError::Body("part writer stopped early".into());
-        for b in head {
-            write_tx.send(b).await.map_err(|_| closed())?;
-        }
+        write_tx.send(Arc::new(head)).await.map_err(|_| closed())?;
+        let mut group: Vec<Bytes> = Vec::new();
+        let mut group_len = 0usize;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
             received += chunk.len() as u64;
             if received > limit {
                 return Err(CasError::TooLarge { limit });
             }
-            let out = if chunk.len() >= COALESCE && pending.is_empty() {
-                Some(chunk)
-            } else {
-                pending.extend_from_slice(&chunk);
-                (pending.len() >= COALESCE).then(|| pending.split().freeze())
-            };
-            if let Some(b) = out {
-                send_both(&hash_tx, &write_tx, b).await?;
+            group_len += chunk.len();
+            group.push(chunk);
+            if group_len >= GROUP {
+                group_len = 0;
+                send_both(&hash_tx, &write_tx, Arc::new(std::mem::take(&mut group))).await?;
             }
         }
-        if !pending.is_empty() {
-            send_both(&hash_tx, &write_tx, pending.split().freeze()).await?;
+        if !group.is_empty() {
+            send_both(&hash_tx, &write_tx, Arc::new(group)).await?;
         }
         Ok(())
     }
@@ -282,7 +283,10 @@ pub(crate) fn publish(part: &Path, blob: &Path) -> Result<bool, CasError> {
     let linked = match std::fs::hard_link(part, blob) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Usually the shard folder does not exist yet (or another commit is creating it
+            // right now): create it (idempotent) and retry once. If the staged part itself is
+            // missing, the retry reports that.
             create_dir_durable(dir)?;
             match std::fs::hard_link(part, blob) {
                 Ok(()) => true,
@@ -319,9 +323,9 @@ fn start_syncer(
 }
 
 async fn send_both(
-    hash_tx: &mpsc::Sender<Bytes>,
-    write_tx: &mpsc::Sender<Bytes>,
-    b: Bytes,
+    hash_tx: &mpsc::Sender<Arc<Vec<Bytes>>>,
+    write_tx: &mpsc::Sender<Arc<Vec<Bytes>>>,
+    b: Arc<Vec<Bytes>>,
 ) -> Result<(), CasError> {
     let closed = || CasError::Body("part writer stopped early".into());
     hash_tx.send(b.clone()).await.map_err(|_| closed())?;

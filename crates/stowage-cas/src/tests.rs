@@ -257,3 +257,59 @@ async fn stray_uploads_are_swept() {
         assert_eq!(cas.part_size("gone", 0).await.unwrap(), None);
     }
 }
+
+/// Bodies over the in-memory threshold go through the threaded writer: content, hash, limits
+/// and broken bodies behave exactly as for small ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_parts_take_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(
+        Backend::Filesystem {
+            root: dir.path().join("blobs"),
+        },
+        CasOptions::default(),
+    )
+    .unwrap();
+    let big = data(21 * 1024 * 1024 + 17, 9);
+    let mut h = Hasher::new(Algorithm::Sha256);
+    let n = cas
+        .write_part("big", 0, body(&big, 300_000), &mut h, u64::MAX, true)
+        .await
+        .unwrap();
+    assert_eq!(n, big.len() as u64);
+    let d = h.finish();
+    assert_eq!(d, Digest::sha256(&big));
+    assert_eq!(
+        cas.commit("big", &[0], &d).await.unwrap(),
+        CommitOutcome::Stored
+    );
+    assert!(read_all(&cas, &d, big.len() as u64, None).await.unwrap() == big);
+    // Over the limit in the middle of the pipeline: error, and no part left behind.
+    let mut h = Hasher::new(Algorithm::Sha256);
+    let err = cas
+        .write_part("big2", 0, body(&big, 1 << 20), &mut h, 10 << 20, true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CasError::TooLarge { .. }), "{err}");
+    assert_eq!(cas.part_size("big2", 0).await.unwrap(), None);
+    // A body that breaks after 6 MiB.
+    let mut chunks: Vec<Result<Bytes, std::io::Error>> = big[..6 << 20]
+        .chunks(1 << 20)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    chunks.push(Err(std::io::Error::other("reset by peer")));
+    let mut h = Hasher::new(Algorithm::Sha256);
+    let err = cas
+        .write_part(
+            "big3",
+            0,
+            futures::stream::iter(chunks),
+            &mut h,
+            u64::MAX,
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CasError::Body(_)), "{err}");
+    assert_eq!(cas.part_size("big3", 0).await.unwrap(), None);
+}
