@@ -237,6 +237,10 @@ run_case() { # registry test rep seed size count clients pull(0/1)
         --blob-size "$size" --count "$count" --clients "$clients" --seed "$seed"
         --server-pid "${PID[$reg]}" --interval-ms 100 --json)
     [[ "$pull" == 1 ]] && args+=(--pull)
+    # Start every run from the same page-cache state: flush what the previous run left dirty
+    # (Distribution does not fsync, so without this its deferred writeback lands on whichever
+    # registry runs next). Not timed.
+    sync
     local rc=0
     "$REGBENCH" "${args[@]}" >"$raw" 2>"$errf" || rc=$?
     if [[ -s "$errf" ]]; then
