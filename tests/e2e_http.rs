@@ -285,7 +285,7 @@ async fn kill9_and_restart() {
     );
     // Start-up recovery removed the torn upload's staging; the resumable session's stays.
     let session_id = session_loc.rsplit('/').next().unwrap().to_string();
-    let staged: Vec<String> = std::fs::read_dir(dir.path().join("blobs/uploads"))
+    let staged: Vec<String> = std::fs::read_dir(dir.path().join("cas/uploads"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -354,7 +354,7 @@ async fn sigterm_drains_in_flight_requests() {
         .await
         .unwrap();
     // Wait until the server has the request (staging exists), then ask it to stop.
-    let uploads = dir.path().join("blobs/uploads");
+    let uploads = dir.path().join("cas/uploads");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_dir(&uploads)
         .map(|mut r| r.next().is_none())

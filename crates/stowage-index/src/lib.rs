@@ -528,19 +528,6 @@ impl Index {
         self.exists(cf::REPO_BLOBS, &keys::repo_digest(repo, digest))
     }
 
-    /// Repositories a blob is linked into.
-    pub fn blob_links(&self, digest: &Digest) -> Result<Vec<RepoName>, IndexError> {
-        // repo_blobs is keyed repo-first; a blob-first lookup scans repos. This is only used by
-        // tests and tools; the hot paths ask `repo_has_blob`.
-        let mut out = Vec::new();
-        for repo in self.repos(None, usize::MAX)? {
-            if self.repo_has_blob(&repo, digest)? {
-                out.push(repo);
-            }
-        }
-        Ok(out)
-    }
-
     /// Whether the repository is in the catalog.
     pub fn repo_exists(&self, repo: &RepoName) -> Result<bool, IndexError> {
         self.exists(cf::REPOS, repo.as_str().as_bytes())
@@ -696,17 +683,6 @@ impl Index {
             let id = String::from_utf8(k.to_vec())
                 .map_err(|e| IndexError::Corrupt(format!("upload key: {e}")))?;
             out.push((id, decode("uploads", v)?));
-            Ok(true)
-        })?;
-        Ok(out)
-    }
-
-    /// All blob records, in key order (for recovery and tools).
-    pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
-        let mut out = Vec::new();
-        self.scan(cf::BLOBS, b"", b"", |k, v| {
-            let (d, _) = keys::take_digest(k)?;
-            out.push((d, decode("blobs", v)?));
             Ok(true)
         })?;
         Ok(out)

@@ -35,7 +35,7 @@ pub use uploads::UploadStatus;
 pub struct StoreConfig {
     /// Folder holding the index (`index/`) and, for the file system backend, the blobs.
     pub data_dir: PathBuf,
-    /// Where blob bytes live. `None` means the file system under `<data_dir>/blobs`.
+    /// Where blob bytes live. `None` means the file system under `<data_dir>/cas`.
     pub backend: Option<Backend>,
     /// Blob store tuning.
     pub cas: CasOptions,
@@ -113,7 +113,7 @@ impl Store {
             ))
         })?;
         let backend = config.backend.clone().unwrap_or(Backend::Filesystem {
-            root: config.data_dir.join("blobs"),
+            root: config.data_dir.join("cas"),
         });
         let cas = Cas::open(backend, config.cas.clone())?;
         let index = {

@@ -88,10 +88,10 @@ async fn push_pull_dedup_and_mount() {
     store.put_blob(&repo("c"), &d, body(&data)).await.unwrap();
     let blob_file = dir
         .path()
-        .join("blobs")
+        .join("cas")
         .join(stowage_cas::blob_path(&d).as_ref());
     assert!(blob_file.exists());
-    let count = walk_files(&dir.path().join("blobs/blobs"));
+    let count = walk_files(&dir.path().join("cas/blobs"));
     assert_eq!(count, 1, "one stored object for one digest");
     assert_eq!(store.catalog(None, 10).unwrap(), ["a", "b", "c"]);
 }
@@ -181,7 +181,7 @@ async fn digest_mismatch_discards_upload_and_keeps_existing() {
         .unwrap_err();
     assert!(matches!(err, StoreError::DigestInvalid(_)), "{err}");
     assert_eq!(read(&store, &repo("r"), &gd).await.unwrap(), good);
-    let leftovers = std::fs::read_dir(dir.path().join("blobs/uploads"))
+    let leftovers = std::fs::read_dir(dir.path().join("cas/uploads"))
         .map(|r| {
             r.filter(|e| {
                 e.as_ref()
