@@ -290,6 +290,25 @@ impl Cas {
         }
     }
 
+    /// The bytes of `parts` of `upload`, in order, as one stream.
+    fn parts_stream<'a>(
+        &'a self,
+        upload: &'a str,
+        parts: &'a [u32],
+    ) -> impl Stream<Item = Result<Bytes, CasError>> + Unpin + 'a {
+        futures::stream::iter(parts)
+            .then(move |part| async move {
+                let path = part_path(upload, *part);
+                let context = format!("reading part {path}");
+                match read::open(&self.store, &path, None).await {
+                    Ok(s) => s.map(move |c| c.map_err(be_err(context.clone()))).boxed(),
+                    Err(e) => futures::stream::once(async move { Err(be_err(context)(e)) }).boxed(),
+                }
+            })
+            .flatten()
+            .boxed()
+    }
+
     /// Rebuilds the hash state of an upload from its stored parts (after a restart or a failed
     /// append). Returns the hasher and the total size.
     pub async fn rehash_parts(
@@ -300,16 +319,11 @@ impl Cas {
     ) -> Result<(Hasher, u64), CasError> {
         let mut hasher = Hasher::new(algorithm);
         let mut size = 0;
-        for part in parts {
-            let path = part_path(upload, *part);
-            let mut stream = read::open(&self.store, &path, None)
-                .await
-                .map_err(be_err(format!("reading part {path}")))?;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(be_err(format!("reading part {path}")))?;
-                size += chunk.len() as u64;
-                hasher.update(&chunk);
-            }
+        let mut chunks = self.parts_stream(upload, parts);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
         }
         Ok((hasher, size))
     }
@@ -398,19 +412,14 @@ impl Cas {
             .await
             .map_err(be_err(format!("starting {staged}")))?;
         let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
-        for part in parts {
-            let path = part_path(upload, *part);
-            let mut stream = read::open(&self.store, &path, None)
+        let mut chunks = self.parts_stream(upload, parts);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            writer
+                .wait_for_capacity(self.opts.max_parts_in_flight)
                 .await
-                .map_err(be_err(format!("reading part {path}")))?;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(be_err(format!("reading part {path}")))?;
-                writer
-                    .wait_for_capacity(self.opts.max_parts_in_flight)
-                    .await
-                    .map_err(be_err(format!("writing {staged}")))?;
-                writer.put(chunk);
-            }
+                .map_err(be_err(format!("writing {staged}")))?;
+            writer.put(chunk);
         }
         writer
             .finish()
