@@ -88,6 +88,7 @@ where
     let mut head: Vec<Bytes> = Vec::new();
     let mut received: u64 = 0;
     let mut ended = true;
+    let mut held = InlineHold(0);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
         received += chunk.len() as u64;
@@ -95,8 +96,9 @@ where
             return Err(CasError::TooLarge { limit });
         }
         hasher.update(&chunk);
+        let fits = held.take(chunk.len() as u64);
         head.push(chunk);
-        if received > INLINE_MAX {
+        if received > INLINE_MAX || !fits {
             ended = false;
             break;
         }
@@ -116,7 +118,38 @@ where
         .map_err(|e| CasError::Internal(format!("part write task: {e}")))??;
         return Ok(received);
     }
+    // The head is written first and soon freed; do not keep it charged to the inline budget.
+    drop(held);
     pipeline(path, head, received, body, hasher, limit, durable).await
+}
+
+/// Bytes held in memory by all inline (small-body) writes together. Past it, further bodies take
+/// the streaming pipeline at once, so many concurrent small pushes cannot grow memory without
+/// bound.
+const INLINE_BUDGET: u64 = 64 * 1024 * 1024;
+static INLINE_HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// This write's share of [`INLINE_BUDGET`], returned on drop.
+struct InlineHold(u64);
+
+impl InlineHold {
+    /// Takes `n` more bytes from the budget; false (taking nothing) when it is exhausted.
+    fn take(&mut self, n: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let prev = INLINE_HELD.fetch_add(n, Ordering::Relaxed);
+        if prev + n > INLINE_BUDGET {
+            INLINE_HELD.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        self.0 += n;
+        true
+    }
+}
+
+impl Drop for InlineHold {
+    fn drop(&mut self) {
+        INLINE_HELD.fetch_sub(self.0, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Creates `path`, writes `chunks`, syncs it (and its folder when `durable`).
@@ -330,4 +363,24 @@ async fn send_both(
     let closed = || CasError::Body("part writer stopped early".into());
     hash_tx.send(b.clone()).await.map_err(|_| closed())?;
     write_tx.send(b).await.map_err(|_| closed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_budget_is_bounded_and_returned() {
+        // Other tests may hold part of the budget concurrently; only relative effects are checked.
+        let mut a = InlineHold(0);
+        let mut taken = 0u64;
+        while a.take(1024 * 1024) {
+            taken += 1024 * 1024;
+            assert!(taken <= INLINE_BUDGET, "budget exceeded");
+        }
+        let mut b = InlineHold(0);
+        assert!(!b.take(INLINE_BUDGET), "a full budget refuses more");
+        drop(a);
+        assert!(b.take(1024), "dropping a hold returns its bytes");
+    }
 }
