@@ -94,11 +94,11 @@ pub fn info_command(server: &str, json: bool) -> Result<(), String> {
             })
         );
     } else {
-        println!("version         {}", info.version);
-        println!("data dir        {}", info.data_dir);
-        println!("feed sequence   {}", info.feed_sequence);
-        println!("blobs (approx)  {}", info.blob_count);
-        println!("manifests (approx) {}", info.manifest_count);
+        println!("{:<20}{}", "version", info.version);
+        println!("{:<20}{}", "data dir", info.data_dir);
+        println!("{:<20}{}", "feed sequence", info.feed_sequence);
+        println!("{:<20}{}", "blobs (approx)", info.blob_count);
+        println!("{:<20}{}", "manifests (approx)", info.manifest_count);
     }
     Ok(())
 }
