@@ -450,3 +450,34 @@ async fn manifest_put_races_blob_delete() {
         }
     }
 }
+
+/// Foreign (non-distributable) layers live elsewhere: a manifest that lists one is accepted
+/// without its bytes, while every other layer must still be present.
+#[tokio::test]
+async fn foreign_layers_need_no_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let r = repo("win");
+    let cfg = b"{\"os\":\"windows\"}".to_vec();
+    let cd = Digest::sha256(&cfg);
+    store.put_blob(&r, &cd, body(&cfg)).await.unwrap();
+    let foreign = Digest::sha256(b"base layer hosted elsewhere");
+    let m = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": cd.to_string(), "size": cfg.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                    "digest": foreign.to_string(), "size": 123456,
+                    "urls": ["https://example.invalid/layer"]}]
+    }))
+    .unwrap();
+    let out = store
+        .put_manifest(&r, &tag("ltsc"), None, m.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.get_manifest(&r, &tag("ltsc")).unwrap().bytes, m);
+    // The foreign layer is not recorded as a reference (GC must not look for its bytes).
+    let rec = store.index().manifest(&r, &out.digest).unwrap().unwrap();
+    assert_eq!(rec.blobs, vec![cd]);
+}
