@@ -104,6 +104,29 @@ fn be_err(context: impl Into<String>) -> impl FnOnce(object_store::Error) -> Cas
     move |source| CasError::Backend { context, source }
 }
 
+/// The next chunk of a request body, counted into `received` and checked against `limit`.
+pub(crate) async fn next_chunk<S, E>(
+    body: &mut S,
+    received: &mut u64,
+    limit: u64,
+) -> Result<Option<Bytes>, CasError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    match body.next().await {
+        None => Ok(None),
+        Some(Err(e)) => Err(CasError::Body(e.to_string())),
+        Some(Ok(chunk)) => {
+            *received += chunk.len() as u64;
+            if *received > limit {
+                return Err(CasError::TooLarge { limit });
+            }
+            Ok(Some(chunk))
+        }
+    }
+}
+
 /// Which backend holds the bytes.
 #[derive(Clone, Debug)]
 pub enum Backend {
@@ -250,12 +273,7 @@ impl Cas {
         let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
         let mut written: u64 = 0;
         let result: Result<(), CasError> = async {
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
-                written += chunk.len() as u64;
-                if written > limit {
-                    return Err(CasError::TooLarge { limit });
-                }
+            while let Some(chunk) = next_chunk(&mut body, &mut written, limit).await? {
                 hasher.update(&chunk);
                 writer
                     .wait_for_capacity(self.opts.max_parts_in_flight)

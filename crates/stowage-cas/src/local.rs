@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use stowage_core::Hasher;
 use tokio::sync::mpsc;
 
-use crate::CasError;
+use crate::{next_chunk, CasError};
 
 /// Frames are handed to the threads in groups of at least this many bytes (without copying),
 /// so each thread wakes up once per group rather than once per frame.
@@ -89,12 +89,7 @@ where
     let mut received: u64 = 0;
     let mut ended = true;
     let mut held = InlineHold(0);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
-        received += chunk.len() as u64;
-        if received > limit {
-            return Err(CasError::TooLarge { limit });
-        }
+    while let Some(chunk) = next_chunk(&mut body, &mut received, limit).await? {
         hasher.update(&chunk);
         let fits = held.take(chunk.len() as u64);
         head.push(chunk);
@@ -254,12 +249,7 @@ where
         write_tx.send(Arc::new(head)).await.map_err(|_| closed())?;
         let mut group: Vec<Bytes> = Vec::new();
         let mut group_len = 0usize;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
-            received += chunk.len() as u64;
-            if received > limit {
-                return Err(CasError::TooLarge { limit });
-            }
+        while let Some(chunk) = next_chunk(&mut body, &mut received, limit).await? {
             group_len += chunk.len();
             group.push(chunk);
             if group_len >= GROUP {

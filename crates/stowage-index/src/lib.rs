@@ -636,6 +636,11 @@ impl Index {
             .map_err(db_err("reading manifest bytes"))
     }
 
+    /// Whether the exact bytes of a manifest are stored (without reading them).
+    pub fn has_manifest_bytes(&self, digest: &Digest) -> Result<bool, IndexError> {
+        self.exists(cf::MANIFEST_BYTES, &keys::digest_key(digest))
+    }
+
     /// Manifests (with their repository) that reference `target` as a blob or child.
     pub fn referencing(
         &self,

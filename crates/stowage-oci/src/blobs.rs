@@ -94,7 +94,7 @@ async fn get_blob(
 ) -> ApiResult {
     let info = app.store.stat_blob(repo, digest)?;
     let range = parse_range(headers, info.size)?;
-    let read = app.store.read_blob(repo, digest, range.clone()).await?;
+    let read = app.store.read_stat_blob(&info, range.clone()).await?;
     let len = read.range.end - read.range.start;
     let mut builder = Response::builder()
         .header(header::CONTENT_LENGTH, len)

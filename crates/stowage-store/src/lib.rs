@@ -222,6 +222,17 @@ impl Store {
         range: Option<std::ops::Range<u64>>,
     ) -> Result<BlobRead> {
         let info = self.stat_blob(repo, digest)?;
+        self.read_stat_blob(&info, range).await
+    }
+
+    /// Reads a blob already found with [`Store::stat_blob`] (saves a second lookup when the
+    /// caller needed the size first, for example to resolve a `Range` header).
+    pub async fn read_stat_blob(
+        &self,
+        info: &BlobInfo,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<BlobRead> {
+        let digest = &info.digest;
         if let Some(r) = &range {
             if r.start >= info.size || r.end > info.size || r.start >= r.end {
                 return Err(StoreError::RangeNotSatisfiable { size: info.size });

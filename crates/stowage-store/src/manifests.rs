@@ -70,18 +70,20 @@ impl Store {
 
         let idx = &self.inner.index;
         for desc in &blobs {
-            let present = idx.repo_has_blob(repo, &desc.digest)?
-                && matches!(idx.blob(&desc.digest)?, Some(r) if r.state == BlobState::Present);
-            if !present {
-                return Err(StoreError::ManifestBlobUnknown(desc.digest.clone()));
-            }
-            if let Some(rec) = idx.blob(&desc.digest)? {
-                if rec.size != desc.size {
-                    return Err(StoreError::ManifestInvalid(format!(
-                        "descriptor of {} says {} bytes, the blob has {}",
-                        desc.digest, desc.size, rec.size
-                    )));
+            let rec = match idx.blob(&desc.digest)? {
+                Some(rec)
+                    if rec.state == BlobState::Present
+                        && idx.repo_has_blob(repo, &desc.digest)? =>
+                {
+                    rec
                 }
+                _ => return Err(StoreError::ManifestBlobUnknown(desc.digest.clone())),
+            };
+            if rec.size != desc.size {
+                return Err(StoreError::ManifestInvalid(format!(
+                    "descriptor of {} says {} bytes, the blob has {}",
+                    desc.digest, desc.size, rec.size
+                )));
             }
         }
         for desc in &children {
@@ -101,7 +103,7 @@ impl Store {
         let mut batch = Batch::new();
         self.ensure_repo(&mut batch, repo)?;
         if idx.manifest(repo, &digest)?.is_none() {
-            if idx.manifest_bytes(&digest)?.is_none() {
+            if !idx.has_manifest_bytes(&digest)? {
                 batch.put_manifest_bytes(&digest, &bytes);
             }
             let record = ManifestRecord {
