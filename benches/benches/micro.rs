@@ -68,6 +68,7 @@ fn index_commit(c: &mut Criterion) {
                         state: BlobState::Present,
                         created_ms: 1,
                         updated_ms: 1,
+                        crc32c: Some(1),
                     },
                 );
                 batch.link_blob(&repo, &d, 1);

@@ -195,14 +195,27 @@ async fn pull_one(cfg: &PushPullConfig, client: &Client, idx: usize, digest: &st
     if !resp.status().is_success() {
         return Err(error_text(&format!("GET blob {idx} {url}"), resp).await);
     }
-    let mut h = Sha256::new();
+    // The digest is checked on its own thread, so that receiving and hashing overlap and the
+    // client is less often the bottleneck of a pull (one core hashes ~1.7 GiB/s at most).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut h = Sha256::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            h.update(&chunk);
+        }
+        h
+    });
     let mut n = 0u64;
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.with_context(|| format!("GET blob {idx}: reading body"))?;
         n += chunk.len() as u64;
-        h.update(&chunk);
+        tx.send(chunk)
+            .await
+            .map_err(|_| anyhow!("GET blob {idx}: hasher thread stopped"))?;
     }
+    drop(tx);
+    let h = hasher.await.context("hasher thread panicked")?;
     let got = format!("sha256:{}", hex::encode(h.finalize()));
     if n != cfg.blob_size || got != digest {
         return Err(anyhow!(

@@ -2,7 +2,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: `env!` would bake in the folder this script was first compiled in, and a
+    // shared target dir reuses the compiled script for clones in other folders.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest_dir).join("../../proto");
     let admin = root.join("stowage/v1/admin.proto");
     println!("cargo:rerun-if-changed={}", admin.display());
     tonic_prost_build::configure().compile_protos(&[admin], &[root])?;

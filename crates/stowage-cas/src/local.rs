@@ -18,7 +18,6 @@
 //! after this returns, so a part file cut short by a crash is never counted: a retry of that
 //! chunk overwrites it, and start-up recovery removes staging of sessions that have no record.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +26,7 @@ use futures::Stream;
 use stowage_core::Hasher;
 use tokio::sync::mpsc;
 
+use crate::direct::PartFile;
 use crate::{next_chunk, CasError};
 
 /// Frames are handed to the threads in groups of at least this many bytes (without copying),
@@ -80,6 +80,7 @@ pub(crate) async fn write_part<S, E>(
     hasher: &mut Hasher,
     limit: u64,
     durable: bool,
+    direct: bool,
 ) -> Result<u64, CasError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -103,7 +104,7 @@ where
     }
     if ended {
         tokio::task::spawn_blocking(move || {
-            let written = write_new_file(&path, &head, durable);
+            let written = write_new_file(&path, &head, durable, direct);
             if written.is_err() {
                 let _ = std::fs::remove_file(&path);
             }
@@ -115,7 +116,7 @@ where
     }
     // The head is written first and soon freed; do not keep it charged to the inline budget.
     drop(held);
-    pipeline(path, head, received, body, hasher, limit, durable).await
+    pipeline(path, head, received, body, hasher, limit, durable, direct).await
 }
 
 /// Bytes held in memory by all inline (small-body) writes together. Past it, further bodies take
@@ -148,18 +149,24 @@ impl Drop for InlineHold {
 }
 
 /// Creates `path`, writes `chunks`, syncs it (and its folder when `durable`).
-fn write_new_file(path: &Path, chunks: &[Bytes], durable: bool) -> Result<(), CasError> {
+fn write_new_file(
+    path: &Path,
+    chunks: &[Bytes],
+    durable: bool,
+    direct: bool,
+) -> Result<(), CasError> {
     let dir = path
         .parent()
         .ok_or_else(|| CasError::Internal(format!("part path {} has no parent", path.display())))?;
     create_dir_durable(dir)?;
-    let mut f = std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
+    let mut f =
+        PartFile::create(path, direct).map_err(io(format!("creating {}", path.display())))?;
     for c in chunks {
-        f.write_all(c)
+        f.write(c)
             .map_err(io(format!("writing {}", path.display())))?;
     }
-    f.sync_data()
-        .map_err(io(format!("syncing {}", path.display())))?;
+    f.finish()
+        .map_err(io(format!("writing and syncing {}", path.display())))?;
     if durable {
         sync_dir(dir)?;
     }
@@ -168,6 +175,7 @@ fn write_new_file(path: &Path, chunks: &[Bytes], durable: bool) -> Result<(), Ca
 
 /// The threaded path for large bodies. `head` (already hashed, `received` bytes) is written
 /// first; the rest of `body` is hashed and written by the threads.
+#[allow(clippy::too_many_arguments)]
 async fn pipeline<S, E>(
     path: PathBuf,
     head: Vec<Bytes>,
@@ -176,6 +184,7 @@ async fn pipeline<S, E>(
     hasher: &mut Hasher,
     limit: u64,
     durable: bool,
+    direct: bool,
 ) -> Result<u64, CasError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -189,9 +198,7 @@ where
         let (dir, path) = (dir.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
             create_dir_durable(&dir)?;
-            let f =
-                std::fs::File::create(&path).map_err(io(format!("creating {}", path.display())))?;
-            Ok::<_, CasError>(Arc::new(f))
+            PartFile::create(&path, direct).map_err(io(format!("creating {}", path.display())))
         })
         .await
         .map_err(|e| CasError::Internal(format!("part file task: {e}")))??
@@ -209,27 +216,31 @@ where
         }
         own_hasher
     });
-    let writer_file = file.clone();
     let writer_path = path.clone();
     let write_thread = tokio::task::spawn_blocking(move || -> Result<(), CasError> {
-        // The syncer thread starts with the first 16 MiB.
+        let mut out = file;
+        // Buffered writes leave dirty pages behind: a syncer thread (started with the first
+        // 16 MiB) pushes them to disk while more arrive. Direct writes are on the device already.
         let mut syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)> =
             None;
         let mut since_sync = 0u64;
-        let mut out: &std::fs::File = &writer_file;
         let mut result = Ok(());
         'groups: while let Some(group) = write_rx.blocking_recv() {
             for b in group.iter() {
-                if let Err(e) = out.write_all(b) {
+                if let Err(e) = out.write(b) {
                     result = Err(io(format!("writing {}", writer_path.display()))(e));
                     break 'groups;
                 }
                 since_sync += b.len() as u64;
             }
-            if since_sync >= SYNC_EVERY {
+            if since_sync >= SYNC_EVERY && !out.is_direct() {
                 since_sync = 0;
                 if syncer.is_none() {
-                    syncer = Some(start_syncer(writer_file.clone())?);
+                    let handle = out
+                        .file()
+                        .try_clone()
+                        .map_err(io(format!("opening {} for syncing", writer_path.display())))?;
+                    syncer = Some(start_syncer(handle)?);
                 }
                 if let Some((tx, _)) = &syncer {
                     let _ = tx.try_send(());
@@ -240,7 +251,10 @@ where
             drop(tx);
             let _ = handle.join();
         }
-        result
+        result?;
+        out.finish()
+            .map_err(io(format!("writing and syncing {}", writer_path.display())))?;
+        Ok(())
     });
 
     // Write the already-hashed head, then receive frames and fan them out in groups.
@@ -276,21 +290,14 @@ where
     // The writer's own error (disk full, I/O) explains more than "stopped early".
     match wrote.and(hashed).and(feed) {
         Ok(()) => {
-            tokio::task::spawn_blocking(move || {
-                file.sync_data()
-                    .map_err(io(format!("syncing {}", path.display())))?;
-                drop(file);
-                if durable {
-                    sync_dir(&dir)?;
-                }
-                Ok::<_, CasError>(())
-            })
-            .await
-            .map_err(|e| CasError::Internal(format!("part sync task: {e}")))??;
+            if durable {
+                tokio::task::spawn_blocking(move || sync_dir(&dir))
+                    .await
+                    .map_err(|e| CasError::Internal(format!("part sync task: {e}")))??;
+            }
             Ok(received)
         }
         Err(e) => {
-            drop(file);
             let _ = tokio::fs::remove_file(&path).await;
             Err(e)
         }
@@ -330,7 +337,7 @@ pub(crate) fn publish(part: &Path, blob: &Path) -> Result<bool, CasError> {
 /// A thread that runs `fdatasync` on `file` each time it is signalled. Errors are ignored here:
 /// they surface in the final sync after the last write.
 fn start_syncer(
-    file: Arc<std::fs::File>,
+    file: std::fs::File,
 ) -> Result<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>), CasError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
     let handle = std::thread::Builder::new()

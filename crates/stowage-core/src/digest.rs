@@ -276,6 +276,9 @@ enum HashState {
 pub struct Hasher {
     state: HashState,
     bytes: u64,
+    /// CRC-32C of the same bytes: stored with a blob so that reads can check the bytes at a
+    /// fraction of the cost of hashing them again.
+    crc: u32,
 }
 
 impl Hasher {
@@ -285,7 +288,11 @@ impl Hasher {
             Algorithm::Sha256 => HashState::Sha256(sha2::Sha256::new()),
             Algorithm::Sha512 => HashState::Sha512(sha2::Sha512::new()),
         };
-        Hasher { state, bytes: 0 }
+        Hasher {
+            state,
+            bytes: 0,
+            crc: 0,
+        }
     }
 
     /// The algorithm in use.
@@ -302,7 +309,13 @@ impl Hasher {
             HashState::Sha256(h) => h.update(data),
             HashState::Sha512(h) => h.update(data),
         }
+        self.crc = crc32c::crc32c_append(self.crc, data);
         self.bytes += data.len() as u64;
+    }
+
+    /// CRC-32C (Castagnoli) of the bytes fed so far.
+    pub fn checksum(&self) -> u32 {
+        self.crc
     }
 
     /// Number of bytes fed so far.

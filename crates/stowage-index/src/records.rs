@@ -33,6 +33,10 @@ pub struct BlobRecord {
     /// Last state change or re-link (unix ms); the GC grace period counts from here.
     #[serde(rename = "u")]
     pub updated_ms: u64,
+    /// CRC-32C of the stored bytes, computed while they were received and hashed; whole reads
+    /// are checked against it. Absent in records written before it existed.
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
 }
 
 /// A repository in the catalog.

@@ -36,6 +36,7 @@ fn batch_and_feed_commit_together_and_survive_reopen() {
                 state: BlobState::Present,
                 created_ms: 5,
                 updated_ms: 5,
+                crc32c: Some(7),
             },
         );
         b.link_blob(&repo("a/b"), &d, 5);

@@ -69,6 +69,8 @@ pub struct BlobInfo {
     pub digest: Digest,
     /// Size in bytes.
     pub size: u64,
+    /// CRC-32C of the bytes, when the index has one.
+    pub crc32c: Option<u32>,
 }
 
 /// A blob being read.
@@ -209,6 +211,7 @@ impl Store {
             Some(rec) if rec.state == stowage_index::BlobState::Present => Ok(BlobInfo {
                 digest: digest.clone(),
                 size: rec.size,
+                crc32c: rec.crc32c,
             }),
             _ => Err(StoreError::BlobUnknown(digest.clone())),
         }
@@ -238,7 +241,12 @@ impl Store {
                 return Err(StoreError::RangeNotSatisfiable { size: info.size });
             }
         }
-        let stream = match self.inner.cas.read(digest, info.size, range.clone()).await {
+        let stream = match self
+            .inner
+            .cas
+            .read(digest, info.size, range.clone(), info.crc32c)
+            .await
+        {
             Ok(s) => s,
             Err(stowage_cas::CasError::NotFound(d)) => {
                 // The index says present but the bytes are gone: that breaks invariant 3 and

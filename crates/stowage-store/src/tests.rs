@@ -481,3 +481,41 @@ async fn foreign_layers_need_no_bytes() {
     let rec = store.index().manifest(&r, &out.digest).unwrap().unwrap();
     assert_eq!(rec.blobs, vec![cd]);
 }
+
+/// A pushed blob's index record carries the CRC-32C of its bytes (also for a chunked upload that
+/// survived a reopen), and a byte flipped on disk afterwards makes the next whole read fail
+/// instead of serving the damage.
+#[tokio::test]
+async fn recorded_checksum_catches_corruption_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = b"checksummed layer ".repeat(5000);
+    let d = Digest::sha256(&data);
+    {
+        let store = open(dir.path()).await;
+        let id = store.start_upload(&repo("a")).await.unwrap().id;
+        let half = data.len() / 2;
+        store
+            .append_upload(&repo("a"), &id, Some(0), body(&data[..half]))
+            .await
+            .unwrap();
+        drop(store);
+        let store = open(dir.path()).await;
+        store
+            .finish_upload(&repo("a"), &id, &d, Some(body(&data[half..])))
+            .await
+            .unwrap();
+        let info = store.stat_blob(&repo("a"), &d).unwrap();
+        assert_eq!(info.crc32c, Some(crc32c::crc32c(&data)));
+        assert_eq!(read(&store, &repo("a"), &d).await.unwrap(), data);
+    }
+    let file = dir
+        .path()
+        .join("cas")
+        .join(stowage_cas::blob_path(&d).as_ref());
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[777] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let store = open(dir.path()).await;
+    let err = read(&store, &repo("a"), &d).await.unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}

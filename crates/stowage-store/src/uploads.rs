@@ -278,20 +278,15 @@ impl Store {
         self.ensure_hasher(&mut s, id).await?;
         let size = s.size();
         let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
-        let actual = match digest.algorithm() {
+        let hasher = match digest.algorithm() {
             Algorithm::Sha256 => s
                 .hasher
                 .take()
-                .ok_or_else(|| StoreError::Internal("upload hash state missing".into()))?
-                .finish(),
-            other => self
-                .inner
-                .cas
-                .rehash_parts(id, &parts, other)
-                .await?
-                .0
-                .finish(),
+                .ok_or_else(|| StoreError::Internal("upload hash state missing".into()))?,
+            other => self.inner.cas.rehash_parts(id, &parts, other).await?.0,
         };
+        let crc = hasher.checksum();
+        let actual = hasher.finish();
         if &actual != digest {
             self.end_session(id, &parts, s.recorded).await?;
             return Err(StoreError::DigestInvalid(format!(
@@ -304,7 +299,7 @@ impl Store {
             batch.delete_upload(id);
         }
         let result = self
-            .commit_blob(batch, repo, id, &parts, digest, size)
+            .commit_blob(batch, repo, id, &parts, digest, size, crc)
             .await;
         // A successful commit consumed the staged parts; a failed one leaves them to remove.
         let (record_left, staged) = match &result {
@@ -316,10 +311,12 @@ impl Store {
         Ok(BlobInfo {
             digest: digest.clone(),
             size,
+            crc32c: Some(crc),
         })
     }
 
     /// Publishes verified staged bytes and indexes them, under the digest's shared lock.
+    #[allow(clippy::too_many_arguments)]
     async fn commit_blob(
         &self,
         mut batch: Batch,
@@ -328,6 +325,7 @@ impl Store {
         parts: &[u32],
         digest: &Digest,
         size: u64,
+        crc: u32,
     ) -> Result<()> {
         let _held = self.inner.locks.shared([digest]).await;
         let idx = &self.inner.index;
@@ -351,6 +349,8 @@ impl Store {
                 state: BlobState::Present,
                 created_ms: existing.map(|r| r.created_ms).unwrap_or(now),
                 updated_ms: now,
+                // Same digest, same bytes: this CRC holds for bytes that were already stored too.
+                crc32c: Some(crc),
             },
         );
         batch.link_blob(repo, digest, now);

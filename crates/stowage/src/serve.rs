@@ -66,6 +66,7 @@ async fn serve(s: Settings) -> Result<(), String> {
     cfg.max_blob_size = s.max_blob_size;
     cfg.sync_index = s.sync_index;
     cfg.cas.verify_reads = s.verify_reads;
+    cfg.cas.direct_io = s.direct_io;
     cfg.site = Some(s.site.clone());
     let store = Store::open(cfg)
         .await
