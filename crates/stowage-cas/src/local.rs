@@ -43,6 +43,12 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> CasError {
     move |source| CasError::Io { context, source }
 }
 
+/// The folder holding `path` (every part and blob path has one).
+fn parent(path: &Path) -> Result<&Path, CasError> {
+    path.parent()
+        .ok_or_else(|| CasError::Internal(format!("path {} has no parent", path.display())))
+}
+
 /// Syncs a directory so that a rename or create inside it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), CasError> {
     std::fs::File::open(dir)
@@ -155,9 +161,7 @@ fn write_new_file(
     durable: bool,
     direct: bool,
 ) -> Result<(), CasError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| CasError::Internal(format!("part path {} has no parent", path.display())))?;
+    let dir = parent(path)?;
     create_dir_durable(dir)?;
     let mut f =
         PartFile::create(path, direct).map_err(io(format!("creating {}", path.display())))?;
@@ -190,10 +194,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let dir = path
-        .parent()
-        .ok_or_else(|| CasError::Internal(format!("part path {} has no parent", path.display())))?
-        .to_path_buf();
+    let dir = parent(&path)?.to_path_buf();
     let file = {
         let (dir, path) = (dir.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
@@ -307,9 +308,7 @@ where
 /// Publishes staged part `part` as `blob` by hard link (create-if-absent), syncs the blob's
 /// folder, and removes the staged name. Returns false when the blob already existed.
 pub(crate) fn publish(part: &Path, blob: &Path) -> Result<bool, CasError> {
-    let dir = blob
-        .parent()
-        .ok_or_else(|| CasError::Internal(format!("blob path {} has no parent", blob.display())))?;
+    let dir = parent(blob)?;
     let linked = match std::fs::hard_link(part, blob) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
