@@ -104,6 +104,21 @@ pub fn reference(target: &Digest, repo: &RepoName, manifest: &Digest) -> Vec<u8>
     k
 }
 
+/// Holder key: `digest, kind byte, repo \0` (who holds a blob or manifest, digest-major).
+pub fn holder(digest: &Digest, kind: u8, repo: &RepoName) -> Vec<u8> {
+    let mut k = digest_key(digest);
+    k.push(kind);
+    put_repo(&mut k, repo);
+    k
+}
+
+/// Pending-publish key: `digest, upload id`.
+pub fn pending(digest: &Digest, upload: &str) -> Vec<u8> {
+    let mut k = digest_key(digest);
+    k.extend_from_slice(upload.as_bytes());
+    k
+}
+
 /// Referrer key: `repo \0, subject digest, referrer digest`.
 pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Vec<u8> {
     let mut k = repo_digest(repo, subject);

@@ -22,12 +22,19 @@ use rocksdb::{
 use stowage_core::{Descriptor, Digest, RepoName};
 
 pub use records::{
-    BlobRecord, BlobState, Event, EventKind, ManifestRecord, RefKind, RepoRecord, TagRecord,
-    UploadRecord,
+    BlobRecord, BlobState, Event, EventKind, HoldKind, ManifestRecord, Quarantine, RefKind,
+    RepoRecord, TagRecord, UploadRecord,
 };
 
+mod snapshot;
+pub use snapshot::Snapshot;
+
 /// On-disk format version written at creation and checked at every open.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// History: 1 = first release; 2 = adds `holders` (who holds each digest, digest-major),
+/// `pending` (publish intents) and `gc_runs`. Version 1 indexes are migrated at open by
+/// building `holders` from `repo_blobs` and `manifests`.
+pub const FORMAT_VERSION: u32 = 2;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -44,7 +51,10 @@ mod cf {
     pub const REFERRERS: &str = "referrers";
     pub const UPLOADS: &str = "uploads";
     pub const FEED: &str = "feed";
-    pub const ALL: [&str; 11] = [
+    pub const HOLDERS: &str = "holders";
+    pub const PENDING: &str = "pending";
+    pub const GC_RUNS: &str = "gc_runs";
+    pub const ALL: [&str; 14] = [
         META,
         BLOBS,
         REPO_BLOBS,
@@ -56,6 +66,9 @@ mod cf {
         REFERRERS,
         UPLOADS,
         FEED,
+        HOLDERS,
+        PENDING,
+        GC_RUNS,
     ];
 }
 
@@ -126,6 +139,13 @@ fn db_err(context: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> IndexErr
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, IndexError> {
     serde_json::from_slice(bytes).map_err(|e| IndexError::Corrupt(format!("{what}: {e}")))
+}
+
+fn decode_ms(bytes: &[u8]) -> Result<u64, IndexError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| IndexError::Corrupt(format!("timestamp of {} bytes", bytes.len())))?;
+    Ok(u64::from_be_bytes(arr))
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -227,11 +247,17 @@ impl Batch {
         self.del(cf::BLOBS, keys::digest_key(digest));
     }
 
-    /// Links a blob into a repository.
+    /// Links a blob into a repository (or refreshes the link's time). Also records the
+    /// repository as a holder of the blob.
     pub fn link_blob(&mut self, repo: &RepoName, digest: &Digest, at_ms: u64) {
         self.put(
             cf::REPO_BLOBS,
             keys::repo_digest(repo, digest),
+            at_ms.to_be_bytes().to_vec(),
+        );
+        self.put(
+            cf::HOLDERS,
+            keys::holder(digest, HoldKind::Link as u8, repo),
             at_ms.to_be_bytes().to_vec(),
         );
     }
@@ -239,6 +265,10 @@ impl Batch {
     /// Unlinks a blob from a repository.
     pub fn unlink_blob(&mut self, repo: &RepoName, digest: &Digest) {
         self.del(cf::REPO_BLOBS, keys::repo_digest(repo, digest));
+        self.del(
+            cf::HOLDERS,
+            keys::holder(digest, HoldKind::Link as u8, repo),
+        );
     }
 
     /// Adds a repository to the catalog.
@@ -256,14 +286,33 @@ impl Batch {
         self.del(cf::TAGS, keys::repo_tag(repo, tag));
     }
 
-    /// Stores a manifest record for a repository.
+    /// Stores a manifest record for a repository (and the repository as a holder of it).
     pub fn put_manifest(&mut self, repo: &RepoName, digest: &Digest, rec: &ManifestRecord) {
         self.put(cf::MANIFESTS, keys::repo_digest(repo, digest), encode(rec));
+        self.put(
+            cf::HOLDERS,
+            keys::holder(digest, HoldKind::Manifest as u8, repo),
+            rec.created_ms.to_be_bytes().to_vec(),
+        );
     }
 
     /// Removes a repository's manifest record.
     pub fn delete_manifest(&mut self, repo: &RepoName, digest: &Digest) {
         self.del(cf::MANIFESTS, keys::repo_digest(repo, digest));
+        self.del(
+            cf::HOLDERS,
+            keys::holder(digest, HoldKind::Manifest as u8, repo),
+        );
+    }
+
+    /// Clears the publish intent of `upload` for `digest` (written with the blob's record).
+    pub fn clear_pending(&mut self, digest: &Digest, upload: &str) {
+        self.del(cf::PENDING, keys::pending(digest, upload));
+    }
+
+    /// Stores a garbage-collection run's report (JSON written by `stowage-gc`).
+    pub fn put_gc_run(&mut self, run_id: u64, report: Vec<u8>) {
+        self.put(cf::GC_RUNS, keys::seq(run_id).to_vec(), report);
     }
 
     /// Stores the exact bytes of a manifest (shared by every repository that holds it).
@@ -354,13 +403,19 @@ impl Index {
             .db
             .get_cf(&meta, META_FORMAT)
             .map_err(db_err("reading format version"))?;
+        let write_version = || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            self.db
+                .put_cf_opt(&meta, META_FORMAT, FORMAT_VERSION.to_string(), &opts)
+                .map_err(db_err("writing format version"))
+        };
         match found {
-            None => {
-                let mut opts = WriteOptions::default();
-                opts.set_sync(true);
-                self.db
-                    .put_cf_opt(&meta, META_FORMAT, FORMAT_VERSION.to_string(), &opts)
-                    .map_err(db_err("writing format version"))?;
+            None => write_version(),
+            Some(v) if v == b"1" => {
+                self.migrate_v1_holders()?;
+                write_version()?;
+                tracing::info!(path = %self.path.display(), "index migrated from format 1 to 2");
                 Ok(())
             }
             Some(v) if v == FORMAT_VERSION.to_string().as_bytes() => Ok(()),
@@ -370,6 +425,48 @@ impl Index {
                 expected: FORMAT_VERSION,
             }),
         }
+    }
+
+    /// Format 1 -> 2: builds `holders` from the blob links and manifest records. Idempotent
+    /// (puts only), so a crash half way is finished by the next open.
+    fn migrate_v1_holders(&self) -> Result<(), IndexError> {
+        let holders = self.cf(cf::HOLDERS)?;
+        let mut wb = WriteBatch::default();
+        let flush = |wb: &mut WriteBatch, force: bool| -> Result<(), IndexError> {
+            if wb.len() >= 10_000 || (force && !wb.is_empty()) {
+                let done = std::mem::take(wb);
+                self.db
+                    .write(done)
+                    .map_err(db_err("writing migrated holders"))?;
+            }
+            Ok(())
+        };
+        let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        self.scan(cf::REPO_BLOBS, b"", b"", |k, v| {
+            let (repo, rest) = keys::take_repo(k)?;
+            let (digest, _) = keys::take_digest(rest)?;
+            pending.push((
+                keys::holder(&digest, HoldKind::Link as u8, &repo),
+                v.to_vec(),
+            ));
+            Ok(true)
+        })?;
+        self.scan(cf::MANIFESTS, b"", b"", |k, v| {
+            let (repo, rest) = keys::take_repo(k)?;
+            let (digest, _) = keys::take_digest(rest)?;
+            let rec: ManifestRecord = decode("manifests", v)?;
+            pending.push((
+                keys::holder(&digest, HoldKind::Manifest as u8, &repo),
+                rec.created_ms.to_be_bytes().to_vec(),
+            ));
+            Ok(true)
+        })?;
+        for (k, v) in pending {
+            wb.put_cf(&holders, k, v);
+            flush(&mut wb, false)?;
+        }
+        flush(&mut wb, true)?;
+        self.db.flush_wal(true).map_err(db_err("syncing migration"))
     }
 
     fn lock_seq(&self) -> std::sync::MutexGuard<'_, u64> {
@@ -691,6 +788,113 @@ impl Index {
             Ok(true)
         })?;
         Ok(out)
+    }
+
+    /// When `repo`'s link to `digest` was made or last refreshed (unix ms), if it exists.
+    pub fn link_time(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, IndexError> {
+        let cf = self.cf(cf::REPO_BLOBS)?;
+        match self
+            .db
+            .get_pinned_cf(&cf, keys::repo_digest(repo, digest))
+            .map_err(db_err("reading blob link"))?
+        {
+            Some(v) => Ok(Some(decode_ms(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Repositories holding `digest` as `kind`, with the link or manifest time (unix ms).
+    pub fn holders(
+        &self,
+        digest: &Digest,
+        kind: HoldKind,
+    ) -> Result<Vec<(RepoName, u64)>, IndexError> {
+        let mut prefix = keys::digest_key(digest);
+        prefix.push(kind as u8);
+        let mut out = Vec::new();
+        self.scan(cf::HOLDERS, &prefix, &prefix, |k, v| {
+            let (repo, _) = keys::take_repo(&k[prefix.len()..])?;
+            out.push((repo, decode_ms(v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Manifests of `repo` that reference `target` (as a blob or a child).
+    pub fn referencing_in(
+        &self,
+        target: &Digest,
+        repo: &RepoName,
+    ) -> Result<Vec<(Digest, RefKind)>, IndexError> {
+        let mut prefix = keys::digest_key(target);
+        keys::put_repo(&mut prefix, repo);
+        let mut out = Vec::new();
+        self.scan(cf::REFS, &prefix, &prefix, |k, v| {
+            let (manifest, _) = keys::take_digest(&k[prefix.len()..])?;
+            let kind = v
+                .first()
+                .and_then(|b| RefKind::from_byte(*b))
+                .ok_or_else(|| IndexError::Corrupt("bad ref kind".into()))?;
+            out.push((manifest, kind));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Records that upload `upload` is about to publish bytes as `digest` (an intent, cleared
+    /// by the batch that indexes the blob). Not synced on its own: it only has to survive a
+    /// process crash, and the blob's synced commit carries it to disk with everything before
+    /// it. After a crash, intents left behind name bytes that may be published but unindexed.
+    pub fn put_pending(&self, digest: &Digest, upload: &str, at_ms: u64) -> Result<(), IndexError> {
+        let cf = self.cf(cf::PENDING)?;
+        self.db
+            .put_cf(&cf, keys::pending(digest, upload), at_ms.to_be_bytes())
+            .map_err(db_err(format!("recording publish intent for {digest}")))
+    }
+
+    /// Whether the publish intent of `upload` for `digest` is still recorded.
+    pub fn has_pending(&self, digest: &Digest, upload: &str) -> Result<bool, IndexError> {
+        self.exists(cf::PENDING, &keys::pending(digest, upload))
+    }
+
+    /// Publish intents: `(digest, upload id, since unix ms)`.
+    pub fn pending(&self) -> Result<Vec<(Digest, String, u64)>, IndexError> {
+        let mut out = Vec::new();
+        self.scan(cf::PENDING, b"", b"", |k, v| {
+            let (digest, rest) = keys::take_digest(k)?;
+            let upload = String::from_utf8(rest.to_vec())
+                .map_err(|e| IndexError::Corrupt(format!("pending key: {e}")))?;
+            out.push((digest, upload, decode_ms(v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Stored garbage-collection reports, newest first, at most `limit`: `(run id, JSON)`.
+    pub fn gc_runs(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, IndexError> {
+        let cf = self.cf(cf::GC_RUNS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(&cf, IteratorMode::End) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(db_err("scanning gc runs"))?;
+            out.push((keys::take_seq(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One stored garbage-collection report.
+    pub fn gc_run(&self, run_id: u64) -> Result<Option<Vec<u8>>, IndexError> {
+        let cf = self.cf(cf::GC_RUNS)?;
+        self.db
+            .get_cf(&cf, keys::seq(run_id))
+            .map_err(db_err("reading gc run"))
+    }
+
+    /// A consistent point-in-time view of the whole index (for marking).
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot::new(self)
     }
 
     /// Feed entries with sequence `>= from`, at most `limit`.

@@ -14,8 +14,23 @@ use stowage_core::{Descriptor, Digest};
 pub enum BlobState {
     /// Bytes are durable in the blob store and served.
     Present,
-    /// Marked deleted: no longer served; bytes may still exist until they are purged.
+    /// Quarantined by garbage collection: no longer served; the bytes are kept until the
+    /// quarantine's retention passes and a later run purges them (or an operator restores it).
     Deleted,
+}
+
+/// Why and since when a blob is quarantined.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// When it was quarantined (unix ms); retention counts from here.
+    #[serde(rename = "at")]
+    pub at_ms: u64,
+    /// Repositories that held it when it was quarantined (a restore links it back into them).
+    #[serde(rename = "r", default)]
+    pub repos: Vec<String>,
+    /// The garbage-collection run that quarantined it.
+    #[serde(rename = "run", default)]
+    pub run_id: u64,
 }
 
 /// One stored blob, global to the site (deduplicated across repositories).
@@ -37,6 +52,9 @@ pub struct BlobRecord {
     /// are checked against it. Absent in records written before it existed.
     #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
     pub crc32c: Option<u32>,
+    /// Set while the blob is quarantined (state `Deleted`).
+    #[serde(rename = "q", default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
 }
 
 /// A repository in the catalog.
@@ -86,6 +104,15 @@ pub struct ManifestRecord {
     /// Top-level annotations, served in referrers responses.
     #[serde(rename = "an", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// What kind of holder a [`crate::Index::holders`] entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldKind {
+    /// The repository links the blob (it may serve it).
+    Link = 1,
+    /// The repository holds a manifest with that digest.
+    Manifest = 2,
 }
 
 /// What kind of edge a reverse reference is.

@@ -37,6 +37,7 @@ fn batch_and_feed_commit_together_and_survive_reopen() {
                 created_ms: 5,
                 updated_ms: 5,
                 crc32c: Some(7),
+                quarantine: None,
             },
         );
         b.link_blob(&repo("a/b"), &d, 5);
@@ -210,4 +211,154 @@ fn concurrent_commits_share_groups_and_keep_the_feed_ordered() {
     }
     assert_eq!(idx.last_seq().unwrap(), 400);
     assert_eq!(idx.repos(None, 100).unwrap().len(), 8);
+}
+
+fn manifest_rec(created_ms: u64, blobs: Vec<Digest>) -> ManifestRecord {
+    ManifestRecord {
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        size: 10,
+        created_ms,
+        artifact_type: None,
+        subject: None,
+        blobs,
+        children: Vec::new(),
+        annotations: Default::default(),
+    }
+}
+
+#[test]
+fn holders_follow_links_and_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = open(dir.path());
+    let (a, b) = (repo("a"), repo("b"));
+    let blob = Digest::sha256(b"blob");
+    let m = Digest::sha256(b"m");
+    let mut batch = Batch::new();
+    batch.link_blob(&a, &blob, 10);
+    batch.link_blob(&b, &blob, 20);
+    batch.put_manifest(&a, &m, &manifest_rec(30, vec![blob.clone()]));
+    idx.commit(batch).unwrap();
+    assert_eq!(
+        idx.holders(&blob, HoldKind::Link).unwrap(),
+        vec![(a.clone(), 10), (b.clone(), 20)]
+    );
+    assert!(idx.holders(&blob, HoldKind::Manifest).unwrap().is_empty());
+    assert_eq!(
+        idx.holders(&m, HoldKind::Manifest).unwrap(),
+        vec![(a.clone(), 30)]
+    );
+    assert_eq!(idx.link_time(&b, &blob).unwrap(), Some(20));
+    let mut batch = Batch::new();
+    batch.unlink_blob(&a, &blob);
+    batch.delete_manifest(&a, &m);
+    idx.commit(batch).unwrap();
+    assert_eq!(idx.holders(&blob, HoldKind::Link).unwrap(), vec![(b, 20)]);
+    assert!(idx.holders(&m, HoldKind::Manifest).unwrap().is_empty());
+    assert_eq!(idx.link_time(&a, &blob).unwrap(), None);
+}
+
+#[test]
+fn snapshot_does_not_see_later_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = open(dir.path());
+    let a = repo("a");
+    let d1 = Digest::sha256(b"1");
+    let d2 = Digest::sha256(b"2");
+    let mut batch = Batch::new();
+    batch.link_blob(&a, &d1, 1);
+    batch.event(ev(EventKind::BlobLinked, "a"));
+    idx.commit(batch).unwrap();
+    let snap = idx.snapshot();
+    let mut batch = Batch::new();
+    batch.link_blob(&a, &d2, 2);
+    batch.unlink_blob(&a, &d1);
+    batch.put_tag(
+        &a,
+        "t",
+        &TagRecord {
+            digest: d2.clone(),
+            updated_ms: 2,
+        },
+    );
+    batch.event(ev(EventKind::BlobLinked, "a"));
+    idx.commit(batch).unwrap();
+    let mut seen = Vec::new();
+    snap.links(|r, d, at| {
+        seen.push((r.to_string(), d, at));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, vec![("a".to_string(), d1, 1)]);
+    let mut tags = 0;
+    snap.tags(|_, _, _| {
+        tags += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(tags, 0);
+    assert_eq!(snap.last_seq().unwrap(), 1);
+    assert_eq!(idx.last_seq().unwrap(), 2);
+}
+
+#[test]
+fn format_1_index_is_migrated_with_holders() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = repo("a/b");
+    let blob = Digest::sha256(b"blob");
+    let m = Digest::sha256(b"m");
+    {
+        let idx = open(dir.path());
+        let mut batch = Batch::new();
+        batch.link_blob(&a, &blob, 10);
+        batch.put_manifest(&a, &m, &manifest_rec(30, vec![blob.clone()]));
+        idx.commit(batch).unwrap();
+        // Make it look like a format 1 index: no holders, version "1".
+        let holders = idx.cf(cf::HOLDERS).unwrap();
+        let keys: Vec<Vec<u8>> = idx
+            .db
+            .iterator_cf(&holders, IteratorMode::Start)
+            .map(|i| i.unwrap().0.to_vec())
+            .collect();
+        assert_eq!(keys.len(), 2);
+        for k in keys {
+            idx.db.delete_cf(&holders, k).unwrap();
+        }
+        idx.db
+            .put_cf(&idx.cf(cf::META).unwrap(), META_FORMAT, b"1")
+            .unwrap();
+        assert!(idx.holders(&blob, HoldKind::Link).unwrap().is_empty());
+    }
+    let idx = open(dir.path());
+    assert_eq!(
+        idx.holders(&blob, HoldKind::Link).unwrap(),
+        vec![(a.clone(), 10)]
+    );
+    assert_eq!(idx.holders(&m, HoldKind::Manifest).unwrap(), vec![(a, 30)]);
+    let v = idx
+        .db
+        .get_cf(&idx.cf(cf::META).unwrap(), META_FORMAT)
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, FORMAT_VERSION.to_string().as_bytes());
+}
+
+#[test]
+fn pending_intents_and_gc_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = open(dir.path());
+    let d = Digest::sha256(b"p");
+    idx.put_pending(&d, "up-1", 5).unwrap();
+    idx.put_pending(&d, "up-2", 6).unwrap();
+    assert_eq!(idx.pending().unwrap().len(), 2);
+    let mut batch = Batch::new();
+    batch.clear_pending(&d, "up-1");
+    for id in [1u64, 2, 300] {
+        batch.put_gc_run(id, format!("{{\"id\":{id}}}").into_bytes());
+    }
+    idx.commit(batch).unwrap();
+    assert_eq!(idx.pending().unwrap(), vec![(d, "up-2".to_string(), 6)]);
+    let runs = idx.gc_runs(2).unwrap();
+    assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![300, 2]);
+    assert_eq!(idx.gc_run(1).unwrap().unwrap(), b"{\"id\":1}".to_vec());
+    assert!(idx.gc_run(7).unwrap().is_none());
 }

@@ -11,6 +11,7 @@
 //! * every index change is written together with its change-feed entry in one batch.
 
 pub mod error;
+mod gc;
 pub mod locks;
 mod manifests;
 pub mod task;
@@ -27,8 +28,13 @@ use stowage_core::{Clock, Digest, RepoName, SystemClock};
 use stowage_index::{Event, EventKind, Index, IndexOptions};
 
 pub use error::{Result, StoreError};
+pub use gc::{BlobSweep, LinkCandidate, PendingRepair};
 pub use manifests::{ManifestContent, PutManifestOutcome};
 pub use uploads::UploadStatus;
+
+/// A re-upload or mount of a blob already linked into the repository rewrites the link's time
+/// when the link is older than this, restarting its garbage-collection grace period.
+const LINK_REFRESH_MS: u64 = 60_000;
 
 /// How the store is set up.
 #[derive(Clone, Debug)]
@@ -155,6 +161,15 @@ impl Store {
         let removed = self.inner.cas.remove_stray_uploads(&live).await?;
         if removed > 0 {
             tracing::info!(removed, "removed stray upload staging");
+        }
+        // Nothing is in flight yet, so every publish intent left is from before the restart.
+        let repaired = self.repair_pending(u64::MAX).await?;
+        if repaired.orphans_removed > 0 || repaired.cleared > 0 {
+            tracing::info!(
+                orphans_removed = repaired.orphans_removed,
+                cleared = repaired.cleared,
+                "repaired publish intents left by a crash"
+            );
         }
         Ok(())
     }
@@ -295,13 +310,18 @@ impl Store {
         size: u64,
     ) -> Result<()> {
         let idx = &self.inner.index;
-        if idx.repo_has_blob(repo, digest)? {
-            if !batch.is_empty() {
-                self.commit(batch).await?;
-            }
-            return Ok(());
-        }
         let now = self.now_ms();
+        if let Some(linked) = idx.link_time(repo, digest)? {
+            // Already linked. A link that has not been touched for a while is refreshed, so a
+            // client that uploads or mounts a blob again gets a fresh grace period against
+            // garbage collection before its manifest arrives.
+            if now.saturating_sub(linked) < LINK_REFRESH_MS {
+                if !batch.is_empty() {
+                    self.commit(batch).await?;
+                }
+                return Ok(());
+            }
+        }
         batch.link_blob(repo, digest, now);
         if let Some(mut rec) = idx.blob(digest)? {
             rec.updated_ms = now;

@@ -248,6 +248,29 @@ impl Store {
             )));
         }
         let mut batch = Batch::new();
+        for tag in idx.tags_pointing_at(repo, digest)? {
+            batch.delete_tag(repo, &tag);
+            let mut ev = self.event(EventKind::TagDeleted, repo);
+            ev.tag = Some(tag);
+            ev.digest = Some(digest.clone());
+            batch.event(ev);
+        }
+        self.remove_manifest(&mut batch, repo, digest, &rec, None)?;
+        self.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Adds to `batch` the removal of `repo`'s manifest `digest` (record `rec`): its reverse
+    /// references, its referrer entry, and its document when no other repository holds it.
+    /// Returns whether the document goes too. Caller holds the digest's stripe exclusively.
+    pub(crate) fn remove_manifest(
+        &self,
+        batch: &mut Batch,
+        repo: &RepoName,
+        digest: &Digest,
+        rec: &ManifestRecord,
+        actor: Option<&str>,
+    ) -> Result<bool> {
         batch.delete_manifest(repo, digest);
         for d in &rec.blobs {
             batch.delete_ref(d, repo, digest);
@@ -258,17 +281,19 @@ impl Store {
         if let Some(subject) = &rec.subject {
             batch.delete_referrer(repo, subject, digest);
         }
-        for tag in idx.tags_pointing_at(repo, digest)? {
-            batch.delete_tag(repo, &tag);
-            let mut ev = self.event(EventKind::TagDeleted, repo);
-            ev.tag = Some(tag);
-            ev.digest = Some(digest.clone());
-            batch.event(ev);
+        let others = self
+            .inner
+            .index
+            .holders(digest, stowage_index::HoldKind::Manifest)?
+            .into_iter()
+            .any(|(r, _)| &r != repo);
+        if !others {
+            batch.delete_manifest_bytes(digest);
         }
         let mut ev = self.event(EventKind::ManifestDeleted, repo);
         ev.digest = Some(digest.clone());
+        ev.actor = actor.map(str::to_string);
         batch.event(ev);
-        self.commit(batch).await?;
-        Ok(())
+        Ok(!others)
     }
 }

@@ -30,12 +30,12 @@ pub struct UploadStatus {
 #[derive(Debug)]
 pub(crate) struct Session {
     repo: RepoName,
-    record: UploadRecord,
+    pub(crate) record: UploadRecord,
     /// Running sha256 over all parts; `None` when it must be rebuilt from storage.
     hasher: Option<Hasher>,
     /// The index holds a record of this session (it has stored chunks that must survive a
     /// restart).
-    recorded: bool,
+    pub(crate) recorded: bool,
     /// Its id was handed to a client, which may resume it (false for monolithic pushes).
     resumable: bool,
 }
@@ -82,7 +82,7 @@ impl Store {
         id
     }
 
-    fn sessions(
+    pub(crate) fn sessions(
         &self,
     ) -> std::sync::MutexGuard<
         '_,
@@ -96,7 +96,11 @@ impl Store {
     }
 
     /// Finds a session of `repo`, loading it from the index after a restart.
-    fn session(&self, repo: &RepoName, id: &str) -> Result<Arc<tokio::sync::Mutex<Session>>> {
+    pub(crate) fn session(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<Session>>> {
         if let Some(s) = self.sessions().get(id) {
             return Ok(s.clone());
         }
@@ -337,6 +341,11 @@ impl Store {
                 return self.link_present_blob(batch, repo, digest, size).await;
             }
         }
+        // Publish intent: if the process dies after the bytes are published but before the
+        // batch below is durable, start-up repair finds this entry and removes the unindexed
+        // bytes (they would otherwise be invisible to index-driven garbage collection).
+        idx.put_pending(digest, id, self.now_ms())?;
+        batch.clear_pending(digest, id);
         let outcome = self.inner.cas.commit(id, parts, digest).await?;
         if outcome == CommitOutcome::AlreadyPresent {
             tracing::debug!(%digest, "blob bytes already stored; reusing");
@@ -351,6 +360,7 @@ impl Store {
                 updated_ms: now,
                 // Same digest, same bytes: this CRC holds for bytes that were already stored too.
                 crc32c: Some(crc),
+                quarantine: None,
             },
         );
         batch.link_blob(repo, digest, now);
@@ -364,7 +374,12 @@ impl Store {
 
     /// Removes a session's in-memory state and staging, and its index record when
     /// `delete_record` (callers that already removed it in another batch pass false).
-    async fn end_session(&self, id: &str, parts: &[u32], delete_record: bool) -> Result<()> {
+    pub(crate) async fn end_session(
+        &self,
+        id: &str,
+        parts: &[u32],
+        delete_record: bool,
+    ) -> Result<()> {
         if delete_record {
             let mut batch = Batch::new();
             batch.delete_upload(id);

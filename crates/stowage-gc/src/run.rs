@@ -1,0 +1,287 @@
+//! One run: mark on a snapshot, then sweep manifests, blobs, expired quarantine and stale
+//! uploads, each removal re-checked by the store under the digest's exclusive lock.
+
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use stowage_store::Store;
+
+use crate::mark::{self, MarkParams, Plan};
+use crate::report::{Counts, Phase, PhaseTime, Report, RunStatus};
+use crate::GcError;
+
+/// Removals in flight at once during the sweep. Each is one locked re-check and one index
+/// commit; several in flight share fsyncs through the index's group commit, while pushes keep
+/// most of the disk.
+const SWEEP_CONCURRENCY: usize = 8;
+
+/// Settings resolved for one run.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolved {
+    pub dry_run: bool,
+    pub grace: Duration,
+    pub quarantine: Duration,
+    pub upload_expiry: Duration,
+    pub delete_untagged: bool,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Reports progress to the collector.
+pub(crate) trait Sink: Send + Sync {
+    fn update(&self, phase: Phase, done: u64, total: u64, report: &Report);
+}
+
+/// Runs all phases, updating `report` as it goes. Returns the error that stopped the run, if
+/// any; the report then holds what was done before it.
+pub(crate) async fn execute(
+    store: &Store,
+    opts: &Resolved,
+    report: &mut Report,
+    sink: &dyn Sink,
+) -> Result<(), GcError> {
+    let now = store.now_ms();
+    let params = MarkParams {
+        cutoff_ms: now.saturating_sub(ms(opts.grace)),
+        purge_before_ms: now.saturating_sub(ms(opts.quarantine)),
+        purge_at_once: opts.quarantine.is_zero(),
+        delete_untagged: opts.delete_untagged,
+    };
+    let upload_cutoff = now.saturating_sub(ms(opts.upload_expiry));
+
+    // Mark.
+    let started = Instant::now();
+    sink.update(Phase::Mark, 0, 0, report);
+    let mut plan = {
+        let store = store.clone();
+        let params = params.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let marking = tokio::task::spawn_blocking(move || {
+            let snap = store.index().snapshot();
+            mark::plan(&snap, &params, |n| {
+                let _ = tx.send(n);
+            })
+        });
+        let mut marking = std::pin::pin!(marking);
+        loop {
+            tokio::select! {
+                done = &mut marking => {
+                    break done.map_err(|e| GcError::Store(stowage_store::StoreError::Internal(format!("gc mark task: {e}"))))??;
+                }
+                Some(n) = rx.recv() => sink.update(Phase::Mark, n, 0, report),
+            }
+        }
+    };
+    let idle = store.idle_uploads(upload_cutoff)?;
+    // Site-wide figures (quarantine, purge, uploads, re-check keeps); totals add the
+    // repositories' figures to these.
+    let mut site = apply_plan_figures(report, &plan, &idle);
+    report.snapshot_seq = plan.snapshot_seq;
+    if !opts.dry_run {
+        // Sweep figures are counted as they happen; marked figures stay.
+        site = clear_sweep_figures(report);
+    }
+    finish_phase(report, Phase::Mark, started);
+    if opts.dry_run {
+        return Ok(());
+    }
+
+    // Manifests, level by level.
+    let started = Instant::now();
+    let total: u64 = plan
+        .manifest_levels
+        .iter()
+        .map(|l| l.len() as u64)
+        .sum::<u64>()
+        + plan.orphan_documents.len() as u64;
+    let mut done = 0u64;
+    sink.update(Phase::SweepManifests, 0, total, report);
+    for level in std::mem::take(&mut plan.manifest_levels) {
+        let mut results = stream::iter(level.into_iter().map(|c| {
+            let store = store.clone();
+            async move {
+                let result = store
+                    .gc_remove_manifest(&c.repo, &c.digest, c.created_ms)
+                    .await;
+                (c, result)
+            }
+        }))
+        .buffer_unordered(SWEEP_CONCURRENCY);
+        while let Some((c, result)) = results.next().await {
+            done += 1;
+            match result? {
+                Some((size, _document)) => {
+                    let repo = report.repos.entry(c.repo.to_string()).or_default();
+                    repo.manifests_swept += 1;
+                    repo.manifest_bytes_swept += size;
+                }
+                None => site.kept_on_recheck += 1,
+            }
+            if done % 256 == 0 {
+                sink.update(Phase::SweepManifests, done, total, report);
+            }
+        }
+    }
+    for (digest, _) in &plan.orphan_documents {
+        if store.gc_remove_manifest_document(digest).await?.is_none() {
+            site.kept_on_recheck += 1;
+        }
+    }
+    sum_repos(report, &site);
+    finish_phase(report, Phase::SweepManifests, started);
+
+    // Blobs: unlink candidates, quarantine what nothing holds.
+    let started = Instant::now();
+    let total = plan.blobs.len() as u64;
+    let mut done = 0u64;
+    let mut just_quarantined = Vec::new();
+    sink.update(Phase::SweepBlobs, 0, total, report);
+    {
+        let run_id = report.run_id;
+        let cutoff = params.cutoff_ms;
+        let mut results = stream::iter(std::mem::take(&mut plan.blobs).into_iter().map(|c| {
+            let store = store.clone();
+            async move {
+                let q = c.quarantine.then_some(cutoff);
+                let result = store.gc_sweep_blob(&c.digest, &c.links, q, run_id).await;
+                (c, result)
+            }
+        }))
+        .buffer_unordered(SWEEP_CONCURRENCY);
+        while let Some((c, result)) = results.next().await {
+            done += 1;
+            let swept = result?;
+            for repo in &swept.unlinked {
+                let r = report.repos.entry(repo.to_string()).or_default();
+                r.blobs_swept += 1;
+                r.bytes_swept += swept.size;
+            }
+            site.kept_on_recheck += swept.kept;
+            if let Some(at) = swept.quarantined_at {
+                site.blobs_quarantined += 1;
+                site.bytes_quarantined += swept.size;
+                just_quarantined.push((c.digest.clone(), at, swept.size));
+            }
+            if done % 256 == 0 {
+                sum_repos(report, &site);
+                sink.update(Phase::SweepBlobs, done, total, report);
+            }
+        }
+    }
+    sum_repos(report, &site);
+    finish_phase(report, Phase::SweepBlobs, started);
+
+    // Purge expired quarantine (and, with zero retention, what was just quarantined).
+    let started = Instant::now();
+    let mut purge = std::mem::take(&mut plan.purge);
+    if params.purge_at_once {
+        purge.extend(just_quarantined);
+    }
+    let total = purge.len() as u64;
+    let mut done = 0u64;
+    sink.update(Phase::Purge, 0, total, report);
+    {
+        let mut results = stream::iter(purge.into_iter().map(|(digest, at, _)| {
+            let store = store.clone();
+            async move { store.gc_purge_blob(&digest, at).await }
+        }))
+        .buffer_unordered(SWEEP_CONCURRENCY);
+        while let Some(result) = results.next().await {
+            done += 1;
+            if let Some(size) = result? {
+                site.blobs_purged += 1;
+                site.bytes_purged += size;
+            }
+            if done % 256 == 0 {
+                sum_repos(report, &site);
+                sink.update(Phase::Purge, done, total, report);
+            }
+        }
+    }
+    sum_repos(report, &site);
+    finish_phase(report, Phase::Purge, started);
+
+    // Stale uploads, and publish intents a crash or failed commit left behind.
+    let started = Instant::now();
+    sink.update(Phase::Uploads, 0, idle.len() as u64, report);
+    for (id, _) in &idle {
+        if let Some(bytes) = store.expire_upload(id, upload_cutoff).await? {
+            site.uploads_expired += 1;
+            site.upload_bytes_expired += bytes;
+        }
+    }
+    let repaired = store.repair_pending(upload_cutoff).await?;
+    if repaired.cleared > 0 {
+        tracing::info!(
+            orphans_removed = repaired.orphans_removed,
+            cleared = repaired.cleared,
+            "repaired stale publish intents"
+        );
+    }
+    sum_repos(report, &site);
+    finish_phase(report, Phase::Uploads, started);
+    Ok(())
+}
+
+/// Fills marked figures and the planned sweep figures (what a dry run reports); returns the
+/// planned site-wide figures.
+fn apply_plan_figures(report: &mut Report, plan: &Plan, idle: &[(String, u64)]) -> Counts {
+    report.repos = plan.repos.clone();
+    let mut site = plan.site.clone();
+    site.uploads_expired = idle.len() as u64;
+    site.upload_bytes_expired = idle.iter().map(|(_, b)| *b).sum();
+    sum_repos(report, &site);
+    site
+}
+
+/// Zeroes the planned sweep figures before a real run counts what it actually removes.
+fn clear_sweep_figures(report: &mut Report) -> Counts {
+    for c in report.repos.values_mut() {
+        c.manifests_swept = 0;
+        c.manifest_bytes_swept = 0;
+        c.blobs_swept = 0;
+        c.bytes_swept = 0;
+    }
+    let site = Counts::default();
+    sum_repos(report, &site);
+    site
+}
+
+/// Recomputes totals: the sum over repositories plus the site-wide figures.
+fn sum_repos(report: &mut Report, site: &Counts) {
+    let mut totals = site.clone();
+    for c in report.repos.values() {
+        totals.add(c);
+    }
+    report.totals = totals;
+}
+
+fn finish_phase(report: &mut Report, phase: Phase, started: Instant) {
+    report.phases.push(PhaseTime {
+        phase,
+        ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    });
+}
+
+/// A fresh report for a run.
+pub(crate) fn new_report(run_id: u64, opts: &Resolved, trigger: &str, now_ms: u64) -> Report {
+    Report {
+        run_id,
+        dry_run: opts.dry_run,
+        status: RunStatus::Running,
+        error: None,
+        trigger: trigger.to_string(),
+        started_ms: now_ms,
+        finished_ms: 0,
+        grace_ms: ms(opts.grace),
+        quarantine_ms: ms(opts.quarantine),
+        upload_expiry_ms: ms(opts.upload_expiry),
+        delete_untagged: opts.delete_untagged,
+        snapshot_seq: 0,
+        phases: Vec::new(),
+        totals: Counts::default(),
+        repos: Default::default(),
+    }
+}

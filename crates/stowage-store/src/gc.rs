@@ -1,0 +1,361 @@
+//! The store side of garbage collection: removals that re-check their candidate under the
+//! digest's exclusive lock, quarantine, purge, restore, upload expiry and the repair of publish
+//! intents left by a crash.
+//!
+//! `stowage-gc` decides candidates on an index snapshot; the world may have moved on since. Every
+//! function here therefore takes the candidate *as the snapshot saw it* (a creation or link
+//! time) and removes it only if, under the exclusive lock, it is still exactly that and nothing
+//! that a push can add makes it reachable: a tag (set by a manifest put, which holds the
+//! manifest digest's lock shared), a reference from a manifest (recorded under the referenced
+//! digest's lock, shared), or a fresh link (same). A push that loses the race sees the removal
+//! and fails cleanly with `MANIFEST_BLOB_UNKNOWN`; one that wins leaves evidence the re-check
+//! finds. Either way no manifest ever points at bytes that are not served.
+
+use stowage_core::{Digest, RepoName};
+use stowage_index::{Batch, BlobState, EventKind, HoldKind, Quarantine, RefKind};
+
+use crate::{Result, Store, StoreError};
+
+/// Actor recorded in feed events written by garbage collection.
+const GC_ACTOR: &str = "gc";
+
+/// A blob link that garbage collection wants to remove, as the snapshot saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkCandidate {
+    /// The repository.
+    pub repo: RepoName,
+    /// The link's time in the snapshot; the link is removed only if it is unchanged.
+    pub linked_ms: u64,
+}
+
+/// What [`Store::gc_sweep_blob`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlobSweep {
+    /// Repositories the blob was unlinked from.
+    pub unlinked: Vec<RepoName>,
+    /// Candidate links (or the quarantine) kept because the re-check found them in use.
+    pub kept: u64,
+    /// When the blob was quarantined (unix ms), if this sweep quarantined it: no repository
+    /// holds it and it is no longer served.
+    pub quarantined_at: Option<u64>,
+    /// The blob's size.
+    pub size: u64,
+}
+
+/// What [`Store::repair_pending`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingRepair {
+    /// Published-but-unindexed blobs whose bytes were removed.
+    pub orphans_removed: u64,
+    /// Intents cleared (including those whose blob turned out to be indexed).
+    pub cleared: u64,
+}
+
+impl Store {
+    fn gc_event(&self, kind: EventKind, repo: &RepoName, digest: &Digest) -> stowage_index::Event {
+        let mut ev = self.event(kind, repo);
+        ev.digest = Some(digest.clone());
+        ev.actor = Some(GC_ACTOR.to_string());
+        ev
+    }
+
+    /// Removes manifest `digest` from `repo` if it is still the record the snapshot saw
+    /// (`created_ms`), no tag points at it, no manifest of the repository has it as a child,
+    /// and its subject (if any) is gone. Returns the document size and whether the document
+    /// itself was removed (no other repository holds it), or `None` when it was kept.
+    pub async fn gc_remove_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        created_ms: u64,
+    ) -> Result<Option<(u64, bool)>> {
+        let _held = self.inner.locks.exclusive([digest]).await;
+        let idx = &self.inner.index;
+        let Some(rec) = idx.manifest(repo, digest)? else {
+            return Ok(None);
+        };
+        if rec.created_ms != created_ms {
+            return Ok(None);
+        }
+        if !idx.tags_pointing_at(repo, digest)?.is_empty() {
+            return Ok(None);
+        }
+        if idx
+            .referencing_in(digest, repo)?
+            .iter()
+            .any(|(_, kind)| *kind == RefKind::Child)
+        {
+            return Ok(None);
+        }
+        if let Some(subject) = &rec.subject {
+            if idx.manifest(repo, subject)?.is_some() {
+                return Ok(None);
+            }
+        }
+        let mut batch = Batch::new();
+        let document = self.remove_manifest(&mut batch, repo, digest, &rec, Some(GC_ACTOR))?;
+        self.commit(batch).await?;
+        Ok(Some((rec.size, document)))
+    }
+
+    /// Removes a stored manifest document that no repository holds (left by an older version
+    /// that did not remove documents). Returns its size, or `None` when something holds it.
+    pub async fn gc_remove_manifest_document(&self, digest: &Digest) -> Result<Option<u64>> {
+        let _held = self.inner.locks.exclusive([digest]).await;
+        let idx = &self.inner.index;
+        if !idx.holders(digest, HoldKind::Manifest)?.is_empty() {
+            return Ok(None);
+        }
+        let Some(bytes) = idx.manifest_bytes(digest)? else {
+            return Ok(None);
+        };
+        let mut batch = Batch::new();
+        batch.delete_manifest_bytes(digest);
+        self.commit(batch).await?;
+        Ok(Some(bytes.len() as u64))
+    }
+
+    /// Unlinks `digest` from the candidate repositories whose link is unchanged and that no
+    /// manifest of theirs references; then, with `quarantine_before = Some(cutoff)`, quarantines
+    /// the blob if no repository holds it any more and it was last linked before `cutoff`.
+    /// Everything happens in one batch under the digest's exclusive lock.
+    pub async fn gc_sweep_blob(
+        &self,
+        digest: &Digest,
+        links: &[LinkCandidate],
+        quarantine_before: Option<u64>,
+        run_id: u64,
+    ) -> Result<BlobSweep> {
+        let _held = self.inner.locks.exclusive([digest]).await;
+        let idx = &self.inner.index;
+        let mut out = BlobSweep::default();
+        let mut batch = Batch::new();
+        for cand in links {
+            if idx.link_time(&cand.repo, digest)? != Some(cand.linked_ms) {
+                // Refreshed by a new upload or mount, or unlinked by a client meanwhile.
+                out.kept += 1;
+                continue;
+            }
+            if idx
+                .referencing_in(digest, &cand.repo)?
+                .iter()
+                .any(|(_, kind)| *kind == RefKind::Blob)
+            {
+                out.kept += 1;
+                continue;
+            }
+            batch.unlink_blob(&cand.repo, digest);
+            batch.event(self.gc_event(EventKind::BlobUnlinked, &cand.repo, digest));
+            out.unlinked.push(cand.repo.clone());
+        }
+        if let Some(cutoff) = quarantine_before {
+            let still_held = idx
+                .holders(digest, HoldKind::Link)?
+                .into_iter()
+                .any(|(r, _)| !out.unlinked.contains(&r));
+            match idx.blob(digest)? {
+                Some(mut rec) if rec.state == BlobState::Present => {
+                    out.size = rec.size;
+                    if still_held || rec.updated_ms >= cutoff {
+                        out.kept += 1;
+                    } else {
+                        let now = self.now_ms();
+                        rec.state = BlobState::Deleted;
+                        rec.updated_ms = now;
+                        rec.quarantine = Some(Quarantine {
+                            at_ms: now,
+                            repos: out.unlinked.iter().map(|r| r.to_string()).collect(),
+                            run_id,
+                        });
+                        batch.put_blob(digest, &rec);
+                        out.quarantined_at = Some(now);
+                    }
+                }
+                Some(rec) => out.size = rec.size,
+                None => {}
+            }
+        } else if let Some(rec) = idx.blob(digest)? {
+            out.size = rec.size;
+        }
+        if !batch.is_empty() {
+            self.commit(batch).await?;
+        }
+        Ok(out)
+    }
+
+    /// Removes a quarantined blob for good: bytes first, then the record (a crash between
+    /// leaves a quarantined record without bytes, which the next purge removes). Only if it is
+    /// still the quarantine the caller saw (`quarantined_at`). Returns its size.
+    pub async fn gc_purge_blob(&self, digest: &Digest, quarantined_at: u64) -> Result<Option<u64>> {
+        let _held = self.inner.locks.exclusive([digest]).await;
+        let idx = &self.inner.index;
+        let Some(rec) = idx.blob(digest)? else {
+            return Ok(None);
+        };
+        let same = rec.state == BlobState::Deleted
+            && rec.quarantine.as_ref().map(|q| q.at_ms) == Some(quarantined_at);
+        if !same {
+            return Ok(None);
+        }
+        self.inner.cas.delete(digest).await?;
+        let mut batch = Batch::new();
+        batch.delete_blob(digest);
+        self.commit(batch).await?;
+        Ok(Some(rec.size))
+    }
+
+    /// Brings a quarantined blob back: served again and linked into the repositories that held
+    /// it when it was quarantined, with fresh link times (so a new grace period). Fails when
+    /// the digest is unknown, served already, or its bytes were purged.
+    pub async fn gc_restore_blob(&self, digest: &Digest) -> Result<(u64, Vec<RepoName>)> {
+        let _held = self.inner.locks.exclusive([digest]).await;
+        let idx = &self.inner.index;
+        let mut rec = match idx.blob(digest)? {
+            None => {
+                return Err(StoreError::BlobUnknown(digest.clone()));
+            }
+            Some(rec) if rec.state == BlobState::Present => {
+                return Err(StoreError::Conflict(format!(
+                    "blob {digest} is not quarantined: it is served"
+                )));
+            }
+            Some(rec) => rec,
+        };
+        match self.inner.cas.size(digest).await? {
+            Some(n) if n == rec.size => {}
+            Some(n) => {
+                return Err(StoreError::Internal(format!(
+                    "quarantined blob {digest} has {n} bytes stored, its record says {}",
+                    rec.size
+                )))
+            }
+            None => {
+                return Err(StoreError::Conflict(format!(
+                    "blob {digest} was purged: its bytes are gone"
+                )))
+            }
+        }
+        let now = self.now_ms();
+        let repos: Vec<RepoName> = rec
+            .quarantine
+            .take()
+            .map(|q| q.repos)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                RepoName::parse(r).map_err(|e| {
+                    StoreError::Internal(format!("quarantine record of {digest} names {r:?}: {e}"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        rec.state = BlobState::Present;
+        rec.updated_ms = now;
+        let mut batch = Batch::new();
+        batch.put_blob(digest, &rec);
+        for repo in &repos {
+            batch.link_blob(repo, digest, now);
+            self.ensure_repo(&mut batch, repo)?;
+            let mut ev = self.event(EventKind::BlobLinked, repo);
+            ev.digest = Some(digest.clone());
+            ev.actor = Some("gc-restore".to_string());
+            batch.event(ev);
+        }
+        self.commit(batch).await?;
+        Ok((rec.size, repos))
+    }
+
+    /// Upload sessions last appended to before `idle_before_ms`: those recorded in the index and
+    /// those only in memory (started, never written), with their staged bytes. A session busy
+    /// with a request is not idle.
+    pub fn idle_uploads(&self, idle_before_ms: u64) -> Result<Vec<(String, u64)>> {
+        let mut out: std::collections::BTreeMap<String, u64> = self
+            .inner
+            .index
+            .uploads()?
+            .into_iter()
+            .filter(|(_, rec)| rec.updated_ms.max(rec.created_ms) < idle_before_ms)
+            .map(|(id, rec)| (id, rec.parts.iter().sum()))
+            .collect();
+        let in_memory: Vec<_> = self
+            .sessions()
+            .iter()
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect();
+        for (id, session) in in_memory {
+            match session.try_lock() {
+                Ok(s) if s.record.updated_ms.max(s.record.created_ms) < idle_before_ms => {
+                    out.insert(id, s.record.parts.iter().sum());
+                }
+                // Busy or recently used: a recorded copy of it is not idle either.
+                _ => {
+                    out.remove(&id);
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Removes upload session `id` with its staged bytes if it is still idle since before
+    /// `idle_before_ms`. Returns the bytes removed, or `None` when it was kept or is gone.
+    pub async fn expire_upload(&self, id: &str, idle_before_ms: u64) -> Result<Option<u64>> {
+        let in_memory = self.sessions().get(id).cloned();
+        let session = match in_memory {
+            Some(s) => s,
+            None => match self.inner.index.upload(id)? {
+                Some(rec) => match RepoName::parse(&rec.repo) {
+                    Ok(repo) => self.session(&repo, id)?,
+                    Err(e) => {
+                        tracing::warn!(upload = %id, error = %e, "upload record names a bad repository; removing it");
+                        let mut batch = Batch::new();
+                        batch.delete_upload(id);
+                        self.commit(batch).await?;
+                        return Ok(Some(0));
+                    }
+                },
+                None => return Ok(None),
+            },
+        };
+        // A locked session is in the middle of a request: not idle.
+        let Ok(s) = session.try_lock_owned() else {
+            return Ok(None);
+        };
+        if s.record.updated_ms.max(s.record.created_ms) >= idle_before_ms
+            || !self.sessions().contains_key(id)
+        {
+            return Ok(None);
+        }
+        let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
+        let bytes = s.record.parts.iter().sum::<u64>();
+        self.end_session(id, &parts, s.recorded).await?;
+        Ok(Some(bytes))
+    }
+
+    /// Repairs publish intents recorded before `since_before_ms`: a blob whose bytes may have
+    /// been published but never indexed (the process died between the two, or the index write
+    /// failed) has its bytes removed; an intent whose blob is indexed is just cleared. Safe at
+    /// any time: under the digest's exclusive lock no commit of that digest is in flight, so an
+    /// intent still recorded then is stale.
+    pub async fn repair_pending(&self, since_before_ms: u64) -> Result<PendingRepair> {
+        let mut out = PendingRepair::default();
+        for (digest, upload, since) in self.inner.index.pending()? {
+            if since >= since_before_ms {
+                continue;
+            }
+            let _held = self.inner.locks.exclusive([&digest]).await;
+            let idx = &self.inner.index;
+            if !idx.has_pending(&digest, &upload)? {
+                continue;
+            }
+            if idx.blob(&digest)?.is_none() && self.inner.cas.size(&digest).await?.is_some() {
+                self.inner.cas.delete(&digest).await?;
+                tracing::info!(%digest, %upload, "removed published but unindexed blob bytes");
+                out.orphans_removed += 1;
+            }
+            let mut batch = Batch::new();
+            batch.clear_pending(&digest, &upload);
+            self.commit(batch).await?;
+            out.cleared += 1;
+        }
+        Ok(out)
+    }
+}
