@@ -457,3 +457,6 @@ pub struct Metrics {
     /// The last finished run.
     pub last: Option<Report>,
 }
+
+#[cfg(test)]
+mod tests;
