@@ -127,7 +127,7 @@ pub(crate) fn plan(
     let mut scanned = 0u64;
     let mut tick = |n: &mut u64| {
         *n += 1;
-        if *n % 10_000 == 0 {
+        if (*n).is_multiple_of(10_000) {
             progress(*n);
         }
     };

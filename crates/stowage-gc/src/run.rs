@@ -119,7 +119,7 @@ pub(crate) async fn execute(
                 }
                 None => site.kept_on_recheck += 1,
             }
-            if done % 256 == 0 {
+            if done.is_multiple_of(256) {
                 sink.update(Phase::SweepManifests, done, total, report);
             }
         }
@@ -164,7 +164,7 @@ pub(crate) async fn execute(
                 site.bytes_quarantined += swept.size;
                 just_quarantined.push((c.digest.clone(), at, swept.size));
             }
-            if done % 256 == 0 {
+            if done.is_multiple_of(256) {
                 sum_repos(report, &site);
                 sink.update(Phase::SweepBlobs, done, total, report);
             }
@@ -194,7 +194,7 @@ pub(crate) async fn execute(
                 site.blobs_purged += 1;
                 site.bytes_purged += size;
             }
-            if done % 256 == 0 {
+            if done.is_multiple_of(256) {
                 sum_repos(report, &site);
                 sink.update(Phase::Purge, done, total, report);
             }
