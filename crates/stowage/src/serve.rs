@@ -91,6 +91,7 @@ async fn serve(s: Settings) -> Result<(), String> {
     tracing::info!(%api_addr, %admin_addr, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gc = stowage_gc::Collector::new(store.clone(), stowage_gc::GcConfig::default());
     let app = stowage_oci::router(store.clone(), stowage_oci::ApiConfig::default());
     let mut api_rx = stop_rx.clone();
     let api_task = stowage_store::task::spawn_named("http-api", async move {
@@ -100,7 +101,8 @@ async fn serve(s: Settings) -> Result<(), String> {
             })
             .await
     });
-    let admin_task = crate::admin::spawn(admin, store.clone(), s.clone(), stop_rx.clone())?;
+    let admin_task =
+        crate::admin::spawn(admin, store.clone(), gc.clone(), s.clone(), stop_rx.clone())?;
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
