@@ -91,7 +91,14 @@ async fn serve(s: Settings) -> Result<(), String> {
     tracing::info!(%api_addr, %admin_addr, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let gc = stowage_gc::Collector::new(store.clone(), stowage_gc::GcConfig::default());
+    let gc = stowage_gc::Collector::new(store.clone(), s.gc.clone());
+    let schedule = s.gc_interval.map(|interval| {
+        tracing::info!(
+            interval = %humantime::format_duration(interval),
+            "scheduled garbage collection on"
+        );
+        gc.spawn_schedule(interval, stop_rx.clone())
+    });
     let app = stowage_oci::router(store.clone(), stowage_oci::ApiConfig::default());
     let mut api_rx = stop_rx.clone();
     let api_task = stowage_store::task::spawn_named("http-api", async move {
@@ -112,6 +119,12 @@ async fn serve(s: Settings) -> Result<(), String> {
         }
         if let Ok(Err(e)) = admin_task.await {
             tracing::error!(error = %e, "admin server ended with an error");
+        }
+        // The schedule sees the stop signal too; a run it started ends at its next check.
+        if let Some(schedule) = schedule {
+            if let Err(e) = schedule.await {
+                tracing::error!(error = %e, "garbage collection schedule task failed");
+            }
         }
     };
     if tokio::time::timeout(s.shutdown_timeout, drain)
