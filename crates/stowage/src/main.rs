@@ -4,6 +4,7 @@ mod admin;
 mod config;
 mod gc_cli;
 mod gc_rpc;
+mod metrics;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -99,7 +99,9 @@ async fn serve(s: Settings) -> Result<(), String> {
         );
         gc.spawn_schedule(interval, stop_rx.clone())
     });
-    let app = stowage_oci::router(store.clone(), stowage_oci::ApiConfig::default());
+    // `/metrics` next to the OCI API; `/v2/` and its fallback are the OCI router's own.
+    let app = stowage_oci::router(store.clone(), stowage_oci::ApiConfig::default())
+        .merge(crate::metrics::router(gc.clone()));
     let mut api_rx = stop_rx.clone();
     let api_task = stowage_store::task::spawn_named("http-api", async move {
         axum::serve(api, app)
