@@ -374,7 +374,9 @@ pub async fn connect(server: &str) -> Result<AdminClient<Channel>, String> {
     Ok(AdminClient::new(channel))
 }
 
-/// What a failed RPC means, for a person: `doing` at `server`, then the server's message.
+/// What a failed RPC means, for a person: `doing` at `server`, then the server's message. The
+/// daemon's messages start with what it was doing; the client passes the same words, so they
+/// are said once.
 pub fn rpc_error(doing: &str, server: &str, s: &Status) -> String {
     let url = endpoint_url(server);
     let msg = if s.message().is_empty() {
@@ -389,7 +391,21 @@ pub fn rpc_error(doing: &str, server: &str, s: &Status) -> String {
         tonic::Code::Unavailable => {
             format!("{doing} at {url}: the admin service is unavailable: {msg}")
         }
+        _ if msg.starts_with(doing) => format!("{msg} (admin service at {url})"),
         _ => format!("{doing} at {url}: {msg}"),
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`stowage gc history | head`) is not an
+/// error; any other write failure is.
+pub fn emit(text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("writing to standard output: {e}"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -413,22 +429,24 @@ pub fn info_command(server: &str, json: bool) -> Result<(), String> {
             .map_err(|e| rpc_error("GetInfo", server, &e))
     })?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "version": info.version,
-                "data_dir": info.data_dir,
-                "feed_sequence": info.feed_sequence,
-                "blob_count": info.blob_count,
-                "manifest_count": info.manifest_count,
-            })
-        );
+        let v = serde_json::json!({
+            "version": info.version,
+            "data_dir": info.data_dir,
+            "feed_sequence": info.feed_sequence,
+            "blob_count": info.blob_count,
+            "manifest_count": info.manifest_count,
+        });
+        emit(&format!("{v}\n"))?;
     } else {
-        println!("{:<20}{}", "version", info.version);
-        println!("{:<20}{}", "data dir", info.data_dir);
-        println!("{:<20}{}", "feed sequence", info.feed_sequence);
-        println!("{:<20}{}", "blobs (approx)", info.blob_count);
-        println!("{:<20}{}", "manifests (approx)", info.manifest_count);
+        let rows = [
+            ("version", info.version),
+            ("data dir", info.data_dir),
+            ("feed sequence", info.feed_sequence.to_string()),
+            ("blobs (approx)", info.blob_count.to_string()),
+            ("manifests (approx)", info.manifest_count.to_string()),
+        ];
+        let text: String = rows.iter().map(|(k, v)| format!("{k:<20}{v}\n")).collect();
+        emit(&text)?;
     }
     Ok(())
 }
@@ -539,6 +557,22 @@ mod tests {
             gc_status("starting", GcError::AlreadyRunning(3)).code(),
             tonic::Code::AlreadyExists
         );
+    }
+
+    #[test]
+    fn client_errors_say_what_was_done_once() {
+        let s = Status::not_found("reading the report of garbage collection run 3: no run 3");
+        assert_eq!(
+            rpc_error("reading the report of garbage collection run 3", "127.0.0.1:9", &s),
+            "reading the report of garbage collection run 3: no run 3 (admin service at http://127.0.0.1:9)"
+        );
+        let s = Status::internal("boom");
+        assert_eq!(
+            rpc_error("listing", "http://h:1", &s),
+            "listing at http://h:1: boom"
+        );
+        let s = Status::unimplemented("");
+        assert!(rpc_error("listing", "h:1", &s).contains("older version"));
     }
 
     /// A watch sends the run's updates (not other runs'), ends after `done`, and ends with

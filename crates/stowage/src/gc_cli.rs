@@ -15,7 +15,7 @@ use stowage_rpc::v1 as pb;
 use stowage_rpc::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use crate::admin::{cli_runtime, connect, endpoint_url, rpc_error};
+use crate::admin::{cli_runtime, connect, emit, endpoint_url, rpc_error};
 use crate::config::parse_duration;
 use crate::gc_rpc::{progress_from_proto, report_from_proto};
 
@@ -145,8 +145,7 @@ fn millis(d: Duration) -> u64 {
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     let text = serde_json::to_string(v).map_err(|e| format!("encoding JSON output: {e}"))?;
-    println!("{text}");
-    Ok(())
+    emit(&format!("{text}\n"))
 }
 
 fn decode_report(r: pb::GcReport, server: &str) -> Result<Report, String> {
@@ -182,10 +181,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
         if a.json {
             print_json(&serde_json::json!({ "run_id": run_id, "dry_run": a.dry_run }))?;
         } else {
-            println!(
-                "garbage collection run {run_id} started{}",
+            emit(&format!(
+                "garbage collection run {run_id} started{}\n",
                 if a.dry_run { " (dry run)" } else { "" }
-            );
+            ))?;
             eprintln!("follow it with `stowage gc show {run_id} --server {server}`");
         }
         return Ok(());
@@ -194,7 +193,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if a.json {
         print_json(&report)?;
     } else {
-        print!("{}", render_report(&report));
+        emit(&render_report(&report))?;
     }
     match report.status {
         RunStatus::Completed => Ok(()),
@@ -250,7 +249,13 @@ async fn follow(
     let report = client
         .get_gc_run(pb::GetGcRunRequest { run_id })
         .await
-        .map_err(|s| rpc_error(&format!("reading the report of run {run_id}"), server, &s))?
+        .map_err(|s| {
+            rpc_error(
+                &format!("reading the report of garbage collection run {run_id}"),
+                server,
+                &s,
+            )
+        })?
         .into_inner();
     let report = decode_report(report, server)?;
     if report.status == RunStatus::Running {
@@ -352,8 +357,7 @@ async fn status(a: StatusArgs) -> Result<(), String> {
             "latest": latest,
         }));
     }
-    print!("{}", render_status(st.running_run_id, latest.as_ref()));
-    Ok(())
+    emit(&render_status(st.running_run_id, latest.as_ref()))
 }
 
 fn render_status(running: Option<u64>, latest: Option<&Progress>) -> String {
@@ -403,7 +407,7 @@ async fn history(a: HistoryArgs) -> Result<(), String> {
     let runs = client
         .list_gc_runs(pb::ListGcRunsRequest { limit: a.limit })
         .await
-        .map_err(|s| rpc_error("listing garbage collection runs", server, &s))?
+        .map_err(|s| rpc_error("reading the garbage collection history", server, &s))?
         .into_inner()
         .runs
         .into_iter()
@@ -412,8 +416,7 @@ async fn history(a: HistoryArgs) -> Result<(), String> {
     if a.json {
         return print_json(&runs);
     }
-    print!("{}", render_history(&runs));
-    Ok(())
+    emit(&render_history(&runs))
 }
 
 fn render_history(runs: &[Report]) -> String {
@@ -476,8 +479,7 @@ async fn show(a: ShowArgs) -> Result<(), String> {
     if a.json {
         print_json(&report)
     } else {
-        print!("{}", render_report(&report));
-        Ok(())
+        emit(&render_report(&report))
     }
 }
 
@@ -492,7 +494,7 @@ async fn restore(a: RestoreArgs) -> Result<(), String> {
             digest: digest.to_string(),
         })
         .await
-        .map_err(|s| rpc_error(&format!("restoring {digest}"), server, &s))?
+        .map_err(|s| rpc_error(&format!("restoring quarantined blob {digest}"), server, &s))?
         .into_inner();
     if a.json {
         return print_json(&serde_json::json!({
@@ -501,13 +503,16 @@ async fn restore(a: RestoreArgs) -> Result<(), String> {
             "repositories": r.repositories,
         }));
     }
-    println!("restored {} ({})", r.digest, human_bytes(r.size));
-    if r.repositories.is_empty() {
-        println!("linked into no repository (none held it when it was quarantined)");
+    let into = if r.repositories.is_empty() {
+        "linked into no repository (none held it when it was quarantined)".to_string()
     } else {
-        println!("linked back into: {}", r.repositories.join(", "));
-    }
-    Ok(())
+        format!("linked back into: {}", r.repositories.join(", "))
+    };
+    emit(&format!(
+        "restored {} ({})\n{into}\n",
+        r.digest,
+        human_bytes(r.size)
+    ))
 }
 
 fn status_str(s: RunStatus) -> &'static str {
