@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
+use stowage_gc::GcConfig;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -68,6 +69,28 @@ pub struct ServeArgs {
     /// Default: info
     #[arg(long, env = "STOWAGE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// How often the daemon runs garbage collection on its own (file: `interval` in `[gc]`);
+    /// 0s turns the schedule off. Default: off
+    #[arg(long, env = "STOWAGE_GC_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_interval: Option<Duration>,
+    /// Garbage collection keeps unreachable content younger than this (file: `grace` in
+    /// `[gc]`). Default: 1h
+    #[arg(long, env = "STOWAGE_GC_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_grace: Option<Duration>,
+    /// How long garbage collection keeps the bytes of blobs it took out of service before
+    /// removing them for good (file: `quarantine` in `[gc]`); 0s removes them in the same run.
+    /// Default: 24h
+    #[arg(long, env = "STOWAGE_GC_QUARANTINE", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_quarantine: Option<Duration>,
+    /// Garbage collection removes upload sessions idle for longer than this, with their staged
+    /// bytes (file: `upload_expiry` in `[gc]`). Default: 24h
+    #[arg(long, env = "STOWAGE_GC_UPLOAD_EXPIRY", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_upload_expiry: Option<Duration>,
+    /// Garbage collection removes manifests no tag, index or live subject reaches (file:
+    /// `delete_untagged` in `[gc]`); false keeps every manifest and collects only unreferenced
+    /// blobs. Default: true
+    #[arg(long, env = "STOWAGE_GC_DELETE_UNTAGGED", value_name = "BOOL")]
+    pub gc_delete_untagged: Option<bool>,
 }
 
 /// The config file's shape: the same options as the command line.
@@ -85,6 +108,18 @@ struct FileConfig {
     shutdown_timeout: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    gc: Option<GcFileConfig>,
+}
+
+/// The config file's `[gc]` table: the `--gc-*` options without their prefix.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcFileConfig {
+    interval: Option<String>,
+    grace: Option<String>,
+    quarantine: Option<String>,
+    upload_expiry: Option<String>,
+    delete_untagged: Option<bool>,
 }
 
 /// Fully resolved settings.
@@ -101,6 +136,10 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Period of scheduled garbage collection runs; `None` when the schedule is off.
+    pub gc_interval: Option<Duration>,
+    /// Collector settings.
+    pub gc: GcConfig,
 }
 
 /// Parses sizes like `1024`, `512K`, `10G`, `1TiB`.
@@ -155,6 +194,35 @@ impl ServeArgs {
             (None, Some(s)) => parse_duration(&s)?,
             (None, None) => Duration::from_secs(30),
         };
+        let gc_file = file.gc.unwrap_or_default();
+        // A `[gc]` duration: the flag or environment variable, else the file's string.
+        let gc_duration =
+            |flag: Option<Duration>, key: &str, text: Option<String>| match (flag, text) {
+                (Some(d), _) => Ok(Some(d)),
+                (None, Some(t)) => parse_duration(&t).map(Some).map_err(|e| {
+                    let file = self.config.as_deref().unwrap_or(Path::new("?"));
+                    format!("config file {}: [gc] {key}: {e}", file.display())
+                }),
+                (None, None) => Ok(None),
+            };
+        let defaults = GcConfig::default();
+        let gc = GcConfig {
+            grace: gc_duration(self.gc_grace, "grace", gc_file.grace)?.unwrap_or(defaults.grace),
+            quarantine: gc_duration(self.gc_quarantine, "quarantine", gc_file.quarantine)?
+                .unwrap_or(defaults.quarantine),
+            upload_expiry: gc_duration(
+                self.gc_upload_expiry,
+                "upload_expiry",
+                gc_file.upload_expiry,
+            )?
+            .unwrap_or(defaults.upload_expiry),
+            delete_untagged: self
+                .gc_delete_untagged
+                .or(gc_file.delete_untagged)
+                .unwrap_or(defaults.delete_untagged),
+        };
+        let gc_interval =
+            gc_duration(self.gc_interval, "interval", gc_file.interval)?.filter(|d| !d.is_zero());
         let site = self
             .site
             .or(file.site)
@@ -192,6 +260,8 @@ impl ServeArgs {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
+            gc_interval,
+            gc,
         })
     }
 }
@@ -255,5 +325,129 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.contains("whenever"), "{err}");
+    }
+
+    fn resolve_file(text: &str) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(&path, text).unwrap();
+        ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+    }
+
+    #[test]
+    fn gc_defaults() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.gc_interval, None, "no schedule unless asked for");
+        assert_eq!(s.gc, GcConfig::default());
+        assert_eq!(s.gc.grace, Duration::from_secs(3600));
+        assert_eq!(s.gc.quarantine, Duration::from_secs(24 * 3600));
+        assert_eq!(s.gc.upload_expiry, Duration::from_secs(24 * 3600));
+        assert!(s.gc.delete_untagged);
+        // An empty [gc] table is the same as none.
+        let s = resolve_file("[gc]\n").unwrap();
+        assert_eq!((s.gc_interval, s.gc), (None, GcConfig::default()));
+    }
+
+    #[test]
+    fn gc_section_from_file_and_flags() {
+        let s = resolve_file(
+            "listen = \"127.0.0.1:7000\"\n\n[gc]\ninterval = \"6h\"\ngrace = \"30m\"\n\
+             quarantine = \"0s\"\nupload_expiry = \"2h 30m\"\ndelete_untagged = false\n",
+        )
+        .unwrap();
+        assert_eq!(s.gc_interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(
+            s.gc,
+            GcConfig {
+                grace: Duration::from_secs(30 * 60),
+                quarantine: Duration::ZERO,
+                upload_expiry: Duration::from_secs(150 * 60),
+                delete_untagged: false,
+            }
+        );
+        // "0s" turns the schedule off.
+        let s = resolve_file("[gc]\ninterval = \"0s\"\n").unwrap();
+        assert_eq!(s.gc_interval, None);
+        // Flags (and so environment variables) beat the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(&path, "[gc]\ninterval = \"1h\"\ngrace = \"2h\"\n").unwrap();
+        let s = ServeArgs {
+            config: Some(path),
+            gc_interval: Some(Duration::ZERO),
+            gc_grace: Some(Duration::from_secs(5)),
+            gc_delete_untagged: Some(false),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.gc_interval, None);
+        assert_eq!(s.gc.grace, Duration::from_secs(5));
+        assert!(!s.gc.delete_untagged);
+        assert_eq!(s.gc.quarantine, GcConfig::default().quarantine);
+    }
+
+    #[test]
+    fn gc_flags_and_environment_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "stowage",
+            "--gc-interval",
+            "12h",
+            "--gc-quarantine",
+            "0s",
+            "--gc-upload-expiry",
+            "90m",
+            "--gc-delete-untagged",
+            "false",
+        ])
+        .unwrap();
+        let s = cli.serve.resolve().unwrap();
+        assert_eq!(s.gc_interval, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(s.gc.quarantine, Duration::ZERO);
+        assert_eq!(s.gc.upload_expiry, Duration::from_secs(90 * 60));
+        assert!(!s.gc.delete_untagged);
+        let err = Cli::try_parse_from(["stowage", "--gc-grace", "a while"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("a while") && err.contains("--gc-grace"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gc_bad_values_are_clear_errors() {
+        let err = resolve_file("[gc]\ngrace = \"whenever\"\n").unwrap_err();
+        assert!(
+            err.contains("[gc] grace") && err.contains("whenever") && err.contains("stowage.toml"),
+            "{err}"
+        );
+        let err = resolve_file("[gc]\ninterval = \"-5m\"\n").unwrap_err();
+        assert!(err.contains("[gc] interval"), "{err}");
+        let err = resolve_file("[gc]\ngrace = 60\n").unwrap_err();
+        assert!(err.contains("grace"), "{err}");
+        let err = resolve_file("[gc]\ngrase = \"1h\"\n").unwrap_err();
+        assert!(err.contains("grase"), "{err}");
+        // The gc keys belong in [gc], not at the top level.
+        let err = resolve_file("grace = \"1h\"\n").unwrap_err();
+        assert!(err.contains("grace"), "{err}");
+    }
+
+    #[test]
+    fn deploy_example_config_parses() {
+        let s = resolve_file(include_str!("../../../deploy/stowage.toml")).unwrap();
+        assert_eq!(s.gc_interval, None);
+        assert_eq!(s.gc, GcConfig::default());
     }
 }

@@ -2,6 +2,9 @@
 
 mod admin;
 mod config;
+mod gc_cli;
+mod gc_rpc;
+mod metrics;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +38,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Garbage collection on a running daemon (admin gRPC): start and follow runs, list past
+    /// runs, restore quarantined blobs.
+    Gc(gc_cli::GcArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +48,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Info { server, json } => admin::info_command(&server, json),
+        Command::Gc(args) => gc_cli::command(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

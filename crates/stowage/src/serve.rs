@@ -91,7 +91,17 @@ async fn serve(s: Settings) -> Result<(), String> {
     tracing::info!(%api_addr, %admin_addr, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = stowage_oci::router(store.clone(), stowage_oci::ApiConfig::default());
+    let gc = stowage_gc::Collector::new(store.clone(), s.gc.clone());
+    let schedule = s.gc_interval.map(|interval| {
+        tracing::info!(
+            interval = %humantime::format_duration(interval),
+            "scheduled garbage collection on"
+        );
+        gc.spawn_schedule(interval, stop_rx.clone())
+    });
+    // `/metrics` next to the OCI API; `/v2/` and its fallback are the OCI router's own.
+    let app = stowage_oci::router(store.clone(), stowage_oci::ApiConfig::default())
+        .merge(crate::metrics::router(gc.clone()));
     let mut api_rx = stop_rx.clone();
     let api_task = stowage_store::task::spawn_named("http-api", async move {
         axum::serve(api, app)
@@ -100,7 +110,8 @@ async fn serve(s: Settings) -> Result<(), String> {
             })
             .await
     });
-    let admin_task = crate::admin::spawn(admin, store.clone(), s.clone(), stop_rx.clone())?;
+    let admin_task =
+        crate::admin::spawn(admin, store.clone(), gc.clone(), s.clone(), stop_rx.clone())?;
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
@@ -110,6 +121,12 @@ async fn serve(s: Settings) -> Result<(), String> {
         }
         if let Ok(Err(e)) = admin_task.await {
             tracing::error!(error = %e, "admin server ended with an error");
+        }
+        // The schedule sees the stop signal too; a run it started ends at its next check.
+        if let Some(schedule) = schedule {
+            if let Err(e) = schedule.await {
+                tracing::error!(error = %e, "garbage collection schedule task failed");
+            }
         }
     };
     if tokio::time::timeout(s.shutdown_timeout, drain)

@@ -1,0 +1,337 @@
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4) of the collector's figures, served
+//! on the API listener next to `/v2/`.
+
+use std::fmt::Write as _;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use stowage_gc::{Collector, Counts, Metrics};
+
+/// The `/metrics` route, to merge into the API router.
+pub fn router(gc: Collector) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .with_state(gc)
+}
+
+async fn serve_metrics(
+    axum::extract::State(gc): axum::extract::State<Collector>,
+) -> impl IntoResponse {
+    let body = render(&gc.metrics(), gc.running().is_some());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+/// Each [`Counts`] field as a counter: name (without `stowage_gc_` and `_total`), help, value.
+/// The destructuring is exhaustive, so a new field does not compile until it is exported.
+fn count_series(c: &Counts) -> [(&'static str, &'static str, u64); 14] {
+    let Counts {
+        manifests_marked,
+        blobs_marked,
+        bytes_marked,
+        manifests_swept,
+        manifest_bytes_swept,
+        blobs_swept,
+        bytes_swept,
+        blobs_quarantined,
+        bytes_quarantined,
+        blobs_purged,
+        bytes_purged,
+        uploads_expired,
+        upload_bytes_expired,
+        kept_on_recheck,
+    } = *c;
+    [
+        (
+            "manifests_marked",
+            "Manifests reachable from a root, summed over runs.",
+            manifests_marked,
+        ),
+        (
+            "blobs_marked",
+            "Repository blob links reachable from a root, summed over runs.",
+            blobs_marked,
+        ),
+        (
+            "bytes_marked",
+            "Bytes of the marked blob links, summed over runs.",
+            bytes_marked,
+        ),
+        (
+            "manifests_swept",
+            "Manifests removed from a repository.",
+            manifests_swept,
+        ),
+        (
+            "manifest_bytes_swept",
+            "Bytes of the manifest documents removed.",
+            manifest_bytes_swept,
+        ),
+        (
+            "blobs_swept",
+            "Blob links removed from a repository.",
+            blobs_swept,
+        ),
+        (
+            "bytes_swept",
+            "Bytes of the blob links removed.",
+            bytes_swept,
+        ),
+        (
+            "blobs_quarantined",
+            "Blobs taken out of service (no repository holds them).",
+            blobs_quarantined,
+        ),
+        (
+            "bytes_quarantined",
+            "Bytes of the blobs quarantined.",
+            bytes_quarantined,
+        ),
+        (
+            "blobs_purged",
+            "Quarantined blobs removed for good.",
+            blobs_purged,
+        ),
+        (
+            "bytes_purged",
+            "Bytes of quarantined blobs removed for good.",
+            bytes_purged,
+        ),
+        (
+            "uploads_expired",
+            "Upload sessions removed after their expiry.",
+            uploads_expired,
+        ),
+        (
+            "upload_bytes_expired",
+            "Staged bytes of the expired upload sessions.",
+            upload_bytes_expired,
+        ),
+        (
+            "kept_on_recheck",
+            "Candidates kept because the re-check under the lock found them in use.",
+            kept_on_recheck,
+        ),
+    ]
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Seconds, from milliseconds, as Prometheus prints them.
+fn seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// The exposition text. Counters cover the runs of this process (the collector sums real runs'
+/// totals; dry runs change nothing and count only in `stowage_gc_runs_total`); the `last_run`
+/// gauges describe the last finished run and are absent before the first.
+pub fn render(m: &Metrics, running: bool) -> String {
+    let mut out = String::with_capacity(4096);
+    header(
+        &mut out,
+        "stowage_gc_runs_total",
+        "counter",
+        "Garbage collection runs finished since the daemon started, by outcome (dry runs included).",
+    );
+    let _ = writeln!(
+        out,
+        "stowage_gc_runs_total{{status=\"completed\"}} {}",
+        m.runs_completed
+    );
+    let _ = writeln!(
+        out,
+        "stowage_gc_runs_total{{status=\"failed\"}} {}",
+        m.runs_failed
+    );
+    header(
+        &mut out,
+        "stowage_gc_running",
+        "gauge",
+        "1 while a garbage collection run is in progress.",
+    );
+    let _ = writeln!(out, "stowage_gc_running {}", u8::from(running));
+    for (field, help, value) in count_series(&m.totals) {
+        let name = format!("stowage_gc_{field}_total");
+        header(
+            &mut out,
+            &name,
+            "counter",
+            &format!("{help} (Real runs only.)"),
+        );
+        let _ = writeln!(out, "{name} {value}");
+    }
+    if let Some(last) = &m.last {
+        header(
+            &mut out,
+            "stowage_gc_last_run_timestamp_seconds",
+            "gauge",
+            "When the last garbage collection run finished (unix time).",
+        );
+        let _ = writeln!(
+            out,
+            "stowage_gc_last_run_timestamp_seconds {}",
+            seconds(last.finished_ms)
+        );
+        header(
+            &mut out,
+            "stowage_gc_last_run_duration_seconds",
+            "gauge",
+            "Wall-clock duration of the last garbage collection run.",
+        );
+        let _ = writeln!(
+            out,
+            "stowage_gc_last_run_duration_seconds {}",
+            seconds(last.finished_ms.saturating_sub(last.started_ms))
+        );
+        header(
+            &mut out,
+            "stowage_gc_last_run_phase_seconds",
+            "gauge",
+            "Duration of each phase of the last garbage collection run.",
+        );
+        for p in &last.phases {
+            let _ = writeln!(
+                out,
+                "stowage_gc_last_run_phase_seconds{{phase=\"{}\"}} {}",
+                p.phase.as_str(),
+                seconds(p.ms)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
+    use stowage_gc::{Phase, PhaseTime, Report, RunStatus};
+
+    use super::*;
+
+    /// Sample lines (not comments) as `series -> value`.
+    fn samples(text: &str) -> BTreeMap<String, String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn before_any_run() {
+        let text = render(&Metrics::default(), false);
+        let s = samples(&text);
+        assert_eq!(s["stowage_gc_runs_total{status=\"completed\"}"], "0");
+        assert_eq!(s["stowage_gc_runs_total{status=\"failed\"}"], "0");
+        assert_eq!(s["stowage_gc_running"], "0");
+        assert_eq!(s["stowage_gc_bytes_purged_total"], "0");
+        assert!(!text.contains("last_run"), "{text}");
+    }
+
+    #[test]
+    fn after_runs() {
+        let totals = Counts {
+            blobs_quarantined: 3,
+            bytes_quarantined: 4096,
+            bytes_purged: 1024,
+            manifests_swept: 1,
+            uploads_expired: 2,
+            kept_on_recheck: 5,
+            ..Counts::default()
+        };
+        let last = Report {
+            run_id: 4,
+            dry_run: false,
+            status: RunStatus::Completed,
+            error: None,
+            trigger: "schedule".into(),
+            started_ms: 1_700_000_000_000,
+            finished_ms: 1_700_000_002_500,
+            grace_ms: 0,
+            quarantine_ms: 0,
+            upload_expiry_ms: 0,
+            delete_untagged: true,
+            snapshot_seq: 9,
+            phases: vec![
+                PhaseTime {
+                    phase: Phase::Mark,
+                    ms: 1500,
+                },
+                PhaseTime {
+                    phase: Phase::SweepBlobs,
+                    ms: 250,
+                },
+            ],
+            totals: totals.clone(),
+            repos: BTreeMap::new(),
+        };
+        let m = Metrics {
+            runs_completed: 3,
+            runs_failed: 1,
+            totals,
+            last: Some(last),
+        };
+        let text = render(&m, true);
+        let s = samples(&text);
+        assert_eq!(s["stowage_gc_runs_total{status=\"completed\"}"], "3");
+        assert_eq!(s["stowage_gc_runs_total{status=\"failed\"}"], "1");
+        assert_eq!(s["stowage_gc_running"], "1");
+        assert_eq!(s["stowage_gc_blobs_quarantined_total"], "3");
+        assert_eq!(s["stowage_gc_bytes_quarantined_total"], "4096");
+        assert_eq!(s["stowage_gc_bytes_purged_total"], "1024");
+        assert_eq!(s["stowage_gc_manifests_swept_total"], "1");
+        assert_eq!(s["stowage_gc_uploads_expired_total"], "2");
+        assert_eq!(s["stowage_gc_kept_on_recheck_total"], "5");
+        assert_eq!(s["stowage_gc_blobs_marked_total"], "0");
+        assert_eq!(s["stowage_gc_last_run_duration_seconds"], "2.5");
+        assert_eq!(s["stowage_gc_last_run_timestamp_seconds"], "1700000002.5");
+        assert_eq!(
+            s["stowage_gc_last_run_phase_seconds{phase=\"mark\"}"],
+            "1.5"
+        );
+        assert_eq!(
+            s["stowage_gc_last_run_phase_seconds{phase=\"sweep_blobs\"}"],
+            "0.25"
+        );
+        // Every Counts field is a counter, and every metric has HELP and TYPE once.
+        assert_eq!(
+            s.keys()
+                .filter(|k| k.ends_with("_total") && !k.contains('{'))
+                .count(),
+            14
+        );
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(['{', ' ']).next().unwrap())
+            .collect();
+        names.dedup();
+        for name in names {
+            assert_eq!(
+                text.matches(&format!("# HELP {name} ")).count(),
+                1,
+                "{name}"
+            );
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert!(text.ends_with('\n'));
+    }
+}
