@@ -69,6 +69,7 @@ fn index_commit(c: &mut Criterion) {
                         created_ms: 1,
                         updated_ms: 1,
                         crc32c: Some(1),
+                        quarantine: None,
                     },
                 );
                 batch.link_blob(&repo, &d, 1);

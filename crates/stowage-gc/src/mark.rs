@@ -27,20 +27,20 @@ use stowage_index::{BlobState, IndexError, Snapshot};
 
 use crate::report::Counts;
 
-/// A digest in compact form for the big tables (the raw hash; sha512 boxed).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Key {
-    Sha256([u8; 32]),
-    Other(Algorithm, Box<[u8]>),
-}
+/// A digest in compact form for the big tables: the raw sha256 hash, or for other algorithms
+/// the sha256 of the digest string (a fingerprint; [`Plan::digest`] maps those back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Key([u8; 32]);
 
 impl Key {
     pub(crate) fn of(d: &Digest) -> Key {
-        let raw = d.raw_bytes();
-        match (d.algorithm(), <[u8; 32]>::try_from(raw.as_slice())) {
-            (Algorithm::Sha256, Ok(arr)) => Key::Sha256(arr),
-            (algo, _) => Key::Other(algo, raw.into_boxed_slice()),
+        if d.algorithm() == Algorithm::Sha256 {
+            if let Ok(arr) = <[u8; 32]>::try_from(d.raw_bytes().as_slice()) {
+                return Key(arr);
+            }
         }
+        let fp = Digest::sha256(d.as_str().as_bytes()).raw_bytes();
+        Key(<[u8; 32]>::try_from(fp.as_slice()).unwrap_or([0; 32]))
     }
 }
 
@@ -67,11 +67,13 @@ pub(crate) struct ManifestCand {
     pub document: bool,
 }
 
-/// A blob to unlink from some repositories, and maybe to quarantine.
+/// A blob to unlink from some repositories, and maybe to quarantine. Compact: a large sweep
+/// holds hundreds of thousands of these.
 #[derive(Clone, Debug)]
 pub(crate) struct BlobCand {
-    pub digest: Digest,
-    pub links: Vec<stowage_store::LinkCandidate>,
+    pub key: Key,
+    /// Its candidate links: `Plan::links[links.0 .. links.1]`.
+    pub links: (u32, u32),
     pub quarantine: bool,
 }
 
@@ -86,6 +88,12 @@ pub(crate) struct Plan {
     /// Stored documents no repository holds: `(digest, size)`.
     pub orphan_documents: Vec<(Digest, u64)>,
     pub blobs: Vec<BlobCand>,
+    /// Candidate links of `blobs`: `(repository number, linked at)`.
+    pub links: Vec<(u32, u64)>,
+    /// Repository names by number.
+    pub repo_names: Vec<RepoName>,
+    /// Digests of keys that are fingerprints (not sha256).
+    pub other_digests: HashMap<Key, Digest>,
     /// Quarantined blobs whose retention passed: `(digest, quarantined at, size)`.
     pub purge: Vec<(Digest, u64, u64)>,
     /// Per repository: marked figures and planned sweep figures.
@@ -94,14 +102,45 @@ pub(crate) struct Plan {
     pub site: Counts,
 }
 
-#[derive(Debug)]
+/// What marking needs of a blob record (32 bytes; a sorted table of these, not a hash map,
+/// so a million blobs cost 64 MB with their keys).
+#[derive(Clone, Copy, Debug)]
 struct BlobInfo {
     size: u64,
     updated_ms: u64,
-    /// Quarantined at (unix ms) when quarantined.
-    quarantined_at: Option<u64>,
+    /// Quarantined at (unix ms); `NOT_QUARANTINED` when served.
+    quarantined_at: u64,
     /// Some link of it is kept (live or young).
     held: bool,
+}
+
+const NOT_QUARANTINED: u64 = u64::MAX;
+
+impl Plan {
+    /// The digest of a key.
+    pub(crate) fn digest(&self, key: &Key) -> Result<Digest, IndexError> {
+        if let Some(d) = self.other_digests.get(key) {
+            return Ok(d.clone());
+        }
+        Digest::from_raw(Algorithm::Sha256, &key.0)
+            .map_err(|e| corrupt(format!("digest in blob table: {e}")))
+    }
+
+    /// The candidate links of `cand`, as the store takes them.
+    pub(crate) fn link_candidates(&self, cand: &BlobCand) -> Vec<stowage_store::LinkCandidate> {
+        let (from, to) = cand.links;
+        self.links[from as usize..to as usize]
+            .iter()
+            .filter_map(|(repo, linked_ms)| {
+                self.repo_names
+                    .get(*repo as usize)
+                    .map(|r| stowage_store::LinkCandidate {
+                        repo: r.clone(),
+                        linked_ms: *linked_ms,
+                    })
+            })
+            .collect()
+    }
 }
 
 /// One repository's manifests while it is being marked.
@@ -157,7 +196,7 @@ pub(crate) fn plan(
     })?;
 
     // Manifests, one repository at a time (the column family is repository-major).
-    let mut live: HashSet<(u32, Key)> = HashSet::new();
+    let mut live: Vec<(u32, Key)> = Vec::new();
     let mut kept_documents: HashSet<Key> = HashSet::new();
     let mut cands: Vec<(u32, ManifestCand, Option<Digest>, Vec<Digest>)> = Vec::new();
     let mut current: Option<RepoManifests> = None;
@@ -212,7 +251,7 @@ pub(crate) fn plan(
             if m {
                 counts.manifests_marked += m as u64;
                 for b in &rec.blobs {
-                    live.insert((repo_id, Key::of(b)));
+                    live.push((repo_id, Key::of(b)));
                 }
                 kept_documents.insert(Key::of(&d));
             } else {
@@ -274,119 +313,123 @@ pub(crate) fn plan(
     drop(candidate_documents);
     plan.manifest_levels = levels(cands);
 
+    live.sort_unstable();
+    live.dedup();
+    live.shrink_to_fit();
+
     // Blobs: sizes, ages, quarantine state.
-    let mut blobs: HashMap<Key, BlobInfo> = HashMap::new();
+    let mut blobs: Vec<(Key, BlobInfo)> = Vec::new();
     snap.blobs(|digest, rec| {
         tick(&mut scanned);
         let quarantined_at = match rec.state {
-            BlobState::Present => None,
-            BlobState::Deleted => Some(rec.quarantine.as_ref().map(|q| q.at_ms).unwrap_or(0)),
+            BlobState::Present => NOT_QUARANTINED,
+            BlobState::Deleted => rec.quarantine.as_ref().map(|q| q.at_ms).unwrap_or(0),
         };
-        if let Some(at) = quarantined_at {
-            if at < params.purge_before_ms {
-                plan.site.blobs_purged += 1;
-                plan.site.bytes_purged += rec.size;
-                plan.purge.push((digest.clone(), at, rec.size));
-            }
+        if quarantined_at != NOT_QUARANTINED && quarantined_at < params.purge_before_ms {
+            plan.site.blobs_purged += 1;
+            plan.site.bytes_purged += rec.size;
+            plan.purge.push((digest.clone(), quarantined_at, rec.size));
         }
-        blobs.insert(
-            Key::of(&digest),
+        let key = Key::of(&digest);
+        if digest.algorithm() != Algorithm::Sha256 {
+            plan.other_digests.insert(key, digest);
+        }
+        blobs.push((
+            key,
             BlobInfo {
                 size: rec.size,
                 updated_ms: rec.updated_ms,
                 quarantined_at,
                 held: false,
             },
-        );
+        ));
         Ok(())
     })?;
+    blobs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    blobs.shrink_to_fit();
 
     // Links: live, young, or candidate.
-    let mut link_cands: HashMap<Key, (Digest, Vec<stowage_store::LinkCandidate>)> = HashMap::new();
-    let mut repo_cache: Option<(String, RepoName, u32)> = None;
+    let mut link_cands: Vec<(Key, u32, u64)> = Vec::new();
+    let mut repo_cache: Option<(String, u32)> = None;
     snap.links(|repo, digest, linked_ms| {
         tick(&mut scanned);
         if repo_cache.as_ref().map(|c| c.0.as_str()) != Some(repo) {
-            let name = RepoName::parse(repo)
-                .map_err(|e| corrupt(format!("repository {repo:?} in index: {e}")))?;
-            repo_cache = Some((repo.to_string(), name, intern(repo)));
+            repo_cache = Some((repo.to_string(), intern(repo)));
         }
-        let Some((_, repo_name, repo_id)) = repo_cache.as_ref() else {
+        let Some((_, repo_id)) = repo_cache.as_ref() else {
             return Ok(());
         };
         let key = Key::of(&digest);
-        let size = blobs.get(&key).map(|b| b.size).unwrap_or(0);
+        if digest.algorithm() != Algorithm::Sha256 {
+            plan.other_digests.insert(key, digest);
+        }
+        let slot = blobs.binary_search_by(|(k, _)| k.cmp(&key)).ok();
+        let size = slot.map(|i| blobs[i].1.size).unwrap_or(0);
         let counts = plan.repos.entry(repo.to_string()).or_default();
-        if live.contains(&(*repo_id, key.clone())) {
-            counts.blobs_marked += 1;
-            counts.bytes_marked += size;
-            if let Some(b) = blobs.get_mut(&key) {
-                b.held = true;
+        let is_live = live.binary_search(&(*repo_id, key)).is_ok();
+        if is_live || linked_ms >= params.cutoff_ms {
+            if is_live {
+                counts.blobs_marked += 1;
+                counts.bytes_marked += size;
             }
-        } else if linked_ms >= params.cutoff_ms {
-            if let Some(b) = blobs.get_mut(&key) {
-                b.held = true;
+            if let Some(i) = slot {
+                blobs[i].1.held = true;
             }
         } else {
             counts.blobs_swept += 1;
             counts.bytes_swept += size;
-            link_cands
-                .entry(key)
-                .or_insert_with(|| (digest, Vec::new()))
-                .1
-                .push(stowage_store::LinkCandidate {
-                    repo: repo_name.clone(),
-                    linked_ms,
-                });
+            link_cands.push((key, *repo_id, linked_ms));
         }
         Ok(())
     })?;
     drop(live);
+    link_cands.sort_unstable();
 
-    // Blob decisions.
-    let mut quarantine: Vec<(Key, u64)> = Vec::new();
+    // Blob decisions: walk the blob table and the candidate links together (both sorted).
+    let mut li = 0;
+    let push = |plan: &mut Plan, key: Key, quarantine: bool, li: &mut usize| {
+        let from = plan.links.len() as u32;
+        while *li < link_cands.len() && link_cands[*li].0 == key {
+            plan.links.push((link_cands[*li].1, link_cands[*li].2));
+            *li += 1;
+        }
+        plan.blobs.push(BlobCand {
+            key,
+            links: (from, plan.links.len() as u32),
+            quarantine,
+        });
+    };
     for (key, b) in &blobs {
-        if b.quarantined_at.is_none() && !b.held && b.updated_ms < params.cutoff_ms {
-            quarantine.push((key.clone(), b.size));
+        // Candidate links of digests without a blob record come first in key order.
+        while li < link_cands.len() && link_cands[li].0 < *key {
+            let k = link_cands[li].0;
+            push(&mut plan, k, false, &mut li);
+        }
+        let quarantine =
+            b.quarantined_at == NOT_QUARANTINED && !b.held && b.updated_ms < params.cutoff_ms;
+        if quarantine {
+            plan.site.blobs_quarantined += 1;
+            plan.site.bytes_quarantined += b.size;
+            if params.purge_at_once {
+                plan.site.blobs_purged += 1;
+                plan.site.bytes_purged += b.size;
+            }
+        }
+        let has_links = li < link_cands.len() && link_cands[li].0 == *key;
+        if quarantine || has_links {
+            push(&mut plan, *key, quarantine, &mut li);
         }
     }
-    for (key, size) in quarantine {
-        plan.site.blobs_quarantined += 1;
-        plan.site.bytes_quarantined += size;
-        if params.purge_at_once {
-            plan.site.blobs_purged += 1;
-            plan.site.bytes_purged += size;
-        }
-        let (digest, links) = match link_cands.remove(&key) {
-            Some(found) => found,
-            None => (digest_of(&key)?, Vec::new()),
-        };
-        plan.blobs.push(BlobCand {
-            digest,
-            links,
-            quarantine: true,
-        });
+    while li < link_cands.len() {
+        let k = link_cands[li].0;
+        push(&mut plan, k, false, &mut li);
     }
-    for (digest, links) in link_cands.into_values() {
-        plan.blobs.push(BlobCand {
-            digest,
-            links,
-            quarantine: false,
-        });
-    }
-    // Deterministic order (reports and tests compare runs).
-    plan.blobs
-        .sort_by(|a, b| a.digest.as_str().cmp(b.digest.as_str()));
+    plan.repo_names = repo_names
+        .iter()
+        .map(|n| RepoName::parse(n).map_err(|e| corrupt(format!("repository {n:?} in index: {e}"))))
+        .collect::<Result<_, _>>()?;
     progress(scanned);
     Ok(plan)
-}
-
-fn digest_of(key: &Key) -> Result<Digest, IndexError> {
-    let (algo, raw): (Algorithm, &[u8]) = match key {
-        Key::Sha256(a) => (Algorithm::Sha256, a),
-        Key::Other(algo, raw) => (*algo, raw),
-    };
-    Digest::from_raw(algo, raw).map_err(|e| corrupt(format!("digest in blob table: {e}")))
 }
 
 /// Orders manifest candidates so that, within a repository, an index comes before its

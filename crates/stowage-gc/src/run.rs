@@ -138,21 +138,29 @@ pub(crate) async fn execute(
     let mut done = 0u64;
     let mut just_quarantined = Vec::new();
     sink.update(Phase::SweepBlobs, 0, total, report);
+    let mut purge = std::mem::take(&mut plan.purge);
     {
         let run_id = report.run_id;
         let cutoff = params.cutoff_ms;
-        let mut results = stream::iter(std::mem::take(&mut plan.blobs).into_iter().map(|c| {
+        let blobs = std::mem::take(&mut plan.blobs);
+        // Digests and repository names are made per candidate as the sweep reaches it, not
+        // for all candidates up front.
+        let lookup = std::sync::Arc::new(plan);
+        let mut results = stream::iter(blobs.into_iter().map(move |c| {
             let store = store.clone();
+            let digest = lookup.digest(&c.key);
+            let links = lookup.link_candidates(&c);
             async move {
+                let digest = digest?;
                 let q = c.quarantine.then_some(cutoff);
-                let result = store.gc_sweep_blob(&c.digest, &c.links, q, run_id).await;
-                (c, result)
+                let swept = store.gc_sweep_blob(&digest, &links, q, run_id).await?;
+                Ok::<_, GcError>((digest, swept))
             }
         }))
         .buffer_unordered(SWEEP_CONCURRENCY);
-        while let Some((c, result)) = results.next().await {
+        while let Some(result) = results.next().await {
             done += 1;
-            let swept = result?;
+            let (digest, swept) = result?;
             for repo in &swept.unlinked {
                 let r = report.repos.entry(repo.to_string()).or_default();
                 r.blobs_swept += 1;
@@ -162,7 +170,7 @@ pub(crate) async fn execute(
             if let Some(at) = swept.quarantined_at {
                 site.blobs_quarantined += 1;
                 site.bytes_quarantined += swept.size;
-                just_quarantined.push((c.digest.clone(), at, swept.size));
+                just_quarantined.push((digest, at, swept.size));
             }
             if done.is_multiple_of(256) {
                 sum_repos(report, &site);
@@ -175,7 +183,6 @@ pub(crate) async fn execute(
 
     // Purge expired quarantine (and, with zero retention, what was just quarantined).
     let started = Instant::now();
-    let mut purge = std::mem::take(&mut plan.purge);
     if params.purge_at_once {
         purge.extend(just_quarantined);
     }
