@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{data, sha256, Daemon};
+use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 
@@ -271,7 +272,7 @@ async fn kill9_during_gc_keeps_reachable_images() {
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "--gc-interval",
-        "50ms",
+        "20ms",
         "--gc-grace",
         "0s",
         "--gc-quarantine",
@@ -283,7 +284,7 @@ async fn kill9_during_gc_keeps_reachable_images() {
     let mut tagged: BTreeMap<String, Image> = BTreeMap::new();
     let mut n = 0u64;
     let kills = 20;
-    for round in 0..kills {
+    for _round in 0..kills {
         let d = Daemon::start_with(dir.path(), &args);
         // Everything tagged before the crash is intact after the restart.
         for (tag, img) in &tagged {
@@ -305,20 +306,27 @@ async fn kill9_during_gc_keeps_reachable_images() {
             n += 1;
         }
         // Garbage: lone blobs, and an image untagged again.
-        for k in 0..20u64 {
-            let blob = data(2048, 900_000 + n * 100 + k);
-            let digest = sha256(&blob);
-            let post = c
-                .post(format!(
-                    "{}/v2/chaos/app/blobs/uploads/?digest={digest}",
-                    d.base
-                ))
-                .body(blob)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(post.status(), StatusCode::CREATED);
-        }
+        // Enough lone blobs that each run sweeps for a while (the kills must land inside).
+        let uploads = (0..200u64).map(|k| {
+            let (c, base) = (c.clone(), d.base.clone());
+            let blob = data(1024, 900_000 + n * 1000 + k);
+            async move {
+                let digest = sha256(&blob);
+                let post = c
+                    .post(format!(
+                        "{base}/v2/chaos/app/blobs/uploads/?digest={digest}"
+                    ))
+                    .body(blob)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(post.status(), StatusCode::CREATED);
+            }
+        });
+        futures::stream::iter(uploads)
+            .buffer_unordered(8)
+            .collect::<Vec<()>>()
+            .await;
         if let Some(old) = tagged
             .keys()
             .nth(rng.random_range(0..tagged.len()))
@@ -327,9 +335,16 @@ async fn kill9_during_gc_keeps_reachable_images() {
             untag(&c, &d.base, "chaos/app", &old).await;
             tagged.remove(&old);
         }
-        // Kill at a random moment while the collector runs back to back.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
-        eprintln!("round {round}: kill -9");
+        // Wait until a collection is in progress, then kill at a random moment inside it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = c.get(d.url("/metrics")).send().await.unwrap();
+            if m.text().await.unwrap().contains("stowage_gc_running 1") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no gc run seen in 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
         d.kill9();
     }
     // Final: restart, one full run, and the disk holds exactly the live blobs.
@@ -365,4 +380,9 @@ async fn kill9_during_gc_keeps_reachable_images() {
         .filter(|r| r["status"] == "interrupted")
         .count();
     eprintln!("{kills} kills; {interrupted} runs were interrupted mid-way and closed at restart");
+    // Most kills land inside a run (some runs end within the random delay).
+    assert!(
+        interrupted >= kills / 2,
+        "only {interrupted} of {kills} kills interrupted a run"
+    );
 }
