@@ -123,7 +123,7 @@ async fn populate_mark(data: &std::path::Path, manifests: u64, repos: u64) -> Re
                 }))
                 .unwrap();
                 // Half tagged, half untagged (garbage).
-                let reference = if id % 2 == 0 {
+                let reference = if id.is_multiple_of(2) {
                     Reference::Tag(Tag::parse(&format!("v{m}")).unwrap())
                 } else {
                     Reference::Digest(Digest::sha256(&manifest))

@@ -345,7 +345,7 @@ pub(crate) fn plan(
         ));
         Ok(())
     })?;
-    blobs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    blobs.sort_unstable_by_key(|(k, _)| *k);
     blobs.shrink_to_fit();
 
     // Links: live, young, or candidate.
