@@ -69,33 +69,67 @@ impl Store {
         digest: &Digest,
         created_ms: u64,
     ) -> Result<Option<(u64, bool)>> {
-        let _held = self.inner.locks.exclusive([digest]).await;
+        let mut out = self
+            .gc_remove_manifests(&[(repo.clone(), digest.clone(), created_ms)])
+            .await?;
+        Ok(out.pop().flatten())
+    }
+
+    /// [`Store::gc_remove_manifest`] for many manifests, with one index commit. None of them
+    /// may depend on another (an index and its child, a subject and its referrer): the caller
+    /// removes those in separate calls, parents and subjects first.
+    pub async fn gc_remove_manifests(
+        &self,
+        items: &[(RepoName, Digest, u64)],
+    ) -> Result<Vec<Option<(u64, bool)>>> {
+        let _held = self
+            .inner
+            .locks
+            .exclusive(items.iter().map(|(_, d, _)| d))
+            .await;
         let idx = &self.inner.index;
-        let Some(rec) = idx.manifest(repo, digest)? else {
-            return Ok(None);
-        };
-        if rec.created_ms != created_ms {
-            return Ok(None);
-        }
-        if !idx.tags_pointing_at(repo, digest)?.is_empty() {
-            return Ok(None);
-        }
-        if idx
-            .referencing_in(digest, repo)?
-            .iter()
-            .any(|(_, kind)| *kind == RefKind::Child)
-        {
-            return Ok(None);
-        }
-        if let Some(subject) = &rec.subject {
-            if idx.manifest(repo, subject)?.is_some() {
-                return Ok(None);
-            }
-        }
         let mut batch = Batch::new();
-        let document = self.remove_manifest(&mut batch, repo, digest, &rec, Some(GC_ACTOR))?;
-        self.commit(batch).await?;
-        Ok(Some((rec.size, document)))
+        let mut removed: Vec<(RepoName, Digest)> = Vec::new();
+        let mut out = Vec::with_capacity(items.len());
+        for (repo, digest, created_ms) in items {
+            let Some(rec) = idx.manifest(repo, digest)? else {
+                out.push(None);
+                continue;
+            };
+            let in_use = rec.created_ms != *created_ms
+                || !idx.tags_pointing_at(repo, digest)?.is_empty()
+                || idx
+                    .referencing_in(digest, repo)?
+                    .iter()
+                    .any(|(_, kind)| *kind == RefKind::Child)
+                || match &rec.subject {
+                    Some(subject) => idx.manifest(repo, subject)?.is_some(),
+                    None => false,
+                };
+            if in_use {
+                out.push(None);
+                continue;
+            }
+            let removed_with: Vec<RepoName> = removed
+                .iter()
+                .filter(|(_, d)| d == digest)
+                .map(|(r, _)| r.clone())
+                .collect();
+            let document = self.remove_manifest(
+                &mut batch,
+                repo,
+                digest,
+                &rec,
+                Some(GC_ACTOR),
+                &removed_with,
+            )?;
+            removed.push((repo.clone(), digest.clone()));
+            out.push(Some((rec.size, document)));
+        }
+        if !batch.is_empty() {
+            self.commit(batch).await?;
+        }
+        Ok(out)
     }
 
     /// Removes a stored manifest document that no repository holds (left by an older version
@@ -126,10 +160,57 @@ impl Store {
         quarantine_before: Option<u64>,
         run_id: u64,
     ) -> Result<BlobSweep> {
-        let _held = self.inner.locks.exclusive([digest]).await;
+        let item = (digest.clone(), links.to_vec(), quarantine_before);
+        let mut out = self
+            .gc_sweep_blobs(std::slice::from_ref(&item), run_id)
+            .await?;
+        out.pop()
+            .ok_or_else(|| StoreError::Internal("sweep returned no result".into()))
+    }
+
+    /// [`Store::gc_sweep_blob`] for many blobs at once: all their locks are taken (in the one
+    /// global order) and all their changes go in one index commit, so a large sweep costs one
+    /// synced write per batch instead of one per blob, and leaves the disk to pushes.
+    pub async fn gc_sweep_blobs(
+        &self,
+        items: &[(Digest, Vec<LinkCandidate>, Option<u64>)],
+        run_id: u64,
+    ) -> Result<Vec<BlobSweep>> {
+        let _held = self
+            .inner
+            .locks
+            .exclusive(items.iter().map(|(d, _, _)| d))
+            .await;
+        let mut batch = Batch::new();
+        let now = self.now_ms();
+        let mut out = Vec::with_capacity(items.len());
+        for (digest, links, quarantine_before) in items {
+            out.push(self.sweep_blob_locked(
+                &mut batch,
+                digest,
+                links,
+                *quarantine_before,
+                run_id,
+                now,
+            )?);
+        }
+        if !batch.is_empty() {
+            self.commit(batch).await?;
+        }
+        Ok(out)
+    }
+
+    fn sweep_blob_locked(
+        &self,
+        batch: &mut Batch,
+        digest: &Digest,
+        links: &[LinkCandidate],
+        quarantine_before: Option<u64>,
+        run_id: u64,
+        now: u64,
+    ) -> Result<BlobSweep> {
         let idx = &self.inner.index;
         let mut out = BlobSweep::default();
-        let mut batch = Batch::new();
         for cand in links {
             if idx.link_time(&cand.repo, digest)? != Some(cand.linked_ms) {
                 // Refreshed by a new upload or mount, or unlinked by a client meanwhile.
@@ -148,37 +229,28 @@ impl Store {
             batch.event(self.gc_event(EventKind::BlobUnlinked, &cand.repo, digest));
             out.unlinked.push(cand.repo.clone());
         }
-        if let Some(cutoff) = quarantine_before {
-            let still_held = idx
-                .holders(digest, HoldKind::Link)?
-                .into_iter()
-                .any(|(r, _)| !out.unlinked.contains(&r));
-            match idx.blob(digest)? {
-                Some(mut rec) if rec.state == BlobState::Present => {
-                    out.size = rec.size;
-                    if still_held || rec.updated_ms >= cutoff {
-                        out.kept += 1;
-                    } else {
-                        let now = self.now_ms();
-                        rec.state = BlobState::Deleted;
-                        rec.updated_ms = now;
-                        rec.quarantine = Some(Quarantine {
-                            at_ms: now,
-                            repos: out.unlinked.iter().map(|r| r.to_string()).collect(),
-                            run_id,
-                        });
-                        batch.put_blob(digest, &rec);
-                        out.quarantined_at = Some(now);
-                    }
+        let rec = idx.blob(digest)?;
+        out.size = rec.as_ref().map(|r| r.size).unwrap_or(0);
+        if let (Some(cutoff), Some(mut rec)) = (quarantine_before, rec) {
+            if rec.state == BlobState::Present {
+                let still_held = idx
+                    .holders(digest, HoldKind::Link)?
+                    .into_iter()
+                    .any(|(r, _)| !out.unlinked.contains(&r));
+                if still_held || rec.updated_ms >= cutoff {
+                    out.kept += 1;
+                } else {
+                    rec.state = BlobState::Deleted;
+                    rec.updated_ms = now;
+                    rec.quarantine = Some(Quarantine {
+                        at_ms: now,
+                        repos: out.unlinked.iter().map(|r| r.to_string()).collect(),
+                        run_id,
+                    });
+                    batch.put_blob(digest, &rec);
+                    out.quarantined_at = Some(now);
                 }
-                Some(rec) => out.size = rec.size,
-                None => {}
             }
-        } else if let Some(rec) = idx.blob(digest)? {
-            out.size = rec.size;
-        }
-        if !batch.is_empty() {
-            self.commit(batch).await?;
         }
         Ok(out)
     }
@@ -187,21 +259,43 @@ impl Store {
     /// leaves a quarantined record without bytes, which the next purge removes). Only if it is
     /// still the quarantine the caller saw (`quarantined_at`). Returns its size.
     pub async fn gc_purge_blob(&self, digest: &Digest, quarantined_at: u64) -> Result<Option<u64>> {
-        let _held = self.inner.locks.exclusive([digest]).await;
+        let mut out = self
+            .gc_purge_blobs(&[(digest.clone(), quarantined_at)])
+            .await?;
+        Ok(out.pop().flatten())
+    }
+
+    /// [`Store::gc_purge_blob`] for many blobs, with one index commit.
+    pub async fn gc_purge_blobs(&self, items: &[(Digest, u64)]) -> Result<Vec<Option<u64>>> {
+        let _held = self
+            .inner
+            .locks
+            .exclusive(items.iter().map(|(d, _)| d))
+            .await;
         let idx = &self.inner.index;
-        let Some(rec) = idx.blob(digest)? else {
-            return Ok(None);
-        };
-        let same = rec.state == BlobState::Deleted
-            && rec.quarantine.as_ref().map(|q| q.at_ms) == Some(quarantined_at);
-        if !same {
-            return Ok(None);
-        }
-        self.inner.cas.delete(digest).await?;
         let mut batch = Batch::new();
-        batch.delete_blob(digest);
-        self.commit(batch).await?;
-        Ok(Some(rec.size))
+        let mut out = Vec::with_capacity(items.len());
+        for (digest, quarantined_at) in items {
+            let rec = match idx.blob(digest)? {
+                Some(rec)
+                    if rec.state == BlobState::Deleted
+                        && rec.quarantine.as_ref().map(|q| q.at_ms) == Some(*quarantined_at) =>
+                {
+                    rec
+                }
+                _ => {
+                    out.push(None);
+                    continue;
+                }
+            };
+            self.inner.cas.delete(digest).await?;
+            batch.delete_blob(digest);
+            out.push(Some(rec.size));
+        }
+        if !batch.is_empty() {
+            self.commit(batch).await?;
+        }
+        Ok(out)
     }
 
     /// Brings a quarantined blob back: served again and linked into the repositories that held

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use stowage_core::Digest;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
-const STRIPES: usize = 4096;
+const STRIPES: usize = 65_536;
 
 /// The striped lock table.
 #[derive(Debug)]

@@ -255,14 +255,16 @@ impl Store {
             ev.digest = Some(digest.clone());
             batch.event(ev);
         }
-        self.remove_manifest(&mut batch, repo, digest, &rec, None)?;
+        self.remove_manifest(&mut batch, repo, digest, &rec, None, &[])?;
         self.commit(batch).await?;
         Ok(())
     }
 
     /// Adds to `batch` the removal of `repo`'s manifest `digest` (record `rec`): its reverse
     /// references, its referrer entry, and its document when no other repository holds it.
-    /// Returns whether the document goes too. Caller holds the digest's stripe exclusively.
+    /// `removed_with` are other repositories whose copy of the same manifest this batch also
+    /// removes. Returns whether the document goes too. Caller holds the digest's stripe
+    /// exclusively.
     pub(crate) fn remove_manifest(
         &self,
         batch: &mut Batch,
@@ -270,6 +272,7 @@ impl Store {
         digest: &Digest,
         rec: &ManifestRecord,
         actor: Option<&str>,
+        removed_with: &[RepoName],
     ) -> Result<bool> {
         batch.delete_manifest(repo, digest);
         for d in &rec.blobs {
@@ -286,7 +289,7 @@ impl Store {
             .index
             .holders(digest, stowage_index::HoldKind::Manifest)?
             .into_iter()
-            .any(|(r, _)| &r != repo);
+            .any(|(r, _)| &r != repo && !removed_with.contains(&r));
         if !others {
             batch.delete_manifest_bytes(digest);
         }
