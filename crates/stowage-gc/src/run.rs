@@ -35,6 +35,37 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Puts the calling thread in the idle scheduling class (Linux `SCHED_IDLE`: it runs only when
+/// nothing else wants the CPU, and any other thread preempts it at once), or failing that lowers
+/// its nice value.
+fn lower_priority() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    if let Err(e) = idle {
+        tracing::debug!(error = ?e, "SCHED_IDLE refused; lowering the nice value instead");
+        if let Err(e) = rustix::process::nice(MARK_NICE) {
+            tracing::debug!(error = %e, "lowering the mark thread's priority");
+        }
+    }
+}
+
+/// Runs one sweep batch, then rests as long as it took: each of the `SWEEP_CONCURRENCY` lanes
+/// is busy at most half the time, so a sweep never holds more than about one batch's share of
+/// the disk's synced writes and of the lock stripes, and pushes keep the rest.
+async fn paced<T>(work: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = work.await;
+    tokio::time::sleep(started.elapsed()).await;
+    out
+}
+
 /// Reports progress to the collector.
 pub(crate) trait Sink: Send + Sync {
     fn update(&self, phase: Phase, done: u64, total: u64, report: &Report);
@@ -71,9 +102,7 @@ pub(crate) async fn execute(
         std::thread::Builder::new()
             .name("gc-mark".into())
             .spawn(move || {
-                if let Err(e) = rustix::process::nice(MARK_NICE) {
-                    tracing::debug!(error = %e, "lowering the mark thread's priority");
-                }
+                lower_priority();
                 let snap = store.index().snapshot();
                 let plan = mark::plan(&snap, &params, |n| {
                     let _ = tx.send(n);
@@ -132,7 +161,7 @@ pub(crate) async fn execute(
         let mut results = stream::iter(chunks.into_iter().map(|chunk| {
             let store = store.clone();
             async move {
-                let result = store.gc_remove_manifests(&chunk).await;
+                let result = paced(store.gc_remove_manifests(&chunk)).await;
                 (chunk, result)
             }
         }))
@@ -192,7 +221,7 @@ pub(crate) async fn execute(
                 .collect();
             async move {
                 let items = items?;
-                let swept = store.gc_sweep_blobs(&items, run_id).await?;
+                let swept = paced(store.gc_sweep_blobs(&items, run_id)).await?;
                 Ok::<_, GcError>(
                     items
                         .into_iter()
@@ -240,7 +269,7 @@ pub(crate) async fn execute(
             .collect();
         let mut results = stream::iter(chunks.into_iter().map(|chunk| {
             let store = store.clone();
-            async move { store.gc_purge_blobs(&chunk).await }
+            async move { paced(store.gc_purge_blobs(&chunk)).await }
         }))
         .buffer_unordered(SWEEP_CONCURRENCY);
         while let Some(result) = results.next().await {
