@@ -127,7 +127,7 @@ impl Store {
             out.push(Some((rec.size, document)));
         }
         if !batch.is_empty() {
-            self.commit(batch).await?;
+            self.commit_quiet(batch).await?;
         }
         Ok(out)
     }
@@ -145,7 +145,7 @@ impl Store {
         };
         let mut batch = Batch::new();
         batch.delete_manifest_bytes(digest);
-        self.commit(batch).await?;
+        self.commit_quiet(batch).await?;
         Ok(Some(bytes.len() as u64))
     }
 
@@ -195,7 +195,7 @@ impl Store {
             )?);
         }
         if !batch.is_empty() {
-            self.commit(batch).await?;
+            self.commit_quiet(batch).await?;
         }
         Ok(out)
     }
@@ -293,7 +293,7 @@ impl Store {
             out.push(Some(rec.size));
         }
         if !batch.is_empty() {
-            self.commit(batch).await?;
+            self.commit_quiet(batch).await?;
         }
         Ok(out)
     }
@@ -354,7 +354,7 @@ impl Store {
             ev.actor = Some("gc-restore".to_string());
             batch.event(ev);
         }
-        self.commit(batch).await?;
+        self.commit_quiet(batch).await?;
         Ok((rec.size, repos))
     }
 
@@ -402,7 +402,7 @@ impl Store {
                         tracing::warn!(upload = %id, error = %e, "upload record names a bad repository; removing it");
                         let mut batch = Batch::new();
                         batch.delete_upload(id);
-                        self.commit(batch).await?;
+                        self.commit_quiet(batch).await?;
                         return Ok(Some(0));
                     }
                 },
@@ -447,7 +447,7 @@ impl Store {
             }
             let mut batch = Batch::new();
             batch.clear_pending(&digest, &upload);
-            self.commit(batch).await?;
+            self.commit_quiet(batch).await?;
             out.cleared += 1;
         }
         Ok(out)

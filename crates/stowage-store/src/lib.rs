@@ -103,6 +103,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     locks: locks::DigestLocks,
     sessions: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<uploads::Session>>>>,
+    /// Index commits made for clients (pushes, tags, deletes) since start; background work
+    /// (garbage collection) watches it to back off while clients are writing.
+    client_commits: std::sync::atomic::AtomicU64,
     config: StoreConfig,
 }
 
@@ -140,6 +143,7 @@ impl Store {
                 clock,
                 locks: locks::DigestLocks::default(),
                 sessions: std::sync::Mutex::new(HashMap::new()),
+                client_commits: std::sync::atomic::AtomicU64::new(0),
                 config,
             }),
         };
@@ -189,6 +193,13 @@ impl Store {
         &self.inner.locks
     }
 
+    /// Index commits made for clients since the store opened (a cheap activity signal).
+    pub fn client_commits(&self) -> u64 {
+        self.inner
+            .client_commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Current time from the store's clock.
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_millis()
@@ -209,6 +220,14 @@ impl Store {
 
     /// Runs a blocking index commit off the async workers.
     async fn commit(&self, batch: stowage_index::Batch) -> Result<u64> {
+        self.inner
+            .client_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.commit_quiet(batch).await
+    }
+
+    /// [`Store::commit`] without counting it as client activity (garbage collection's writes).
+    async fn commit_quiet(&self, batch: stowage_index::Batch) -> Result<u64> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.inner.index.commit(batch))
             .await
