@@ -21,6 +21,10 @@ use stowage_core::{Digest, ManualClock, Reference, RepoName, Tag};
 use stowage_gc::{Collector, GcConfig, RunOptions};
 use stowage_store::{Store, StoreConfig};
 
+// The daemon's allocator, so allocation behaves as it does in `stowage serve`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 struct Cli {
     #[command(subcommand)]
