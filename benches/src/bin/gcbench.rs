@@ -112,6 +112,46 @@ async fn open_with(
         .context("opening store")
 }
 
+/// Stores `blobs` in `repo`; returns `(digest, size)` of each, in order.
+async fn push_blobs(
+    store: &Store,
+    repo: &RepoName,
+    blobs: impl IntoIterator<Item = Vec<u8>>,
+) -> Vec<(Digest, usize)> {
+    let mut out = Vec::new();
+    for bytes in blobs {
+        let d = Digest::sha256(&bytes);
+        let size = bytes.len();
+        store.put_blob(repo, &d, body(bytes)).await.unwrap();
+        out.push((d, size));
+    }
+    out
+}
+
+/// An image manifest whose config is `blobs[0]` and whose layers are the rest.
+fn image_manifest(blobs: &[(Digest, usize)], annotation: Option<String>) -> Vec<u8> {
+    let (cd, cs) = &blobs[0];
+    let layers: Vec<_> = blobs[1..]
+        .iter()
+        .map(|(d, s)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": d.to_string(), "size": s})
+        })
+        .collect();
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": cd.to_string(), "size": cs},
+        "layers": layers
+    });
+    if let Some(a) = annotation {
+        m["annotations"] = serde_json::json!({ "n": a });
+    }
+    serde_json::to_vec(&m).unwrap()
+}
+
 fn now_ms() -> u64 {
     stowage_core::Clock::now_millis(&stowage_core::SystemClock)
 }
@@ -128,30 +168,8 @@ async fn populate_mark(data: &std::path::Path, manifests: u64, repos: u64) -> Re
             let repo = RepoName::parse(&format!("bench/repo{r:04}")).unwrap();
             for m in 0..per_repo {
                 let id = r * per_repo + m;
-                let mut descs = Vec::new();
-                let mut config = None;
-                for k in 0..10u64 {
-                    let bytes = format!("blob {id} {k}").into_bytes();
-                    let d = Digest::sha256(&bytes);
-                    let size = bytes.len();
-                    store.put_blob(&repo, &d, body(bytes)).await.unwrap();
-                    if k == 0 {
-                        config = Some((d, size));
-                    } else {
-                        descs.push(serde_json::json!({
-                            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            "digest": d.to_string(), "size": size}));
-                    }
-                }
-                let (cd, cs) = config.unwrap();
-                let manifest = serde_json::to_vec(&serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                               "digest": cd.to_string(), "size": cs},
-                    "layers": descs
-                }))
-                .unwrap();
+                let blobs = (0..10u64).map(|k| format!("blob {id} {k}").into_bytes());
+                let manifest = image_manifest(&push_blobs(&store, &repo, blobs).await, None);
                 // Half tagged, half untagged (garbage).
                 let reference = if id.is_multiple_of(2) {
                     Reference::Tag(Tag::parse(&format!("v{m}")).unwrap())
@@ -290,24 +308,7 @@ async fn put_load(
             let mut out = Vec::new();
             let mut i = 0u64;
             while !*stop.borrow() || out.len() < min_puts / 4 {
-                let (cd, cs) = &layers[0];
-                let descs: Vec<_> = layers[1..]
-                    .iter()
-                    .map(|(d, s)| {
-                        serde_json::json!({
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": d.to_string(), "size": s})
-                    })
-                    .collect();
-                let manifest = serde_json::to_vec(&serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                               "digest": cd.to_string(), "size": cs},
-                    "layers": descs,
-                    "annotations": {"n": format!("{tag_base}-{w}-{i}")}
-                }))
-                .unwrap();
+                let manifest = image_manifest(&layers, Some(format!("{tag_base}-{w}-{i}")));
                 let tag = Reference::Tag(Tag::parse(&format!("p{tag_base}-{w}-{i}")).unwrap());
                 let t = Instant::now();
                 store
@@ -357,30 +358,9 @@ async fn latency(
             tasks.push(tokio::spawn(async move {
                 let repo = RepoName::parse(&format!("lat/repo{r}")).unwrap();
                 for m in 0..images / 10 {
-                    let mut descs = Vec::new();
-                    let mut config = None;
-                    for k in 0..10u64 {
-                        let bytes = format!("lat blob {r} {m} {k} ").repeat(30).into_bytes();
-                        let d = Digest::sha256(&bytes);
-                        let size = bytes.len();
-                        store.put_blob(&repo, &d, body(bytes)).await.unwrap();
-                        if k == 0 {
-                            config = Some((d, size));
-                        } else {
-                            descs.push(serde_json::json!({
-                                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                "digest": d.to_string(), "size": size}));
-                        }
-                    }
-                    let (cd, cs) = config.unwrap();
-                    let manifest = serde_json::to_vec(&serde_json::json!({
-                        "schemaVersion": 2,
-                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                   "digest": cd.to_string(), "size": cs},
-                        "layers": descs
-                    }))
-                    .unwrap();
+                    let blobs = (0..10u64)
+                        .map(|k| format!("lat blob {r} {m} {k} ").repeat(30).into_bytes());
+                    let manifest = image_manifest(&push_blobs(&store, &repo, blobs).await, None);
                     let tag = Reference::Tag(Tag::parse(&format!("v{m}")).unwrap());
                     store
                         .put_manifest(&repo, &tag, None, manifest)
@@ -405,14 +385,12 @@ async fn latency(
         },
     );
     let client_repo = RepoName::parse("lat/client").unwrap();
-    let mut layers = Vec::new();
-    for k in 0..10u64 {
-        let bytes = format!("client layer {k}").into_bytes();
-        let d = Digest::sha256(&bytes);
-        let size = bytes.len();
-        store.put_blob(&client_repo, &d, body(bytes)).await?;
-        layers.push((d, size));
-    }
+    let layers = push_blobs(
+        &store,
+        &client_repo,
+        (0..10u64).map(|k| format!("client layer {k}").into_bytes()),
+    )
+    .await;
     let per_round = images / 10 / rounds;
     let mut rows = Vec::new();
     for round in 0..rounds {
