@@ -219,8 +219,30 @@ async fn gc_under_load_keeps_every_tag() {
     for c in clients {
         all.push(c.await.unwrap());
     }
-    // Let at least one more collection pass over the final state, then check every tag.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Wait for a completed run that started after the grace period of the last change had
+    // passed (so it could collect everything untagged), then check every tag.
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let settled_ms = unix_ms() + 2_000;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let latest = gc_cli(&d.admin, &["history", "--limit", "5"]);
+        let done = latest.as_array().unwrap().iter().any(|r| {
+            r["status"] == "completed" && r["started_ms"].as_u64().unwrap_or(0) >= settled_ms
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no gc run over the final state in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let c = client();
     let mut images = 0;
     for (repo, kept) in &all {
