@@ -6,8 +6,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // shared target dir reuses the compiled script for clones in other folders.
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest_dir).join("../../proto");
-    let admin = root.join("stowage/v1/admin.proto");
-    println!("cargo:rerun-if-changed={}", admin.display());
-    tonic_prost_build::configure().compile_protos(&[admin], &[root])?;
+    let protos = [
+        root.join("stowage/v1/admin.proto"),
+        root.join("stowage/v1/replication.proto"),
+    ];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    tonic_prost_build::configure().compile_protos(&protos, &[root])?;
     Ok(())
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
+pub mod image;
+
 /// A running daemon.
 pub struct Daemon {
     pub child: Child,
@@ -29,10 +31,15 @@ impl Daemon {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts with the admin service on `admin_listen` (a restart that peers must find again).
+    pub fn start_on(data_dir: &Path, admin_listen: &str, extra: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stowage"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", admin_listen])
             .args(["--log-level", "warn"])
             .args(extra)
             .stdout(Stdio::piped())

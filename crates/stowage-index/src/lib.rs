@@ -74,6 +74,18 @@ mod cf {
 
 const META_FORMAT: &[u8] = b"format_version";
 const META_SEQ: &[u8] = b"feed_seq";
+/// Prefix of the extension keyspace in `meta` (see [`Batch::put_meta`]).
+const META_EXT: &[u8] = b"x\0";
+
+/// A key and value of the extension keyspace.
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
+
+fn meta_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(META_EXT.len() + key.len());
+    k.extend_from_slice(META_EXT);
+    k.extend_from_slice(key);
+    k
+}
 
 /// Index errors. Every variant says what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +242,18 @@ impl Batch {
 
     fn del(&mut self, cf: &'static str, k: Vec<u8>) {
         self.ops.push(Op::Delete(cf, k));
+    }
+
+    /// Sets an entry of the extension keyspace (replication cursors, tag tombstones, transfer
+    /// sessions): small values that other crates own, kept in the `meta` column family under a
+    /// prefix of their own so they never collide with the index's bookkeeping.
+    pub fn put_meta(&mut self, key: &[u8], value: Vec<u8>) {
+        self.put(cf::META, meta_key(key), value);
+    }
+
+    /// Removes an entry of the extension keyspace.
+    pub fn delete_meta(&mut self, key: &[u8]) {
+        self.del(cf::META, meta_key(key));
     }
 
     /// Records a change-feed event, written with this batch.
@@ -890,6 +914,26 @@ impl Index {
         self.db
             .get_cf(&cf, keys::seq(run_id))
             .map_err(db_err("reading gc run"))
+    }
+
+    /// An entry of the extension keyspace (see [`Batch::put_meta`]).
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        let cf = self.cf(cf::META)?;
+        self.db
+            .get_cf(&cf, meta_key(key))
+            .map_err(db_err("reading extension metadata"))
+    }
+
+    /// Extension entries whose key starts with `prefix`, in key order (keys without the
+    /// internal prefix).
+    pub fn meta_scan(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, IndexError> {
+        let full = meta_key(prefix);
+        let mut out = Vec::new();
+        self.scan(cf::META, &full, &full, |k, v| {
+            out.push((k[META_EXT.len()..].to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// A consistent point-in-time view of the whole index (for marking).

@@ -71,9 +71,13 @@ pub struct TagRecord {
     /// The manifest digest.
     #[serde(rename = "d")]
     pub digest: Digest,
-    /// When the tag was last set (unix ms).
+    /// When the tag was last set (unix ms). With `origin`, the tag's version for replication:
+    /// of two states of one tag, the one with the larger `(updated_ms, origin)` wins.
     #[serde(rename = "u")]
     pub updated_ms: u64,
+    /// Site where this state of the tag was set (absent in records written before replication).
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// A manifest held by one repository. Its exact bytes live once, keyed by digest, in the

@@ -83,6 +83,7 @@ fn tags_page_in_byte_order_without_crossing_repos() {
             &TagRecord {
                 digest: d.clone(),
                 updated_ms: 1,
+                origin: None,
             },
         );
     }
@@ -278,6 +279,7 @@ fn snapshot_does_not_see_later_commits() {
         &TagRecord {
             digest: d2.clone(),
             updated_ms: 2,
+            origin: None,
         },
     );
     batch.event(ev(EventKind::BlobLinked, "a"));
@@ -361,4 +363,34 @@ fn pending_intents_and_gc_runs() {
     assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![300, 2]);
     assert_eq!(idx.gc_run(1).unwrap().unwrap(), b"{\"id\":1}".to_vec());
     assert!(idx.gc_run(7).unwrap().is_none());
+}
+
+#[test]
+fn extension_keyspace_is_separate_from_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = open(dir.path());
+    let mut b = Batch::new();
+    b.put_meta(b"repl/cursor/b", 7u64.to_be_bytes().to_vec());
+    b.put_meta(b"repl/cursor/a", 3u64.to_be_bytes().to_vec());
+    b.put_meta(b"other", b"x".to_vec());
+    b.event(ev(EventKind::BlobLinked, "a"));
+    idx.commit(b).unwrap();
+    assert_eq!(
+        idx.last_seq().unwrap(),
+        1,
+        "feed sequence untouched by meta keys"
+    );
+    let scanned = idx.meta_scan(b"repl/cursor/").unwrap();
+    let keys: Vec<&[u8]> = scanned.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(keys, vec![&b"repl/cursor/a"[..], &b"repl/cursor/b"[..]]);
+    assert_eq!(idx.meta(b"other").unwrap().as_deref(), Some(&b"x"[..]));
+    let mut b = Batch::new();
+    b.delete_meta(b"other");
+    idx.commit(b).unwrap();
+    assert_eq!(idx.meta(b"other").unwrap(), None);
+    assert_eq!(
+        idx.meta(b"feed_seq").unwrap(),
+        None,
+        "bookkeeping keys are not visible"
+    );
 }

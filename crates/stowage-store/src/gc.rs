@@ -120,7 +120,10 @@ impl Store {
                 repo,
                 digest,
                 &rec,
-                Some(GC_ACTOR),
+                crate::manifests::Author {
+                    actor: Some(GC_ACTOR),
+                    origin: None,
+                },
                 &removed_with,
             )?;
             removed.push((repo.clone(), digest.clone()));
@@ -211,6 +214,12 @@ impl Store {
     ) -> Result<BlobSweep> {
         let idx = &self.inner.index;
         let mut out = BlobSweep::default();
+        if self.is_pinned(digest, now) {
+            // Replication is sending it, or received it for a manifest still on its way.
+            out.kept = links.len() as u64 + u64::from(quarantine_before.is_some());
+            out.size = idx.blob(digest)?.map(|r| r.size).unwrap_or(0);
+            return Ok(out);
+        }
         for cand in links {
             if idx.link_time(&cand.repo, digest)? != Some(cand.linked_ms) {
                 // Refreshed by a new upload or mount, or unlinked by a client meanwhile.

@@ -14,6 +14,7 @@ pub mod error;
 mod gc;
 pub mod locks;
 mod manifests;
+mod replica;
 pub mod task;
 mod uploads;
 
@@ -30,6 +31,7 @@ use stowage_index::{Event, EventKind, Index, IndexOptions};
 pub use error::{Result, StoreError};
 pub use gc::{BlobSweep, LinkCandidate, PendingRepair};
 pub use manifests::{ManifestContent, PutManifestOutcome};
+pub use replica::{TagState, TagVersion};
 pub use uploads::UploadStatus;
 
 /// A re-upload or mount of a blob already linked into the repository rewrites the link's time
@@ -106,6 +108,14 @@ struct Inner {
     /// Index commits made for clients (pushes, tags, deletes) since start; background work
     /// (garbage collection) watches it to back off while clients are writing.
     client_commits: std::sync::atomic::AtomicU64,
+    /// Last feed sequence committed; replication waits on it instead of polling.
+    feed_tx: tokio::sync::watch::Sender<u64>,
+    /// Blobs that garbage collection must keep until the given time (unix ms): blobs an
+    /// outgoing replication transfer is sending, and blobs received for a manifest that has
+    /// not arrived yet. Held in memory: after a restart the links' grace period covers them.
+    pins: std::sync::Mutex<HashMap<Digest, u64>>,
+    /// Serialise read-modify-write of one tag (local set, replicated set or delete).
+    tag_locks: Vec<tokio::sync::Mutex<()>>,
     config: StoreConfig,
 }
 
@@ -136,6 +146,7 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Internal(format!("index open task: {e}")))??
         };
+        let (feed_tx, _) = tokio::sync::watch::channel(index.last_seq()?);
         let store = Store {
             inner: Arc::new(Inner {
                 cas,
@@ -144,6 +155,11 @@ impl Store {
                 locks: locks::DigestLocks::default(),
                 sessions: std::sync::Mutex::new(HashMap::new()),
                 client_commits: std::sync::atomic::AtomicU64::new(0),
+                feed_tx,
+                pins: std::sync::Mutex::new(HashMap::new()),
+                tag_locks: (0..replica::TAG_LOCKS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 config,
             }),
         };
@@ -207,6 +223,12 @@ impl Store {
 
     /// Builds a feed event stamped with the clock and this site.
     fn event(&self, kind: EventKind, repo: &RepoName) -> Event {
+        self.event_from(kind, repo, None)
+    }
+
+    /// Builds a feed event for a change that originated at site `origin` (replicated content),
+    /// or at this site when `None`.
+    fn event_from(&self, kind: EventKind, repo: &RepoName, origin: Option<&str>) -> Event {
         Event {
             kind,
             repo: repo.to_string(),
@@ -214,8 +236,20 @@ impl Store {
             tag: None,
             ts_ms: self.now_ms(),
             actor: None,
-            origin: self.inner.config.site.clone(),
+            origin: origin
+                .map(str::to_string)
+                .or_else(|| self.inner.config.site.clone()),
         }
+    }
+
+    /// This site's name, if configured.
+    pub fn site(&self) -> Option<&str> {
+        self.inner.config.site.as_deref()
+    }
+
+    /// Follows the last committed feed sequence number.
+    pub fn feed_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.feed_tx.subscribe()
     }
 
     /// Runs a blocking index commit off the async workers.
@@ -229,10 +263,19 @@ impl Store {
     /// [`Store::commit`] without counting it as client activity (garbage collection's writes).
     async fn commit_quiet(&self, batch: stowage_index::Batch) -> Result<u64> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.inner.index.commit(batch))
+        let seq = tokio::task::spawn_blocking(move || store.inner.index.commit(batch))
             .await
             .map_err(|e| StoreError::Internal(format!("index commit task: {e}")))?
-            .map_err(StoreError::from)
+            .map_err(StoreError::from)?;
+        self.inner.feed_tx.send_if_modified(|last| {
+            if seq > *last {
+                *last = seq;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(seq)
     }
 
     /// Size of a blob linked into `repo`.

@@ -25,6 +25,14 @@ pub struct PutManifestOutcome {
     pub subject: Option<Digest>,
 }
 
+/// Who made a change recorded in the feed: an actor (`gc`, ...) and the site it originated at
+/// (`None`: this site).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Author<'a> {
+    pub(crate) actor: Option<&'a str>,
+    pub(crate) origin: Option<&'a str>,
+}
+
 fn map_manifest_error(e: ManifestError) -> StoreError {
     match e {
         ManifestError::UnsupportedMediaType(m) => {
@@ -47,6 +55,20 @@ impl Store {
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Vec<u8>,
+    ) -> Result<PutManifestOutcome> {
+        self.put_manifest_from(repo, reference, content_type, bytes, None)
+            .await
+    }
+
+    /// [`Store::put_manifest`] for a change that originated at site `origin` (replication),
+    /// or at this site when `None`.
+    pub(crate) async fn put_manifest_from(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+        origin: Option<&str>,
     ) -> Result<PutManifestOutcome> {
         let parsed = parse_manifest(content_type, &bytes).map_err(map_manifest_error)?;
         let digest = match reference {
@@ -136,21 +158,26 @@ impl Store {
                 };
                 batch.put_referrer(repo, subject, &digest, &desc);
             }
-            let mut ev = self.event(EventKind::ManifestPut, repo);
+            let mut ev = self.event_from(EventKind::ManifestPut, repo, origin);
             ev.digest = Some(digest.clone());
             batch.event(ev);
         }
+        let _tag_held;
         if let Reference::Tag(tag) = reference {
+            _tag_held = self.lock_tag(repo, tag.as_str()).await;
             let current = idx.tag(repo, tag.as_str())?;
-            if current.map(|t| t.digest) != Some(digest.clone()) {
+            if current.as_ref().map(|t| &t.digest) != Some(&digest) {
+                let version = self.next_tag_version(repo, tag.as_str(), current.as_ref())?;
                 batch.put_tag(
                     repo,
                     tag.as_str(),
                     &TagRecord {
                         digest: digest.clone(),
-                        updated_ms: now,
+                        updated_ms: version.ms,
+                        origin: Some(version.origin),
                     },
                 );
+                batch.delete_meta(&crate::replica::tombstone_key(repo, tag.as_str()));
                 let mut ev = self.event(EventKind::TagSet, repo);
                 ev.digest = Some(digest.clone());
                 ev.tag = Some(tag.to_string());
@@ -218,12 +245,15 @@ impl Store {
 
     /// Removes a tag.
     pub async fn untag(&self, repo: &RepoName, tag: &str) -> Result<()> {
+        let _tag_held = self.lock_tag(repo, tag).await;
         let idx = &self.inner.index;
         let current = idx
             .tag(repo, tag)?
             .ok_or_else(|| StoreError::ManifestUnknown(format!("{repo}:{tag}")))?;
         let mut batch = Batch::new();
         batch.delete_tag(repo, tag);
+        let version = self.next_tag_version(repo, tag, Some(&current))?;
+        self.put_tombstone(&mut batch, repo, tag, &version);
         let mut ev = self.event(EventKind::TagDeleted, repo);
         ev.tag = Some(tag.to_string());
         ev.digest = Some(current.digest);
@@ -249,13 +279,15 @@ impl Store {
         }
         let mut batch = Batch::new();
         for tag in idx.tags_pointing_at(repo, digest)? {
+            let version = self.next_tag_version(repo, &tag, idx.tag(repo, &tag)?.as_ref())?;
+            self.put_tombstone(&mut batch, repo, &tag, &version);
             batch.delete_tag(repo, &tag);
             let mut ev = self.event(EventKind::TagDeleted, repo);
             ev.tag = Some(tag);
             ev.digest = Some(digest.clone());
             batch.event(ev);
         }
-        self.remove_manifest(&mut batch, repo, digest, &rec, None, &[])?;
+        self.remove_manifest(&mut batch, repo, digest, &rec, Author::default(), &[])?;
         self.commit(batch).await?;
         Ok(())
     }
@@ -271,7 +303,7 @@ impl Store {
         repo: &RepoName,
         digest: &Digest,
         rec: &ManifestRecord,
-        actor: Option<&str>,
+        by: Author<'_>,
         removed_with: &[RepoName],
     ) -> Result<bool> {
         batch.delete_manifest(repo, digest);
@@ -293,9 +325,9 @@ impl Store {
         if !others {
             batch.delete_manifest_bytes(digest);
         }
-        let mut ev = self.event(EventKind::ManifestDeleted, repo);
+        let mut ev = self.event_from(EventKind::ManifestDeleted, repo, by.origin);
         ev.digest = Some(digest.clone());
-        ev.actor = actor.map(str::to_string);
+        ev.actor = by.actor.map(str::to_string);
         batch.event(ev);
         Ok(!others)
     }

@@ -308,6 +308,7 @@ pub fn spawn(
     listener: TcpListener,
     store: Store,
     gc: Collector,
+    repl: stowage_repl::ReplicationService,
     settings: Settings,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, String> {
@@ -325,6 +326,7 @@ pub fn spawn(
         tonic::transport::Server::builder()
             .add_service(health)
             .add_service(AdminServer::new(svc))
+            .add_service(repl.into_server())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
                 async move {

@@ -100,7 +100,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
-    site: Option<String>,
+    site: Option<SiteFile>,
     max_blob_size: Option<toml::Value>,
     verify_reads: Option<bool>,
     direct_io: Option<bool>,
@@ -109,6 +109,46 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     gc: Option<GcFileConfig>,
+    replication: Option<ReplicationFile>,
+}
+
+/// `site = "name"` or a `[site]` table with `name`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SiteFile {
+    Name(String),
+    Table(SiteTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteTable {
+    name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicationFile {
+    #[serde(default)]
+    peers: Vec<PeerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFile {
+    name: String,
+    endpoint: String,
+    direction: String,
+    #[serde(default)]
+    repositories: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    replicate_deletes: Option<bool>,
+    concurrency: Option<usize>,
+    /// Bytes per second ("50M" or a number).
+    bandwidth_limit: Option<toml::Value>,
+    /// Anti-entropy period ("10m"; "0s" turns it off).
+    anti_entropy_interval: Option<String>,
 }
 
 /// The config file's `[gc]` table: the `--gc-*` options without their prefix.
@@ -140,6 +180,69 @@ pub struct Settings {
     pub gc_interval: Option<Duration>,
     /// Collector settings.
     pub gc: GcConfig,
+    /// Replication peers (`[[replication.peers]]`).
+    pub peers: Vec<stowage_repl::PeerConfig>,
+}
+
+fn peer_settings(p: PeerFile, file: &Path) -> Result<stowage_repl::PeerConfig, String> {
+    let at = |key: &str, e: String| {
+        format!(
+            "config file {}: [[replication.peers]] {:?}: {key}: {e}",
+            file.display(),
+            p.name
+        )
+    };
+    let name_ok = !p.name.is_empty()
+        && p.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        return Err(at("name", "use letters, digits, '-', '_' or '.'".into()));
+    }
+    let direction = match p.direction.as_str() {
+        "push" => stowage_repl::Direction::Push,
+        "pull" => stowage_repl::Direction::Pull,
+        other => {
+            return Err(at(
+                "direction",
+                format!("{other:?} is not \"push\" or \"pull\""),
+            ))
+        }
+    };
+    if !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://")) {
+        return Err(at(
+            "endpoint",
+            format!("{:?} must start with http:// or https://", p.endpoint),
+        ));
+    }
+    let mut peer = stowage_repl::PeerConfig::new(&p.name, &p.endpoint, direction);
+    peer.filters = stowage_repl::Filters {
+        repositories: p.repositories.clone(),
+        tags: p.tags.clone(),
+    };
+    if let Some(d) = p.replicate_deletes {
+        peer.replicate_deletes = d;
+    }
+    if let Some(c) = p.concurrency {
+        if c == 0 || c > 64 {
+            return Err(at("concurrency", format!("{c} is not between 1 and 64")));
+        }
+        peer.concurrency = c;
+    }
+    peer.bandwidth = match &p.bandwidth_limit {
+        None => None,
+        Some(toml::Value::Integer(i)) => {
+            Some(u64::try_from(*i).map_err(|_| at("bandwidth_limit", format!("{i} is negative")))?)
+        }
+        Some(toml::Value::String(s)) => Some(parse_size(s).map_err(|e| at("bandwidth_limit", e))?),
+        Some(other) => return Err(at("bandwidth_limit", format!("unexpected {other}"))),
+    }
+    .filter(|b| *b > 0);
+    if let Some(t) = &p.anti_entropy_interval {
+        let d = parse_duration(t).map_err(|e| at("anti_entropy_interval", e))?;
+        peer.anti_entropy_interval = (!d.is_zero()).then_some(d);
+    }
+    Ok(peer)
 }
 
 /// Parses sizes like `1024`, `512K`, `10G`, `1TiB`.
@@ -223,9 +326,29 @@ impl ServeArgs {
         };
         let gc_interval =
             gc_duration(self.gc_interval, "interval", gc_file.interval)?.filter(|d| !d.is_zero());
+        let file_path = self.config.clone().unwrap_or_default();
+        let mut peers = Vec::new();
+        for p in file.replication.map(|r| r.peers).unwrap_or_default() {
+            let peer = peer_settings(p, &file_path)?;
+            if peers
+                .iter()
+                .any(|q: &stowage_repl::PeerConfig| q.name == peer.name)
+            {
+                return Err(format!(
+                    "config file {}: peer {:?} is configured twice",
+                    file_path.display(),
+                    peer.name
+                ));
+            }
+            peers.push(peer);
+        }
+        let file_site = file.site.map(|s| match s {
+            SiteFile::Name(n) => n,
+            SiteFile::Table(t) => t.name,
+        });
         let site = self
             .site
-            .or(file.site)
+            .or(file_site)
             .or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .ok()
@@ -262,6 +385,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| "info".to_string()),
             gc_interval,
             gc,
+            peers,
         })
     }
 }
@@ -449,5 +573,48 @@ mod tests {
         let s = resolve_file(include_str!("../../../deploy/stowage.toml")).unwrap();
         assert_eq!(s.gc_interval, None);
         assert_eq!(s.gc, GcConfig::default());
+    }
+
+    #[test]
+    fn site_table_and_replication_peers() {
+        let s = resolve_file(
+            "[site]\nname = \"private-dc\"\n\n[[replication.peers]]\nname = \"cloud\"\nendpoint = \"http://127.0.0.1:6001\"\ndirection = \"push\"\nrepositories = [\"team-a/**\"]\ntags = [\"v*\"]\nreplicate_deletes = false\nconcurrency = 8\nbandwidth_limit = \"50M\"\nanti_entropy_interval = \"0s\"\n\n[[replication.peers]]\nname = \"dr\"\nendpoint = \"http://10.0.0.2:5001\"\ndirection = \"pull\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.site, "private-dc");
+        assert_eq!(s.peers.len(), 2);
+        let cloud = &s.peers[0];
+        assert_eq!(cloud.direction, stowage_repl::Direction::Push);
+        assert_eq!(cloud.filters.repositories, vec!["team-a/**".to_string()]);
+        assert_eq!(cloud.filters.tags, vec!["v*".to_string()]);
+        assert!(!cloud.replicate_deletes);
+        assert_eq!(cloud.concurrency, 8);
+        assert_eq!(cloud.bandwidth, Some(50 << 20));
+        assert_eq!(cloud.anti_entropy_interval, None);
+        let dr = &s.peers[1];
+        assert_eq!(dr.direction, stowage_repl::Direction::Pull);
+        assert!(dr.replicate_deletes, "deletes replicate by default");
+        assert!(dr.filters.repositories.is_empty());
+        assert!(dr.anti_entropy_interval.is_some());
+        // The plain form still works.
+        assert_eq!(resolve_file("site = \"dc2\"\n").unwrap().site, "dc2");
+    }
+
+    #[test]
+    fn bad_peers_are_clear_errors() {
+        let base =
+            "[[replication.peers]]\nname = \"cloud\"\nendpoint = \"http://127.0.0.1:6001\"\n";
+        let err = resolve_file(&format!("{base}direction = \"sideways\"\n")).unwrap_err();
+        assert!(err.contains("cloud") && err.contains("sideways"), "{err}");
+        let err =
+            resolve_file(&format!("{base}direction = \"push\"\nconcurrency = 0\n")).unwrap_err();
+        assert!(err.contains("concurrency"), "{err}");
+        let err = resolve_file(&format!(
+            "{base}direction = \"push\"\n{base}direction = \"pull\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        let err = resolve_file("[[replication.peers]]\nname = \"x\"\nendpoint = \"127.0.0.1:1\"\ndirection = \"push\"\n").unwrap_err();
+        assert!(err.contains("http://"), "{err}");
     }
 }

@@ -5,6 +5,7 @@ mod config;
 mod gc_cli;
 mod gc_rpc;
 mod metrics;
+mod repl_cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     /// Garbage collection on a running daemon (admin gRPC): start and follow runs, list past
     /// runs, restore quarantined blobs.
     Gc(gc_cli::GcArgs),
+    /// Replication on a running daemon (gRPC): per-peer status and on-demand anti-entropy.
+    Repl(repl_cli::ReplArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Info { server, json } => admin::info_command(&server, json),
         Command::Gc(args) => gc_cli::command(args),
+        Command::Repl(args) => repl_cli::command(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

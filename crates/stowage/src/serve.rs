@@ -91,6 +91,22 @@ async fn serve(s: Settings) -> Result<(), String> {
     tracing::info!(%api_addr, %admin_addr, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let local = stowage_repl::Local::new(store.clone());
+    let replicator = if s.peers.is_empty() {
+        None
+    } else {
+        let r = stowage_repl::Replicator::new(local.clone(), s.peers.clone())
+            .map_err(|e| format!("replication: {e}"))?;
+        for p in &s.peers {
+            tracing::info!(peer = %p.name, endpoint = %p.endpoint, direction = p.direction.as_str(), "replication peer configured");
+        }
+        Some(r)
+    };
+    let repl_tasks = replicator
+        .as_ref()
+        .map(|r| r.start(stop_rx.clone()))
+        .unwrap_or_default();
+    let repl_service = stowage_repl::ReplicationService::new(local, replicator.clone());
     let gc = stowage_gc::Collector::new(store.clone(), s.gc.clone());
     let schedule = s.gc_interval.map(|interval| {
         tracing::info!(
@@ -101,7 +117,7 @@ async fn serve(s: Settings) -> Result<(), String> {
     });
     // `/metrics` next to the OCI API; `/v2/` and its fallback are the OCI router's own.
     let app = stowage_oci::router(store.clone(), stowage_oci::ApiConfig::default())
-        .merge(crate::metrics::router(gc.clone()));
+        .merge(crate::metrics::router(gc.clone(), replicator.clone()));
     let mut api_rx = stop_rx.clone();
     // TCP_NODELAY: a response is its headers and then its body in separate writes; with Nagle's
     // algorithm the body of a small response (a manifest, a config blob) waits for the client's
@@ -118,8 +134,14 @@ async fn serve(s: Settings) -> Result<(), String> {
             })
             .await
     });
-    let admin_task =
-        crate::admin::spawn(admin, store.clone(), gc.clone(), s.clone(), stop_rx.clone())?;
+    let admin_task = crate::admin::spawn(
+        admin,
+        store.clone(),
+        gc.clone(),
+        repl_service,
+        s.clone(),
+        stop_rx.clone(),
+    )?;
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
@@ -129,6 +151,11 @@ async fn serve(s: Settings) -> Result<(), String> {
         }
         if let Ok(Err(e)) = admin_task.await {
             tracing::error!(error = %e, "admin server ended with an error");
+        }
+        for t in repl_tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "replication task failed");
+            }
         }
         // The schedule sees the stop signal too; a run it started ends at its next check.
         if let Some(schedule) = schedule {

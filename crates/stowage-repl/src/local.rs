@@ -1,0 +1,543 @@
+//! This site's side of replication, over the store: what the gRPC service serves to peers, and
+//! what a replicator uses when the local site is the source (push) or the target (pull).
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use stowage_core::{Digest, RepoName};
+use stowage_index::{Batch, Event};
+use stowage_store::{Store, StoreError, TagState};
+
+use crate::error::{ReplError, Result};
+use crate::glob::Filters;
+
+/// Bytes a receiver gathers before storing them as one durable part of the transfer: what a
+/// transfer can lose when the receiving daemon dies.
+pub const PART_BYTES: usize = 8 << 20;
+
+/// Largest feed page served at once.
+pub const MAX_FEED_PAGE: usize = 1000;
+
+/// Prefix of transfer sessions in the index's extension keyspace: digest -> upload session.
+const SESSION_PREFIX: &str = "repl/up/";
+
+/// What a blob transfer carries in its first message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobHeader {
+    /// Repository the blob is for.
+    pub repo: RepoName,
+    /// Its digest.
+    pub digest: Digest,
+    /// Its full size.
+    pub size: u64,
+    /// Where this transfer's data starts.
+    pub offset: u64,
+}
+
+/// A manifest's exact bytes and media type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestDoc {
+    /// Media type.
+    pub media_type: String,
+    /// Exact bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// One repository's replicated state, for anti-entropy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepoState {
+    /// Tag states (set and deleted) that pass the tag filter, in tag order.
+    pub tags: Vec<(String, TagState)>,
+    /// Manifest digests.
+    pub manifests: Vec<Digest>,
+}
+
+/// A repository's name and state hash.
+pub type RepoHash = (String, [u8; 32]);
+
+/// A blob's bytes from some offset.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionRef {
+    #[serde(rename = "r")]
+    repo: String,
+    id: String,
+}
+
+/// The local site.
+#[derive(Clone, Debug)]
+pub struct Local {
+    store: Store,
+    /// Digests being received right now (one transfer per digest at a time).
+    receiving: Arc<Mutex<HashSet<Digest>>>,
+}
+
+/// Releases a digest from [`Local::receiving`] when a transfer ends, however it ends.
+struct Receiving {
+    set: Arc<Mutex<HashSet<Digest>>>,
+    digest: Digest,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
+    }
+}
+
+fn session_key(digest: &Digest) -> Vec<u8> {
+    format!("{SESSION_PREFIX}{digest}").into_bytes()
+}
+
+/// The bucket (0-255) a repository falls in for anti-entropy: the first byte of its name's
+/// sha256.
+pub fn bucket_of(repo: &str) -> u8 {
+    Sha256::digest(repo.as_bytes())[0]
+}
+
+impl Local {
+    /// The local site over `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            receiving: Arc::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This site's name and last feed sequence.
+    pub fn hello(&self) -> Result<(String, u64)> {
+        Ok((
+            self.store.site().unwrap_or_default().to_string(),
+            self.store.index().last_seq().map_err(StoreError::from)?,
+        ))
+    }
+
+    /// Feed entries from `from`, at most `limit`; with `wait`, waits that long for the first
+    /// entry when there is none yet. Also returns the last sequence.
+    pub async fn feed(
+        &self,
+        from: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<(Vec<(u64, Event)>, u64)> {
+        let limit = limit.clamp(1, MAX_FEED_PAGE);
+        let mut watch = self.store.feed_watch();
+        if *watch.borrow_and_update() < from && !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, watch.wait_for(|last| *last >= from)).await;
+        }
+        let idx = self.store.index();
+        let last = idx.last_seq().map_err(StoreError::from)?;
+        let events = idx.feed(from, limit).map_err(StoreError::from)?;
+        Ok((events, last))
+    }
+
+    /// The transfer session of `digest`, if one is open: (repository, upload id, bytes held).
+    async fn session(&self, digest: &Digest) -> Result<Option<(RepoName, String, u64)>> {
+        let Some(raw) = self
+            .store
+            .index()
+            .meta(&session_key(digest))
+            .map_err(StoreError::from)?
+        else {
+            return Ok(None);
+        };
+        let Ok(r) = serde_json::from_slice::<SessionRef>(&raw) else {
+            tracing::warn!(%digest, "unreadable transfer session record; starting over");
+            return Ok(None);
+        };
+        let repo = crate::convert::repo(&r.repo)?;
+        match self.store.upload_status(&repo, &r.id).await {
+            Ok(st) => Ok(Some((repo, r.id, st.size))),
+            // Expired by garbage collection, or never got its first part before a restart.
+            Err(StoreError::BlobUploadUnknown(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_session(&self, digest: &Digest, r: Option<SessionRef>) -> Result<()> {
+        let mut batch = Batch::new();
+        match r {
+            Some(r) => batch.put_meta(
+                &session_key(digest),
+                serde_json::to_vec(&r)
+                    .map_err(|e| ReplError::Other(format!("encoding a session record: {e}")))?,
+            ),
+            None => batch.delete_meta(&session_key(digest)),
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.index().commit(batch))
+            .await
+            .map_err(|e| ReplError::Other(format!("session record task: {e}")))?
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Which of `blobs` the site lacks in `repo`, with the bytes it holds of each; blobs it
+    /// stores under other repositories are linked into `repo` and not reported. All of them
+    /// are kept from garbage collection for `hold`.
+    pub async fn missing_blobs(
+        &self,
+        repo: &RepoName,
+        blobs: &[(Digest, u64)],
+        hold: Duration,
+    ) -> Result<Vec<(Digest, u64)>> {
+        let until = self.store.now_ms() + hold.as_millis() as u64;
+        self.store.pin_blobs(blobs.iter().map(|(d, _)| d), until);
+        let mut out = Vec::new();
+        for (digest, size) in blobs {
+            match self.store.replica_link_blob(repo, digest).await? {
+                Some(have) if have == *size => {}
+                Some(have) => {
+                    return Err(ReplError::Invalid(format!(
+                        "blob {digest} is {have} bytes here, the source says {size}"
+                    )))
+                }
+                None => {
+                    let held = self.session(digest).await?.map(|(_, _, n)| n).unwrap_or(0);
+                    out.push((digest.clone(), held));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Receives a blob's bytes from `h.offset`, storing them in durable parts; verifies and
+    /// commits the blob when the last byte arrives. Returns the bytes held and whether the blob
+    /// is complete. A stream that ends early keeps what arrived; a stream error keeps it too
+    /// and is returned.
+    pub async fn put_blob<S>(&self, h: BlobHeader, mut data: S) -> Result<(u64, bool)>
+    where
+        S: Stream<Item = Result<Bytes>> + Unpin + Send,
+    {
+        if let Some(size) = self.store.replica_link_blob(&h.repo, &h.digest).await? {
+            return Ok((size, true));
+        }
+        if !self
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(h.digest.clone())
+        {
+            return Err(ReplError::Unavailable(format!(
+                "blob {} is being received by another transfer",
+                h.digest
+            )));
+        }
+        let _guard = Receiving {
+            set: self.receiving.clone(),
+            digest: h.digest.clone(),
+        };
+        let (repo, id, mut held) = match self.session(&h.digest).await? {
+            Some(s) => s,
+            None => {
+                let st = self.store.start_upload(&h.repo).await?;
+                self.write_session(
+                    &h.digest,
+                    Some(SessionRef {
+                        repo: h.repo.to_string(),
+                        id: st.id.clone(),
+                    }),
+                )
+                .await?;
+                (h.repo.clone(), st.id, 0)
+            }
+        };
+        if h.offset != held {
+            return Err(ReplError::OffsetMismatch { held });
+        }
+        let mut buf: Vec<Bytes> = Vec::new();
+        let mut buffered = 0usize;
+        let mut failed = None;
+        loop {
+            let next = data.next().await;
+            let end = match next {
+                Some(Ok(b)) => {
+                    if held + (buffered + b.len()) as u64 > h.size {
+                        failed = Some(ReplError::Invalid(format!(
+                            "blob {} is {} bytes but more arrived",
+                            h.digest, h.size
+                        )));
+                        true
+                    } else {
+                        buffered += b.len();
+                        buf.push(b);
+                        false
+                    }
+                }
+                Some(Err(e)) => {
+                    failed = Some(e);
+                    true
+                }
+                None => true,
+            };
+            if (end || buffered >= PART_BYTES) && buffered > 0 {
+                let part = std::mem::take(&mut buf);
+                let st = self
+                    .store
+                    .append_upload(
+                        &repo,
+                        &id,
+                        Some(held),
+                        futures::stream::iter(part.into_iter().map(Ok::<_, Infallible>)),
+                    )
+                    .await
+                    .map_err(|e| {
+                        ReplError::from(e).context(format!("storing blob {}", h.digest))
+                    })?;
+                held = st.size;
+                buffered = 0;
+            }
+            if end {
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if held < h.size {
+            return Ok((held, false));
+        }
+        let finished = self
+            .store
+            .finish_upload(
+                &repo,
+                &id,
+                &h.digest,
+                None::<futures::stream::Empty<std::result::Result<Bytes, Infallible>>>,
+            )
+            .await;
+        // Finished or refused, the session is over (a digest mismatch drops the bytes).
+        self.write_session(&h.digest, None).await?;
+        finished
+            .map_err(|e| ReplError::from(e).context(format!("committing blob {}", h.digest)))?;
+        if repo != h.repo {
+            self.store.replica_link_blob(&h.repo, &h.digest).await?;
+        }
+        Ok((h.size, true))
+    }
+
+    /// A blob's size and its bytes from `offset`.
+    pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<(u64, ByteStream)> {
+        let info = self.store.stat_blob(repo, digest)?;
+        if offset > info.size {
+            return Err(ReplError::Invalid(format!(
+                "offset {offset} is past the end of blob {digest} ({} bytes)",
+                info.size
+            )));
+        }
+        if offset == info.size {
+            return Ok((info.size, futures::stream::empty().boxed()));
+        }
+        let read = self
+            .store
+            .read_stat_blob(&info, Some(offset..info.size))
+            .await?;
+        let d = digest.clone();
+        let stream = read
+            .stream
+            .map(move |r| r.map_err(|e| ReplError::Other(format!("reading blob {d}: {e}"))))
+            .boxed();
+        Ok((info.size, stream))
+    }
+
+    /// A manifest's bytes, if `repo` holds it.
+    pub fn get_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestDoc>> {
+        match self
+            .store
+            .get_manifest(repo, &stowage_core::Reference::Digest(digest.clone()))
+        {
+            Ok(m) => Ok(Some(ManifestDoc {
+                media_type: m.media_type,
+                bytes: m.bytes,
+            })),
+            Err(StoreError::ManifestUnknown(_)) | Err(StoreError::NameUnknown(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `repo` holds manifest `digest`.
+    pub fn has_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .store
+            .index()
+            .manifest(repo, digest)
+            .map_err(StoreError::from)?
+            .is_some())
+    }
+
+    /// Stores a replicated manifest; whether it was new.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        doc: ManifestDoc,
+        origin: &str,
+    ) -> Result<bool> {
+        Ok(self
+            .store
+            .replica_put_manifest(repo, digest, &doc.media_type, doc.bytes, origin)
+            .await?)
+    }
+
+    /// Removes a manifest deleted at its origin (see [`Store::replica_delete_manifest`]).
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        origin: &str,
+    ) -> Result<bool> {
+        Ok(self
+            .store
+            .replica_delete_manifest(repo, digest, origin)
+            .await?)
+    }
+
+    /// A tag's state.
+    pub fn tag_state(&self, repo: &RepoName, tag: &str) -> Result<Option<TagState>> {
+        Ok(self.store.tag_state(repo, tag)?)
+    }
+
+    /// Applies a tag state if newer; whether it changed anything.
+    pub async fn apply_tag(&self, repo: &RepoName, tag: &str, state: &TagState) -> Result<bool> {
+        Ok(self.store.replica_apply_tag(repo, tag, state).await?)
+    }
+
+    /// One repository's state hash: its tags (those passing the filter) and, without a tag
+    /// filter, its manifests. `None` when there is nothing to compare (no tags, no manifests).
+    fn repo_hash(&self, repo: &RepoName, filters: &Filters) -> Result<Option<[u8; 32]>> {
+        let state = self.repo_state_sync(repo, filters)?;
+        let mut h = Sha256::new();
+        let mut any = false;
+        for (tag, s) in &state.tags {
+            if let TagState::Set { digest, .. } = s {
+                h.update(b"t\0");
+                h.update(tag.as_bytes());
+                h.update(b"\0");
+                h.update(digest.to_string().as_bytes());
+                h.update(b"\n");
+                any = true;
+            }
+        }
+        if filters.all_manifests() {
+            for d in &state.manifests {
+                h.update(b"m\0");
+                h.update(d.to_string().as_bytes());
+                h.update(b"\n");
+                any = true;
+            }
+        }
+        Ok(any.then(|| h.finalize().into()))
+    }
+
+    fn repos(&self, filters: &Filters) -> Result<Vec<RepoName>> {
+        let idx = self.store.index();
+        let mut out = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let page = idx.repos(last.as_deref(), 1000).map_err(StoreError::from)?;
+            let n = page.len();
+            last = page.last().map(|r| r.to_string());
+            out.extend(page.into_iter().filter(|r| filters.repo_ok(r.as_str())));
+            if n < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn hashes_sync(
+        &self,
+        filters: &Filters,
+        buckets: Option<&HashSet<u8>>,
+    ) -> Result<BTreeMap<u8, Vec<RepoHash>>> {
+        let mut out: BTreeMap<u8, Vec<RepoHash>> = BTreeMap::new();
+        for repo in self.repos(filters)? {
+            let b = bucket_of(repo.as_str());
+            if buckets.is_some_and(|set| !set.contains(&b)) {
+                continue;
+            }
+            if let Some(hash) = self.repo_hash(&repo, filters)? {
+                out.entry(b).or_default().push((repo.to_string(), hash));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The 256 bucket hashes of the filtered repositories.
+    pub async fn bucket_hashes(&self, filters: &Filters) -> Result<Vec<[u8; 32]>> {
+        let this = self.clone();
+        let filters = filters.clone();
+        let by_bucket = tokio::task::spawn_blocking(move || this.hashes_sync(&filters, None))
+            .await
+            .map_err(|e| ReplError::Other(format!("hashing task: {e}")))??;
+        Ok((0..=255u8)
+            .map(|b| {
+                let mut h = Sha256::new();
+                for (repo, hash) in by_bucket.get(&b).map(Vec::as_slice).unwrap_or_default() {
+                    h.update(repo.as_bytes());
+                    h.update(b"\0");
+                    h.update(hash);
+                }
+                h.finalize().into()
+            })
+            .collect())
+    }
+
+    /// Per-repository hashes of the repositories in `buckets`.
+    pub async fn repo_hashes(
+        &self,
+        filters: &Filters,
+        buckets: &[u8],
+    ) -> Result<Vec<(String, [u8; 32])>> {
+        let this = self.clone();
+        let filters = filters.clone();
+        let set: HashSet<u8> = buckets.iter().copied().collect();
+        let by_bucket = tokio::task::spawn_blocking(move || this.hashes_sync(&filters, Some(&set)))
+            .await
+            .map_err(|e| ReplError::Other(format!("hashing task: {e}")))??;
+        Ok(by_bucket.into_values().flatten().collect())
+    }
+
+    fn repo_state_sync(&self, repo: &RepoName, filters: &Filters) -> Result<RepoState> {
+        let tags = self
+            .store
+            .tag_states(repo)?
+            .into_iter()
+            .filter(|(t, _)| filters.tag_ok(t))
+            .collect();
+        let mut manifests: Vec<Digest> = self
+            .store
+            .index()
+            .manifests(repo)
+            .map_err(StoreError::from)?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        manifests.sort_by_key(|d| d.to_string());
+        Ok(RepoState { tags, manifests })
+    }
+
+    /// One repository's state.
+    pub fn repo_state(&self, repo: &RepoName, filters: &Filters) -> Result<RepoState> {
+        self.repo_state_sync(repo, filters)
+    }
+}

@@ -1,0 +1,393 @@
+//! The `Replication` gRPC service: this site's side for peers, and `Status` / `Sync` for the
+//! operator's `stowage repl`.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use stowage_rpc::v1 as pb;
+use stowage_rpc::v1::replication_server::{Replication, ReplicationServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::error::ReplError;
+use crate::glob::Filters;
+use crate::local::{BlobHeader, Local};
+use crate::remote::{rechunk, CHUNK, MAX_MESSAGE};
+use crate::replicator::{sync_to_proto, Replicator};
+
+/// Longest long poll a reader may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// The service.
+#[derive(Clone, Debug)]
+pub struct ReplicationService {
+    local: Local,
+    replicator: Option<Replicator>,
+}
+
+fn filters(f: Option<pb::Filters>) -> Filters {
+    let f = f.unwrap_or_default();
+    Filters {
+        repositories: f.repositories,
+        tags: f.tags,
+    }
+}
+
+type BlobStreamOut = Pin<Box<dyn Stream<Item = Result<pb::BlobChunk, Status>> + Send>>;
+
+/// Logs failures the peer will see, with what was asked.
+fn fail(doing: &str, e: ReplError) -> Status {
+    match &e {
+        ReplError::Other(_) => tracing::error!(error = %e, "replication request failed: {doing}"),
+        _ => tracing::debug!(error = %e, "replication request refused: {doing}"),
+    }
+    e.into()
+}
+
+impl ReplicationService {
+    /// Serves `local`; `replicator` answers `Status` and `Sync` (absent: no peers configured).
+    pub fn new(local: Local, replicator: Option<Replicator>) -> Self {
+        Self { local, replicator }
+    }
+
+    /// The tonic service, with message limits fit for manifests and repository states.
+    pub fn into_server(self) -> ReplicationServer<Self> {
+        ReplicationServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    async fn hello(
+        &self,
+        req: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let (site, seq) = self.local.hello().map_err(|e| fail("hello", e))?;
+        tracing::debug!(peer = %req.get_ref().site, "hello from a peer");
+        Ok(Response::new(pb::HelloResponse {
+            site,
+            feed_sequence: seq,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn read_feed(
+        &self,
+        req: Request<pb::ReadFeedRequest>,
+    ) -> Result<Response<pb::ReadFeedResponse>, Status> {
+        let r = req.into_inner();
+        let wait = Duration::from_millis(u64::from(r.wait_ms)).min(MAX_WAIT);
+        let (events, last) = self
+            .local
+            .feed(r.from_sequence, r.limit as usize, wait)
+            .await
+            .map_err(|e| fail("reading the feed", e))?;
+        Ok(Response::new(pb::ReadFeedResponse {
+            events: events
+                .iter()
+                .map(|(seq, e)| convert::event_to_proto(*seq, e))
+                .collect(),
+            last_sequence: last,
+        }))
+    }
+
+    async fn missing_blobs(
+        &self,
+        req: Request<pb::MissingBlobsRequest>,
+    ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
+        let r = req.into_inner();
+        let repo = convert::repo(&r.repository)?;
+        let blobs = r
+            .blobs
+            .iter()
+            .map(|b| Ok((convert::digest(&b.digest)?, b.size)))
+            .collect::<Result<Vec<_>, ReplError>>()?;
+        let hold = Duration::from_millis(r.hold_ms).min(Duration::from_secs(24 * 3600));
+        let missing = self
+            .local
+            .missing_blobs(&repo, &blobs, hold)
+            .await
+            .map_err(|e| fail("listing missing blobs", e))?;
+        Ok(Response::new(pb::MissingBlobsResponse {
+            missing: missing
+                .into_iter()
+                .map(|(d, offset)| pb::MissingBlob {
+                    digest: d.to_string(),
+                    offset,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn put_blob(
+        &self,
+        req: Request<Streaming<pb::BlobChunk>>,
+    ) -> Result<Response<pb::PutBlobResponse>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty blob stream"))?;
+        let h = first.header.ok_or_else(|| {
+            Status::invalid_argument("the first blob chunk must carry the header")
+        })?;
+        let header = BlobHeader {
+            repo: convert::repo(&h.repository)?,
+            digest: convert::digest(&h.digest)?,
+            size: h.size,
+            offset: h.offset,
+        };
+        let digest = header.digest.clone();
+        let head =
+            futures::stream::iter((!first.data.is_empty()).then(|| Ok(Bytes::from(first.data))));
+        let rest = inbound.map(|m| match m {
+            Ok(c) => Ok(Bytes::from(c.data)),
+            Err(s) => Err(ReplError::Unavailable(format!(
+                "blob stream broke off: {s}"
+            ))),
+        });
+        let (received, complete) = self
+            .local
+            .put_blob(header, head.chain(rest))
+            .await
+            .map_err(|e| fail(&format!("receiving blob {digest}"), e))?;
+        Ok(Response::new(pb::PutBlobResponse { received, complete }))
+    }
+
+    type GetBlobStream = BlobStreamOut;
+
+    async fn get_blob(
+        &self,
+        req: Request<pb::GetBlobRequest>,
+    ) -> Result<Response<Self::GetBlobStream>, Status> {
+        let r = req.into_inner();
+        let repo = convert::repo(&r.repository)?;
+        let digest = convert::digest(&r.digest)?;
+        let (size, data) = self
+            .local
+            .read_blob(&repo, &digest, r.offset)
+            .await
+            .map_err(|e| fail(&format!("reading blob {digest}"), e))?;
+        let header = pb::BlobChunk {
+            header: Some(pb::BlobHeader {
+                repository: r.repository,
+                digest: r.digest,
+                size,
+                offset: r.offset,
+            }),
+            data: Vec::new(),
+        };
+        let body = rechunk(data, CHUNK).map(|item| match item {
+            Ok(b) => Ok(pb::BlobChunk {
+                header: None,
+                data: b.to_vec(),
+            }),
+            Err(e) => Err(Status::from(e)),
+        });
+        let out = futures::stream::once(futures::future::ready(Ok(header))).chain(body);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get_manifest(
+        &self,
+        req: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<pb::Manifest>, Status> {
+        let r = req.into_inner();
+        let repo = convert::repo(&r.repository)?;
+        let digest = convert::digest(&r.digest)?;
+        let doc = self
+            .local
+            .get_manifest(&repo, &digest)
+            .map_err(|e| fail("reading a manifest", e))?
+            .ok_or_else(|| Status::not_found(format!("{repo}@{digest}")))?;
+        Ok(Response::new(pb::Manifest {
+            repository: r.repository,
+            digest: r.digest,
+            media_type: doc.media_type,
+            content: doc.bytes,
+            origin: String::new(),
+        }))
+    }
+
+    async fn put_manifest(
+        &self,
+        req: Request<pb::Manifest>,
+    ) -> Result<Response<pb::PutManifestResponse>, Status> {
+        let m = req.into_inner();
+        let repo = convert::repo(&m.repository)?;
+        let digest = convert::digest(&m.digest)?;
+        if m.origin.is_empty() {
+            return Err(Status::invalid_argument(
+                "a replicated manifest needs its origin site",
+            ));
+        }
+        let stored = self
+            .local
+            .put_manifest(
+                &repo,
+                &digest,
+                crate::local::ManifestDoc {
+                    media_type: m.media_type,
+                    bytes: m.content,
+                },
+                &m.origin,
+            )
+            .await
+            .map_err(|e| fail(&format!("storing manifest {repo}@{digest}"), e))?;
+        Ok(Response::new(pb::PutManifestResponse { stored }))
+    }
+
+    async fn delete_manifest(
+        &self,
+        req: Request<pb::DeleteManifestRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = req.into_inner();
+        let repo = convert::repo(&r.repository)?;
+        let digest = convert::digest(&r.digest)?;
+        if r.origin.is_empty() {
+            return Err(Status::invalid_argument(
+                "a replicated delete needs its origin site",
+            ));
+        }
+        let applied = self
+            .local
+            .delete_manifest(&repo, &digest, &r.origin)
+            .await
+            .map_err(|e| fail(&format!("deleting manifest {repo}@{digest}"), e))?;
+        Ok(Response::new(pb::ApplyResponse { applied }))
+    }
+
+    async fn get_tag(
+        &self,
+        req: Request<pb::GetTagRequest>,
+    ) -> Result<Response<pb::TagState>, Status> {
+        let r = req.into_inner();
+        let repo = convert::repo(&r.repository)?;
+        let state = self
+            .local
+            .tag_state(&repo, &r.tag)
+            .map_err(|e| fail("reading a tag", e))?;
+        Ok(Response::new(convert::tag_to_proto(
+            &r.repository,
+            &r.tag,
+            state.as_ref(),
+        )))
+    }
+
+    async fn apply_tag(
+        &self,
+        req: Request<pb::TagState>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let t = req.into_inner();
+        let repo = convert::repo(&t.repository)?;
+        stowage_core::Tag::parse(&t.tag)
+            .map_err(|e| Status::invalid_argument(format!("tag {:?}: {e}", t.tag)))?;
+        let state = convert::tag_from_proto(&t)?
+            .ok_or_else(|| Status::invalid_argument("a tag state needs a version and origin"))?;
+        let applied = self
+            .local
+            .apply_tag(&repo, &t.tag, &state)
+            .await
+            .map_err(|e| fail(&format!("applying tag {repo}:{}", t.tag), e))?;
+        Ok(Response::new(pb::ApplyResponse { applied }))
+    }
+
+    async fn range_hashes(
+        &self,
+        req: Request<pb::RangeHashesRequest>,
+    ) -> Result<Response<pb::RangeHashesResponse>, Status> {
+        let r = req.into_inner();
+        let f = filters(r.filters);
+        if r.buckets.is_empty() {
+            let buckets = self
+                .local
+                .bucket_hashes(&f)
+                .await
+                .map_err(|e| fail("hashing buckets", e))?;
+            return Ok(Response::new(pb::RangeHashesResponse {
+                buckets: buckets.iter().map(|b| b.to_vec()).collect(),
+                repositories: Vec::new(),
+            }));
+        }
+        let buckets = r
+            .buckets
+            .iter()
+            .map(|b| {
+                u8::try_from(*b)
+                    .map_err(|_| Status::invalid_argument(format!("bucket {b} is not 0-255")))
+            })
+            .collect::<Result<Vec<u8>, Status>>()?;
+        let repos = self
+            .local
+            .repo_hashes(&f, &buckets)
+            .await
+            .map_err(|e| fail("hashing repositories", e))?;
+        Ok(Response::new(pb::RangeHashesResponse {
+            buckets: Vec::new(),
+            repositories: repos
+                .into_iter()
+                .map(|(repository, hash)| pb::RepoHash {
+                    repository,
+                    hash: hash.to_vec(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn repo_state(
+        &self,
+        req: Request<pb::RepoStateRequest>,
+    ) -> Result<Response<pb::RepoStateResponse>, Status> {
+        let r = req.into_inner();
+        let repo = convert::repo(&r.repository)?;
+        let state = self
+            .local
+            .repo_state(&repo, &filters(r.filters))
+            .map_err(|e| fail("reading a repository's state", e))?;
+        Ok(Response::new(pb::RepoStateResponse {
+            tags: state
+                .tags
+                .iter()
+                .map(|(t, s)| convert::tag_to_proto(&r.repository, t, Some(s)))
+                .collect(),
+            manifests: state.manifests.iter().map(|d| d.to_string()).collect(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let (site, seq) = self.local.hello().map_err(|e| fail("status", e))?;
+        Ok(Response::new(pb::StatusResponse {
+            site,
+            feed_sequence: seq,
+            peers: self
+                .replicator
+                .as_ref()
+                .map(|r| r.status())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn sync(
+        &self,
+        req: Request<pb::SyncRequest>,
+    ) -> Result<Response<pb::SyncResponse>, Status> {
+        let peer = req.into_inner().peer;
+        let repl = self
+            .replicator
+            .as_ref()
+            .ok_or_else(|| Status::not_found("no replication peers are configured"))?;
+        let r = repl
+            .sync(&peer)
+            .await
+            .map_err(|e| fail(&format!("anti-entropy with {peer}"), e))?;
+        tracing::info!(peer, ?r, "anti-entropy on request done");
+        Ok(Response::new(sync_to_proto(&r)))
+    }
+}

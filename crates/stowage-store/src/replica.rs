@@ -1,0 +1,372 @@
+//! What replication needs from the store: versioned tags and their tombstones, applying
+//! replicated manifests, tags and deletes under the site they originated at, linking blobs the
+//! site already stores, and pins that keep blobs in transfer safe from garbage collection.
+//!
+//! Tag versions make two sites that change the same tag converge: every state of a tag (set to
+//! a digest, or deleted) carries `(ms, origin)`, and of two states the larger version wins, on
+//! both sides, whatever order they arrive in. A local change always gets a version larger than
+//! the state it replaces, so it wins locally and travels on. Deletes leave a tombstone holding
+//! their version, so an older set arriving later cannot bring the tag back.
+
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+use stowage_core::{Digest, Reference, RepoName};
+use stowage_index::{keys, Batch, BlobState, EventKind, RefKind, TagRecord};
+
+use crate::manifests::Author;
+use crate::{Result, Store, StoreError};
+
+/// Stripes of the tag locks.
+pub(crate) const TAG_LOCKS: usize = 256;
+
+/// Prefix of tag tombstones in the index's extension keyspace.
+const TOMBSTONE_PREFIX: &[u8] = b"tomb/";
+
+/// Version of one state of a tag. Ordered by time, then by origin site name, so any two
+/// distinct versions compare the same way on every site.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TagVersion {
+    /// When the state was set (unix ms at its origin, made larger than the state it replaced).
+    pub ms: u64,
+    /// Site where it was set (empty for tags written before replication existed).
+    pub origin: String,
+}
+
+/// One state of a tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TagState {
+    /// The tag points at `digest`.
+    Set {
+        /// Manifest digest.
+        digest: Digest,
+        /// Version of this state.
+        version: TagVersion,
+    },
+    /// The tag was deleted.
+    Deleted {
+        /// Version of the delete.
+        version: TagVersion,
+    },
+}
+
+impl TagState {
+    /// The state's version.
+    pub fn version(&self) -> &TagVersion {
+        match self {
+            TagState::Set { version, .. } | TagState::Deleted { version } => version,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Tombstone {
+    #[serde(rename = "u")]
+    ms: u64,
+    #[serde(rename = "o")]
+    origin: String,
+}
+
+/// Key of a tag's tombstone in the extension keyspace.
+pub(crate) fn tombstone_key(repo: &RepoName, tag: &str) -> Vec<u8> {
+    let mut k = TOMBSTONE_PREFIX.to_vec();
+    k.extend_from_slice(&keys::repo_tag(repo, tag));
+    k
+}
+
+fn record_version(rec: &TagRecord) -> TagVersion {
+    TagVersion {
+        ms: rec.updated_ms,
+        origin: rec.origin.clone().unwrap_or_default(),
+    }
+}
+
+fn decode_tombstone(bytes: &[u8]) -> Result<TagVersion> {
+    let t: Tombstone = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Internal(format!("tag tombstone is not valid: {e}")))?;
+    Ok(TagVersion {
+        ms: t.ms,
+        origin: t.origin,
+    })
+}
+
+impl Store {
+    /// Locks tag `tag` of `repo` against other read-modify-writes of it. Taken after any
+    /// digest locks, never before.
+    pub(crate) async fn lock_tag(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        repo.as_str().hash(&mut h);
+        tag.hash(&mut h);
+        let i = (h.finish() % TAG_LOCKS as u64) as usize;
+        self.inner.tag_locks[i].lock().await
+    }
+
+    /// The version a local change of a tag gets: now, but always past the state it replaces
+    /// (the current tag `current`, or its tombstone), so the change wins even against a peer
+    /// whose clock runs ahead. Caller holds the tag's lock.
+    pub(crate) fn next_tag_version(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        current: Option<&TagRecord>,
+    ) -> Result<TagVersion> {
+        let prior = match current {
+            Some(rec) => Some(record_version(rec)),
+            None => self.tombstone(repo, tag)?,
+        };
+        let ms = match prior {
+            Some(v) => self.now_ms().max(v.ms.saturating_add(1)),
+            None => self.now_ms(),
+        };
+        Ok(TagVersion {
+            ms,
+            origin: self.site().unwrap_or_default().to_string(),
+        })
+    }
+
+    pub(crate) fn put_tombstone(
+        &self,
+        batch: &mut Batch,
+        repo: &RepoName,
+        tag: &str,
+        version: &TagVersion,
+    ) {
+        let t = Tombstone {
+            ms: version.ms,
+            origin: version.origin.clone(),
+        };
+        // Serialising two plain fields cannot fail; an empty value would read back as an error.
+        let bytes = serde_json::to_vec(&t).unwrap_or_default();
+        batch.put_meta(&tombstone_key(repo, tag), bytes);
+    }
+
+    fn tombstone(&self, repo: &RepoName, tag: &str) -> Result<Option<TagVersion>> {
+        match self.inner.index.meta(&tombstone_key(repo, tag))? {
+            Some(bytes) => Ok(Some(decode_tombstone(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The current state of a tag: set, deleted (a tombstone), or never seen.
+    pub fn tag_state(&self, repo: &RepoName, tag: &str) -> Result<Option<TagState>> {
+        if let Some(rec) = self.inner.index.tag(repo, tag)? {
+            return Ok(Some(TagState::Set {
+                version: record_version(&rec),
+                digest: rec.digest,
+            }));
+        }
+        Ok(self
+            .tombstone(repo, tag)?
+            .map(|version| TagState::Deleted { version }))
+    }
+
+    /// Every tag state of `repo` (set tags and tombstones), in tag order.
+    pub fn tag_states(&self, repo: &RepoName) -> Result<Vec<(String, TagState)>> {
+        let idx = &self.inner.index;
+        let mut out: std::collections::BTreeMap<String, TagState> = Default::default();
+        let prefix = tombstone_key(repo, "");
+        for (k, v) in idx.meta_scan(&prefix)? {
+            let tag = String::from_utf8(k[prefix.len()..].to_vec())
+                .map_err(|e| StoreError::Internal(format!("tombstone tag not UTF-8: {e}")))?;
+            out.insert(
+                tag,
+                TagState::Deleted {
+                    version: decode_tombstone(&v)?,
+                },
+            );
+        }
+        let mut last: Option<String> = None;
+        loop {
+            let page = idx.tags(repo, last.as_deref(), 1000)?;
+            let Some((end, _)) = page.last() else { break };
+            last = Some(end.clone());
+            let n = page.len();
+            for (tag, rec) in page {
+                out.insert(
+                    tag,
+                    TagState::Set {
+                        version: record_version(&rec),
+                        digest: rec.digest,
+                    },
+                );
+            }
+            if n < 1000 {
+                break;
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Stores a manifest received from a peer, recording `origin` as where it came from.
+    /// Returns whether it was new here. Fails like a push would when something it references
+    /// is missing ([`StoreError::ManifestBlobUnknown`]).
+    pub async fn replica_put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        media_type: &str,
+        bytes: Vec<u8>,
+        origin: &str,
+    ) -> Result<bool> {
+        if self.inner.index.manifest(repo, digest)?.is_some() {
+            return Ok(false);
+        }
+        let content_type = (!media_type.is_empty()).then_some(media_type);
+        self.put_manifest_from(
+            repo,
+            &Reference::Digest(digest.clone()),
+            content_type,
+            bytes,
+            Some(origin),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Applies a tag state received from a peer if it is newer than the state here. Returns
+    /// whether it changed anything. A set needs its manifest present in `repo`
+    /// ([`StoreError::ManifestUnknown`] otherwise).
+    pub async fn replica_apply_tag(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        state: &TagState,
+    ) -> Result<bool> {
+        let idx = &self.inner.index;
+        match state {
+            TagState::Set { digest, version } => {
+                // The manifest's lock, shared, as a push holds it: collection cannot remove the
+                // manifest between the check and the tag write.
+                let _held = self.inner.locks.shared([digest]).await;
+                let _tag_held = self.lock_tag(repo, tag).await;
+                if idx.manifest(repo, digest)?.is_none() {
+                    return Err(StoreError::ManifestUnknown(format!("{repo}@{digest}")));
+                }
+                if let Some(current) = self.tag_state(repo, tag)? {
+                    if current.version() >= version {
+                        return Ok(false);
+                    }
+                }
+                let mut batch = Batch::new();
+                self.ensure_repo(&mut batch, repo)?;
+                batch.put_tag(
+                    repo,
+                    tag,
+                    &TagRecord {
+                        digest: digest.clone(),
+                        updated_ms: version.ms,
+                        origin: Some(version.origin.clone()),
+                    },
+                );
+                batch.delete_meta(&tombstone_key(repo, tag));
+                let mut ev = self.event_from(EventKind::TagSet, repo, Some(&version.origin));
+                ev.digest = Some(digest.clone());
+                ev.tag = Some(tag.to_string());
+                batch.event(ev);
+                self.commit(batch).await?;
+                Ok(true)
+            }
+            TagState::Deleted { version } => {
+                let _tag_held = self.lock_tag(repo, tag).await;
+                let current = self.tag_state(repo, tag)?;
+                if let Some(current) = &current {
+                    if current.version() >= version {
+                        return Ok(false);
+                    }
+                }
+                let mut batch = Batch::new();
+                self.put_tombstone(&mut batch, repo, tag, version);
+                if let Some(TagState::Set { digest, .. }) = current {
+                    batch.delete_tag(repo, tag);
+                    let mut ev =
+                        self.event_from(EventKind::TagDeleted, repo, Some(&version.origin));
+                    ev.tag = Some(tag.to_string());
+                    ev.digest = Some(digest);
+                    batch.event(ev);
+                }
+                self.commit(batch).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes a manifest because its origin deleted it. Conservative: nothing happens (false)
+    /// when the manifest is absent, still tagged here, or the child of an index here; a tag
+    /// here may be a newer change that the delete must not undo.
+    pub async fn replica_delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        origin: &str,
+    ) -> Result<bool> {
+        let _held = self.inner.locks.exclusive([digest]).await;
+        let idx = &self.inner.index;
+        let Some(rec) = idx.manifest(repo, digest)? else {
+            return Ok(false);
+        };
+        if !idx.tags_pointing_at(repo, digest)?.is_empty() {
+            return Ok(false);
+        }
+        if idx
+            .referencing_in(digest, repo)?
+            .iter()
+            .any(|(_, kind)| *kind == RefKind::Child)
+        {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        let by = Author {
+            actor: Some("replication"),
+            origin: Some(origin),
+        };
+        self.remove_manifest(&mut batch, repo, digest, &rec, by, &[])?;
+        self.commit(batch).await?;
+        Ok(true)
+    }
+
+    /// Links a blob this site already stores into `repo` (replication's dedup: the peer had
+    /// the bytes under another repository). Returns its size, or `None` when the site does not
+    /// have it.
+    pub async fn replica_link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let _held = self.inner.locks.shared([digest]).await;
+        match self.inner.index.blob(digest)? {
+            Some(rec) if rec.state == BlobState::Present => {
+                self.link_present_blob(Batch::new(), repo, digest, rec.size)
+                    .await?;
+                Ok(Some(rec.size))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Keeps `digests` from garbage collection until `until_ms` (extends, never shortens).
+    pub fn pin_blobs<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>, until_ms: u64) {
+        let now = self.now_ms();
+        let mut pins = self
+            .inner
+            .pins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for d in digests {
+            let e = pins.entry(d.clone()).or_insert(until_ms);
+            *e = (*e).max(until_ms);
+        }
+        if pins.len() > 4096 {
+            pins.retain(|_, until| *until > now);
+        }
+    }
+
+    /// Whether `digest` is pinned at `now_ms`.
+    pub fn is_pinned(&self, digest: &Digest, now_ms: u64) -> bool {
+        self.inner
+            .pins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(digest)
+            .is_some_and(|until| *until > now_ms)
+    }
+}
