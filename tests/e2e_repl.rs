@@ -267,3 +267,309 @@ async fn a_chain_of_three_sites_converges() {
     let s = sync(&cloud, "dr");
     assert_eq!(s["repositories_differing"], 0, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ways_no_loops_and_conflicting_tags_converge() {
+    let root = tempfile::tempdir().unwrap();
+    let b = site(root.path(), "dc-b", &[]);
+    // Site A pushes to B and pulls from B: replication both ways, configured on one side.
+    let a = site(
+        root.path(),
+        "dc-a",
+        &[
+            Peer("b-out", &b.admin, "push", "anti_entropy_interval = \"0s\""),
+            Peer("b-in", &b.admin, "pull", "anti_entropy_interval = \"0s\""),
+        ],
+    );
+    let c = client();
+    let x = img(40, &[]);
+    let y = img(41, &[]);
+    push_image(&c, &a.base, "both/app", "from-a", &x).await;
+    push_image(&c, &b.base, "both/app", "from-b", &y).await;
+    wait_for("A's image at B", 20, || {
+        pulls_identical(&c, &b.base, "both/app", "from-a", &x)
+    })
+    .await;
+    wait_for("B's image at A", 20, || {
+        pulls_identical(&c, &a.base, "both/app", "from-b", &y)
+    })
+    .await;
+
+    // The same tags changed on both sides at once, several times.
+    for round in 0..6 {
+        let tag = format!("t{round}");
+        let (ia, ib) = (img(50 + round, &[]), img(60 + round, &[]));
+        tokio::join!(
+            push_image(&c, &a.base, "both/app", &tag, &ia),
+            push_image(&c, &b.base, "both/app", &tag, &ib),
+        );
+    }
+    for round in 0..6 {
+        let tag = format!("t{round}");
+        let (ia, ib) = (img(50 + round, &[]), img(60 + round, &[]));
+        wait_for(&format!("{tag} to converge"), 30, || async {
+            let (da, db) = (
+                tag_digest(&c, &a.base, "both/app", &tag).await,
+                tag_digest(&c, &b.base, "both/app", &tag).await,
+            );
+            da.is_some() && da == db
+        })
+        .await;
+        let winner = tag_digest(&c, &a.base, "both/app", &tag).await.unwrap();
+        assert!(
+            winner == ia.digest() || winner == ib.digest(),
+            "{tag} -> {winner}"
+        );
+        let won = if winner == ia.digest() { &ia } else { &ib };
+        assert!(pulls_identical(&c, &a.base, "both/app", &tag, won).await);
+        assert!(pulls_identical(&c, &b.base, "both/app", &tag, won).await);
+    }
+    // A delete on one side reaches the other.
+    let del = c
+        .delete(format!("{}/v2/both/app/manifests/from-b", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::ACCEPTED);
+    wait_for("from-b deleted at A", 20, || async {
+        tag_digest(&c, &a.base, "both/app", "from-b")
+            .await
+            .is_none()
+    })
+    .await;
+
+    // No loops: once both directions are in sync, neither feed grows any more.
+    wait_in_sync(&a, "b-out", 20).await;
+    wait_in_sync(&a, "b-in", 20).await;
+    let before = (
+        num(&status(&a), "feed_sequence"),
+        num(&status(&b), "feed_sequence"),
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = (
+        num(&status(&a), "feed_sequence"),
+        num(&status(&b), "feed_sequence"),
+    );
+    assert_eq!(
+        before, after,
+        "the feeds keep growing: changes are echoing between the sites"
+    );
+    for peer in ["b-out", "b-in"] {
+        let s = sync(&a, peer);
+        assert_eq!(s["repositories_differing"], 0, "{peer}: {s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_what_the_feed_did_not_carry() {
+    let root = tempfile::tempdir().unwrap();
+    let b = site(root.path(), "cloud", &[]);
+    let narrow = [Peer(
+        "cloud",
+        &b.admin,
+        "push",
+        "repositories = [\"team-a/**\"]\nanti_entropy_interval = \"0s\"",
+    )];
+    let a = site(root.path(), "private", &narrow);
+    let c = client();
+    let kept_out = img(70, &[]);
+    push_image(&c, &a.base, "team-b/app", "v1", &kept_out).await;
+    let marker = img(71, &[]);
+    push_image(&c, &a.base, "team-a/app", "v1", &marker).await;
+    wait_for("team-a at the cloud", 20, || {
+        pulls_identical(&c, &b.base, "team-a/app", "v1", &marker)
+    })
+    .await;
+    wait_in_sync(&a, "cloud", 10).await;
+    assert_eq!(tag_digest(&c, &b.base, "team-b/app", "v1").await, None);
+    // The operator widens the filter: the cursor is past team-b's events, so only anti-entropy
+    // can bring them.
+    let a_dir = a.data_dir.clone();
+    assert!(a.terminate().success());
+    let wide = [Peer(
+        "cloud",
+        &b.admin,
+        "push",
+        "anti_entropy_interval = \"0s\"",
+    )];
+    let cfg = config(root.path(), "private", &wide);
+    let a = Daemon::start_with(&a_dir, &["--config", cfg.to_str().unwrap()]);
+    let marker2 = img(72, &[]);
+    push_image(&c, &a.base, "team-a/app", "v2", &marker2).await;
+    wait_for("v2 at the cloud", 20, || {
+        pulls_identical(&c, &b.base, "team-a/app", "v2", &marker2)
+    })
+    .await;
+    assert_eq!(
+        tag_digest(&c, &b.base, "team-b/app", "v1").await,
+        None,
+        "events before the cursor are not replayed"
+    );
+    let s = sync(&a, "cloud");
+    assert!(s["buckets_differing"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["repositories_differing"], 1, "{s}");
+    assert_eq!(s["manifests_repaired"], 1, "{s}");
+    assert_eq!(s["tags_repaired"], 1, "{s}");
+    assert!(pulls_identical(&c, &b.base, "team-b/app", "v1", &kept_out).await);
+    let again = sync(&a, "cloud");
+    assert_eq!(again["buckets_differing"], 0, "{again}");
+    assert_eq!(
+        again["repositories_compared"], 0,
+        "agreeing sites compare no repository: {again}"
+    );
+    let p = peer_status(&a, "cloud");
+    assert_eq!(num(&p, "anti_entropy_runs"), 2, "{p}");
+    assert_eq!(num(&p, "anti_entropy_repairs"), 2, "{p}");
+}
+
+/// A free loopback port (for a daemon that must come back on the same address).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_target_during_a_large_transfer_resumes_from_its_offset() {
+    let mib: usize = std::env::var("STOWAGE_REPL_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let size = mib << 20;
+    let root = tempfile::tempdir().unwrap();
+    let b_admin = format!("127.0.0.1:{}", free_port());
+    let b = site_on(root.path(), "cloud", &b_admin, &[]);
+    let a = site(
+        root.path(),
+        "private",
+        &[Peer(
+            "cloud",
+            &b.admin,
+            "push",
+            "anti_entropy_interval = \"0s\"\nconcurrency = 1",
+        )],
+    );
+    let c = client();
+    let big = image(vec![data(size, 80)]);
+    for blob in &big.blobs {
+        common::image::push_blob(&c, &a.base, "big/app", blob).await;
+    }
+    put_manifest(&c, &a.base, "big/app", "v1", &big).await;
+    // Kill the target once a quarter of the layer has crossed.
+    let mut sent_at_kill = 0;
+    wait_for("a quarter of the layer sent", 120, || {
+        let p = peer_status(&a, "cloud");
+        sent_at_kill = num(&p, "bytes_sent");
+        async move { sent_at_kill >= (size / 4) as u64 }
+    })
+    .await;
+    b.kill9();
+    let b = site_on(root.path(), "cloud", &b_admin, &[]);
+    wait_in_sync(&a, "cloud", 300).await;
+    let p = peer_status(&a, "cloud");
+    let resumed = num(&p, "bytes_resumed");
+    let sent = num(&p, "bytes_sent");
+    assert!(
+        resumed >= 8 << 20,
+        "the transfer resumed from the bytes the target kept: {p}"
+    );
+    assert!(
+        resumed <= sent_at_kill + (64 << 20),
+        "resumed past what was sent: {p}"
+    );
+    assert!(
+        sent < big.blob_bytes() + sent_at_kill,
+        "the resumed transfer sent less than the whole layer again: {p}"
+    );
+    assert!(
+        pulls_identical(&c, &b.base, "big/app", "v1", &big).await,
+        "the layer pulls byte-identical from the target"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_faults_between_sites_then_anti_entropy_finds_no_difference() {
+    let root = tempfile::tempdir().unwrap();
+    let b = site(root.path(), "cloud", &[]);
+    let upstream: std::net::SocketAddr = b.admin.trim_start_matches("http://").parse().unwrap();
+    let proxy = stowage_faultproxy::FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
+        .await
+        .unwrap();
+    let via = format!("http://{}", proxy.local_addr());
+    let a = site(
+        root.path(),
+        "private",
+        &[Peer(
+            "cloud",
+            &via,
+            "push",
+            "anti_entropy_interval = \"0s\"",
+        )],
+    );
+    let faults = proxy.faults();
+    let c = client();
+    let base = data(400_000, 90);
+    let pushes = {
+        let (c, a_base, base) = (c.clone(), a.base.clone(), base.clone());
+        tokio::spawn(async move {
+            let mut pushed = Vec::new();
+            let until = Instant::now() + Duration::from_secs(12);
+            let mut i = 0u64;
+            while Instant::now() < until {
+                let im = img(100 + i, std::slice::from_ref(&base));
+                let (repo, tag) = (format!("chaos/app{}", i % 5), format!("t{}", i % 7));
+                push_image(&c, &a_base, &repo, &tag, &im).await;
+                pushed.push((repo, tag, im));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            pushed
+        })
+    };
+    // Delays, cuts, stalls, resets and a partition while the pushes go on.
+    faults.set_delay(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    faults.set_cut_rate(0.02);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    faults.set_cut_rate(0.0);
+    faults.set_stall_rate(0.05);
+    faults.set_stall_duration(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    faults.set_stall_rate(0.0);
+    for _ in 0..3 {
+        faults.reset_all();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    faults.partition(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pushed = pushes.await.unwrap();
+    faults.heal();
+    assert!(
+        proxy.stats().resets_injected > 0,
+        "faults were injected: {:?}",
+        proxy.stats()
+    );
+    wait_in_sync(&a, "cloud", 90).await;
+    let p = peer_status(&a, "cloud");
+    assert!(
+        num(&p, "errors") > 0 && num(&p, "retries") > 0,
+        "the replicator saw the faults: {p}"
+    );
+    // The last push of each tag is what both sites hold.
+    let mut last = std::collections::BTreeMap::new();
+    for (repo, tag, im) in &pushed {
+        last.insert((repo.clone(), tag.clone()), im.clone());
+    }
+    for ((repo, tag), im) in &last {
+        assert!(
+            pulls_identical(&c, &b.base, repo, tag, im).await,
+            "{repo}:{tag} at the cloud"
+        );
+    }
+    let s = sync(&a, "cloud");
+    assert_eq!(s["buckets_differing"], 0, "anti-entropy after healing: {s}");
+    assert_eq!(s["repositories_differing"], 0, "{s}");
+    proxy.stop().await;
+}
