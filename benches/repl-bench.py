@@ -309,12 +309,16 @@ class Env:
 
     def __init__(self, args):
         self.args = args
-        os.makedirs(args.tmp_root, exist_ok=True)
-        self.root = tempfile.mkdtemp(prefix="repl-bench-", dir=args.tmp_root)
         if not os.path.isfile(args.bin):
             raise BenchError(f"no stowage binary at {args.bin} (build it, or pass --bin)")
+        os.makedirs(args.tmp_root, exist_ok=True)
+        self.root = tempfile.mkdtemp(prefix="repl-bench-", dir=args.tmp_root)
         self.bin = os.path.join(self.root, "stowage")
-        shutil.copy2(args.bin, self.bin)
+        try:
+            shutil.copy2(args.bin, self.bin)
+        except OSError:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         self.daemons = []
         self.seq = 0
 
@@ -423,11 +427,18 @@ class Daemon:
         raise BenchError(f"{self.label}: no peer {name} in repl status")
 
     def wait_in_sync(self, timeout, interval=0.1, name="b"):
-        """Polls status until peer `name` is in_sync with lag 0; returns (peer, seconds)."""
+        """Polls status until peer `name` is in_sync with lag 0 and its cursor has reached the
+        site's feed sequence of the same status answer (the peer's state is only refreshed when
+        the replicator reads the feed, so right after a push it can still show the previous
+        in_sync); returns (peer, seconds)."""
         t0 = time.monotonic()
         while True:
-            p = self.peer(name)
-            if p["state"] == "in_sync" and p["lag_events"] == 0:
+            st = self.status()
+            p = next((x for x in st["peers"] if x["name"] == name), None)
+            if p is None:
+                raise BenchError(f"{self.label}: no peer {name} in repl status")
+            if (p["state"] == "in_sync" and p["lag_events"] == 0
+                    and p["cursor"] >= st["feed_sequence"]):
                 return p, time.monotonic() - t0
             if self.proc.poll() is not None:
                 raise BenchError(f"daemon {self.label} exited with {self.proc.returncode}")
@@ -435,6 +446,15 @@ class Daemon:
                 raise BenchError(f"{self.label}: peer {name} not in sync after {timeout:.0f} s: "
                                  f"{json.dumps(p)}")
             time.sleep(interval)
+
+    def cpu_s(self):
+        """CPU seconds (user + system, all threads) the daemon has used so far."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
 
     def log_lines(self):
         try:
@@ -521,9 +541,11 @@ def cmd_throughput(env, a):
 
         # (a) direct push to a lone site B.
         b = env.start(f"r{r}-direct-b", "b")
+        cpu_b0, cpu_c0 = b.cpu_s(), time.process_time()
         t0 = time.monotonic()
         t_end = push_image(b.api, repo, tag, img, clients=a.clients)
         direct_s = t_end - t0
+        cpu_direct = {"b": b.cpu_s() - cpu_b0, "client": time.process_time() - cpu_c0}
         b.stop()
 
         # (b) replication A -> B'.
@@ -531,9 +553,11 @@ def cmd_throughput(env, a):
         am = env.start(f"r{r}-repl-a", "a", peer_admin=b2.admin, concurrency=a.concurrency)
         t_push0 = time.monotonic()
         t_put = push_image(am.api, repo, tag, img, clients=a.clients)
+        cpu_a0, cpu_b0 = am.cpu_s(), b2.cpu_s()
         push_a_s = t_put - t_push0
         t_vis = wait_visible(b2.api, repo, tag, img.digest, a.timeout, 0.02)
         repl_s = t_vis - t_put
+        cpu_repl = {"a": am.cpu_s() - cpu_a0, "b": b2.cpu_s() - cpu_b0}
         p, extra = am.wait_in_sync(a.timeout)
         sync_s = time.monotonic() - t_put
         notes = []
@@ -551,6 +575,7 @@ def cmd_throughput(env, a):
             "blobs_sent": p["blobs_sent"], "bytes_resumed": p["bytes_resumed"],
             "errors": p["errors"], "retries": p["retries"], "last_error": p["last_error"],
             "bytes_sent_ok": p["bytes_sent"] == total, "daemon_log_lines": logs,
+            "cpu_s_direct": cpu_direct, "cpu_s_repl": cpu_repl,
         }
         rounds.append(row)
         log(f"  round {r}: direct {row['direct_mib_s']:.1f} MiB/s ({direct_s:.2f} s), "
@@ -558,6 +583,8 @@ def cmd_throughput(env, a):
             f"{sync_s:.2f} s), ratio {row['ratio']:.2f}; push to A took {push_a_s:.2f} s; "
             f"bytes_sent {p['bytes_sent']} vs {total} "
             f"{'OK' if row['bytes_sent_ok'] else 'MISMATCH'}; peer errors {p['errors']}")
+        log(f"           CPU s: direct B {cpu_direct['b']:.2f} (client {cpu_direct['client']:.2f});"
+            f" replication A {cpu_repl['a']:.2f}, B {cpu_repl['b']:.2f}")
         for n in notes:
             log(n)
     med_ratio = statistics.median(x["ratio"] for x in rounds)
@@ -684,12 +711,19 @@ def cmd_lag(env, a):
     notes = []
     logs = log_report([b, am], notes)
     ms = [lags[i] * 1000 for i in range(n)]
+    # Median lag of the pushes scheduled in each second: flat when replication keeps up,
+    # rising when a backlog builds.
+    per_sec = {}
+    for i in range(n):
+        per_sec.setdefault(int(i / a.rate), []).append(ms[i])
+    by_second = [round(statistics.median(per_sec[k])) for k in sorted(per_sec)]
     achieved = n / (max(t_last - t_start, 1e-9))
     res = {
         "bench": "lag", "rate": a.rate, "seconds": a.seconds, "pushers": a.pushers,
         "poll_ms": a.poll_ms, "count": n, "achieved_rate": achieved,
         "lag_ms": {"p50": pct(ms, 50), "p90": pct(ms, 90), "p99": pct(ms, 99),
                    "max": max(ms), "mean": statistics.fmean(ms)},
+        "lag_p50_ms_by_second": by_second,
         "push_ms": {"p50": pct([v * 1000 for v in push_s.values()], 50),
                     "p99": pct([v * 1000 for v in push_s.values()], 99)},
         "start_slip_ms_max": max(slip.values()) * 1000,
@@ -710,6 +744,7 @@ def cmd_lag(env, a):
         f"{'met' if res['target_met'] else 'NOT met'}); bytes_sent during the run "
         f"{res['bytes_sent_during_run']} vs {res['expected_bytes_during_run']} expected "
         f"{'OK' if res['bytes_sent_ok'] else 'MISMATCH'}; peer errors {p['errors']}")
+    log(f"lag: median lag (ms) of the pushes of each second: {by_second}")
     for l in notes:
         log(l)
     am.stop()

@@ -612,3 +612,33 @@ async fn one_run_at_a_time_and_progress_ends_with_done() {
         e.gc.history(10).unwrap().len() as u64
     );
 }
+
+#[tokio::test]
+async fn replication_pins_keep_blobs_from_collection_until_they_expire() {
+    let e = env().await;
+    // At a source: an untagged image whose blobs an outgoing transfer is still sending.
+    let (_, _, blobs) = e
+        .image("app", "v1", &[b"sending-one", b"sending-two"])
+        .await;
+    e.store.untag(&repo("app"), "v1").await.unwrap();
+    // At a target: a blob received for a manifest that has not arrived yet.
+    let (waiting, _) = e.blob("other", b"received-before-its-manifest").await;
+    let (unpinned, _) = e.blob("other", b"nobody-needs-me").await;
+    e.age(2 * HOUR);
+    let until = e.store.now_ms() + HOUR;
+    e.store.pin_blobs(blobs.iter().chain([&waiting]), until);
+    let r = e.gc(false).await;
+    assert_eq!(r.totals.manifests_swept, 1, "manifests are not pinned");
+    for b in &blobs {
+        assert!(e.served("app", b), "{b} pinned by a transfer");
+    }
+    assert!(e.served("other", &waiting));
+    assert!(!e.served("other", &unpinned), "an unpinned orphan goes");
+    // Once the pins expire, the next run collects them.
+    e.age(HOUR + 1);
+    e.gc(false).await;
+    for b in &blobs {
+        assert!(!e.served("app", b));
+    }
+    assert!(!e.served("other", &waiting));
+}

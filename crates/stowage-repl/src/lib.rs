@@ -20,6 +20,9 @@ pub mod replicator;
 pub mod server;
 pub mod site;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{ReplError, Result};
 pub use glob::Filters;
 pub use local::Local;

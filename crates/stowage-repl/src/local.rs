@@ -200,6 +200,15 @@ impl Local {
         self.store.pin_blobs(blobs.iter().map(|(d, _)| d), until);
         let mut out = Vec::new();
         for (digest, size) in blobs {
+            // Refuse a size disagreement before linking anything.
+            if let Some(rec) = self.store.index().blob(digest).map_err(StoreError::from)? {
+                if rec.size != *size {
+                    return Err(ReplError::Invalid(format!(
+                        "blob {digest} is {} bytes here, the source says {size}",
+                        rec.size
+                    )));
+                }
+            }
             match self.store.replica_link_blob(repo, digest).await? {
                 Some(have) if have == *size => {}
                 Some(have) => {

@@ -519,3 +519,241 @@ async fn recorded_checksum_catches_corruption_on_read() {
     let err = read(&store, &repo("a"), &d).await.unwrap_err();
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
+
+/// A store for site `site` on a manual clock, with two small images pushed by digest into `r`.
+async fn replica_env(
+    dir: &std::path::Path,
+    site: &str,
+    clock: &stowage_core::ManualClock,
+    r: &RepoName,
+) -> (Store, Digest, Digest) {
+    let mut cfg = StoreConfig::new(dir);
+    cfg.site = Some(site.to_string());
+    let store = Store::open_with_clock(cfg, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for n in 0..2u8 {
+        let config = format!("{{\"n\":{n}}}").into_bytes();
+        let layer = vec![n; 100];
+        let (cd, ld) = (Digest::sha256(&config), Digest::sha256(&layer));
+        store.put_blob(r, &cd, body(&config)).await.unwrap();
+        store.put_blob(r, &ld, body(&layer)).await.unwrap();
+        let m = image((&cd, config.len() as u64), &[(&ld, 100)]);
+        let d = Digest::sha256(&m);
+        store
+            .put_manifest(r, &Reference::Digest(d.clone()), None, m)
+            .await
+            .unwrap();
+        out.push(d);
+    }
+    (store, out[0].clone(), out[1].clone())
+}
+
+fn set(d: &Digest, ms: u64, origin: &str) -> TagState {
+    TagState::Set {
+        digest: d.clone(),
+        version: TagVersion {
+            ms,
+            origin: origin.into(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn replicated_tag_states_apply_only_when_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = stowage_core::ManualClock::new(1_000_000);
+    let r = repo("app");
+    let (store, m1, m2) = replica_env(dir.path(), "a", &clock, &r).await;
+    store
+        .put_manifest(
+            &r,
+            &tag("t"),
+            None,
+            store
+                .get_manifest(&r, &Reference::Digest(m1.clone()))
+                .unwrap()
+                .bytes,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tag_state(&r, "t").unwrap(),
+        Some(set(&m1, 1_000_000, "a"))
+    );
+    // Same time, larger origin: wins. Older: loses. The same state again: no change.
+    assert!(store
+        .replica_apply_tag(&r, "t", &set(&m2, 1_000_000, "b"))
+        .await
+        .unwrap());
+    assert!(!store
+        .replica_apply_tag(&r, "t", &set(&m1, 999_999, "z"))
+        .await
+        .unwrap());
+    assert!(!store
+        .replica_apply_tag(&r, "t", &set(&m2, 1_000_000, "b"))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.tag_state(&r, "t").unwrap(),
+        Some(set(&m2, 1_000_000, "b"))
+    );
+    // A newer delete leaves a tombstone; an older set arriving after it does not revive the tag.
+    let del = TagState::Deleted {
+        version: TagVersion {
+            ms: 1_000_005,
+            origin: "b".into(),
+        },
+    };
+    assert!(store.replica_apply_tag(&r, "t", &del).await.unwrap());
+    assert_eq!(store.tag_state(&r, "t").unwrap(), Some(del.clone()));
+    assert!(store.index().tag(&r, "t").unwrap().is_none());
+    assert!(!store
+        .replica_apply_tag(&r, "t", &set(&m1, 1_000_003, "c"))
+        .await
+        .unwrap());
+    assert!(store.index().tag(&r, "t").unwrap().is_none());
+    // A local change always beats the state it replaces, even one stamped ahead of our clock.
+    store
+        .put_manifest(
+            &r,
+            &tag("t"),
+            None,
+            store
+                .get_manifest(&r, &Reference::Digest(m1.clone()))
+                .unwrap()
+                .bytes,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tag_state(&r, "t").unwrap(),
+        Some(set(&m1, 1_000_006, "a"))
+    );
+    store.untag(&r, "t").await.unwrap();
+    assert_eq!(
+        store.tag_state(&r, "t").unwrap(),
+        Some(TagState::Deleted {
+            version: TagVersion {
+                ms: 1_000_007,
+                origin: "a".into()
+            }
+        })
+    );
+    // Every state is listed, tombstones included.
+    assert!(store
+        .replica_apply_tag(&r, "u", &set(&m2, 5, "b"))
+        .await
+        .unwrap());
+    let states = store.tag_states(&r).unwrap();
+    assert_eq!(
+        states.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+        ["t", "u"]
+    );
+    // A set needs its manifest in the repository.
+    let missing = Digest::sha256(b"not a manifest here");
+    assert!(matches!(
+        store
+            .replica_apply_tag(&r, "v", &set(&missing, 9_999_999, "b"))
+            .await,
+        Err(StoreError::ManifestUnknown(_))
+    ));
+    // Replicated changes carry their origin in the feed; local ones carry this site.
+    let feed = store.index().feed(0, 1000).unwrap();
+    let origins: Vec<(EventKind, Option<String>)> = feed
+        .iter()
+        .filter(|(_, e)| e.tag.as_deref() == Some("t"))
+        .map(|(_, e)| (e.kind.clone(), e.origin.clone()))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            (EventKind::TagSet, Some("a".into())),
+            (EventKind::TagSet, Some("b".into())),
+            (EventKind::TagDeleted, Some("b".into())),
+            (EventKind::TagSet, Some("a".into())),
+            (EventKind::TagDeleted, Some("a".into())),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn replicated_manifest_puts_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = stowage_core::ManualClock::new(1_000_000);
+    let r = repo("app");
+    let (store, m1, m2) = replica_env(dir.path(), "b", &clock, &r).await;
+    let doc = store
+        .get_manifest(&r, &Reference::Digest(m1.clone()))
+        .unwrap();
+    // Already there: nothing new. Into another repository: refused until its blobs are linked.
+    assert!(!store
+        .replica_put_manifest(&r, &m1, &doc.media_type, doc.bytes.clone(), "a")
+        .await
+        .unwrap());
+    let other = repo("other");
+    assert!(matches!(
+        store
+            .replica_put_manifest(&other, &m1, &doc.media_type, doc.bytes.clone(), "a")
+            .await,
+        Err(StoreError::ManifestBlobUnknown(_))
+    ));
+    let parsed = stowage_core::parse_manifest(Some(&doc.media_type), &doc.bytes).unwrap();
+    for b in parsed.blob_references() {
+        assert_eq!(
+            store.replica_link_blob(&other, &b.digest).await.unwrap(),
+            Some(b.size)
+        );
+    }
+    assert_eq!(
+        store
+            .replica_link_blob(&other, &Digest::sha256(b"absent"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .replica_put_manifest(&other, &m1, &doc.media_type, doc.bytes.clone(), "a")
+        .await
+        .unwrap());
+    let last = store.index().feed(0, 1000).unwrap().pop().unwrap().1;
+    assert_eq!(
+        (last.kind, last.origin.as_deref()),
+        (EventKind::ManifestPut, Some("a"))
+    );
+    // A replicated delete never removes a manifest this site still tags.
+    assert!(store
+        .replica_apply_tag(&r, "keep", &set(&m2, 1, "a"))
+        .await
+        .unwrap());
+    assert!(!store.replica_delete_manifest(&r, &m2, "a").await.unwrap());
+    assert!(store.index().manifest(&r, &m2).unwrap().is_some());
+    assert!(store.replica_delete_manifest(&r, &m1, "a").await.unwrap());
+    assert!(store.index().manifest(&r, &m1).unwrap().is_none());
+    assert!(
+        !store.replica_delete_manifest(&r, &m1, "a").await.unwrap(),
+        "idempotent"
+    );
+    let last = store.index().feed(0, 1000).unwrap().pop().unwrap().1;
+    assert_eq!(
+        (last.kind, last.origin.as_deref()),
+        (EventKind::ManifestDeleted, Some("a"))
+    );
+}
+
+#[tokio::test]
+async fn the_feed_watch_follows_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut w = store.feed_watch();
+    let before = *w.borrow_and_update();
+    let d = Digest::sha256(b"x");
+    store.put_blob(&repo("a"), &d, body(b"x")).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), w.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(*w.borrow() > before);
+    assert_eq!(*w.borrow(), store.index().last_seq().unwrap());
+}
