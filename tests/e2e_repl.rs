@@ -179,6 +179,40 @@ async fn image_pushed_to_a_pulls_identical_from_b_and_only_missing_blobs_cross()
     })
     .await;
 
+    // A manifest deleted by digest (now untagged) goes at the target too.
+    let gone = c
+        .delete(format!(
+            "{}/v2/team-a/app/manifests/{}",
+            a.base,
+            one.digest()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::ACCEPTED);
+    wait_for(
+        "the deleted manifest gone at the cloud site",
+        20,
+        || async {
+            let r = c
+                .get(format!(
+                    "{}/v2/team-a/app/manifests/{}",
+                    b.base,
+                    one.digest()
+                ))
+                .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .unwrap();
+            r.status() == StatusCode::NOT_FOUND
+        },
+    )
+    .await;
+    assert!(
+        pulls_identical(&c, &b.base, "team-a/app", "v1", &two).await,
+        "the tagged image stays"
+    );
+
     // Filters: team-b is not replicated.
     let three = img(4, &[]);
     push_image(&c, &a.base, "team-b/app", "v1", &three).await;

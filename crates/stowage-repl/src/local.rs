@@ -18,9 +18,9 @@ use stowage_store::{Store, StoreError, TagState};
 use crate::error::{ReplError, Result};
 use crate::glob::Filters;
 
-/// Bytes a receiver gathers before storing them as one durable part of the transfer: what a
-/// transfer can lose when the receiving daemon dies.
-pub const PART_BYTES: usize = 8 << 20;
+/// Bytes a receiver stores as one durable part of a transfer (each part is fsynced and
+/// recorded): what a transfer can lose when the receiving daemon dies.
+pub const PART_BYTES: usize = 32 << 20;
 
 /// Largest feed page served at once.
 pub const MAX_FEED_PAGE: usize = 1000;
@@ -76,6 +76,7 @@ struct SessionRef {
 #[derive(Clone, Debug)]
 pub struct Local {
     store: Store,
+    part_bytes: usize,
     /// Digests being received right now (one transfer per digest at a time).
     receiving: Arc<Mutex<HashSet<Digest>>>,
 }
@@ -95,6 +96,69 @@ impl Drop for Receiving {
     }
 }
 
+/// How the input of a transfer ended, as seen by [`PartFeed`].
+#[derive(Debug, Default)]
+struct FeedState {
+    /// The input has no more bytes (ended or failed).
+    ended: bool,
+    /// It failed with this.
+    error: Option<ReplError>,
+}
+
+/// One part of a transfer: at most `left` bytes taken from `input` (the chunk that crosses
+/// the boundary is split, its rest carried to the next part). The input's end or failure is
+/// noted in `state`, so the part itself always ends cleanly.
+struct PartFeed<'a, S> {
+    input: &'a mut S,
+    carry: &'a mut Option<Bytes>,
+    left: usize,
+    state: &'a mut FeedState,
+}
+
+impl<S> Stream for PartFeed<'_, S>
+where
+    S: Stream<Item = Result<Bytes>> + Unpin,
+{
+    type Item = std::result::Result<Bytes, Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.left == 0 || this.state.ended {
+                return Poll::Ready(None);
+            }
+            let mut b = match this.carry.take() {
+                Some(b) => b,
+                None => match std::pin::Pin::new(&mut *this.input).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(b))) => b,
+                    Poll::Ready(Some(Err(e))) => {
+                        this.state.error = Some(e);
+                        this.state.ended = true;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(None) => {
+                        this.state.ended = true;
+                        return Poll::Ready(None);
+                    }
+                },
+            };
+            if b.is_empty() {
+                continue;
+            }
+            if b.len() > this.left {
+                *this.carry = Some(b.split_off(this.left));
+            }
+            this.left -= b.len();
+            return Poll::Ready(Some(Ok(b)));
+        }
+    }
+}
+
 fn session_key(digest: &Digest) -> Vec<u8> {
     format!("{SESSION_PREFIX}{digest}").into_bytes()
 }
@@ -110,8 +174,15 @@ impl Local {
     pub fn new(store: Store) -> Self {
         Self {
             store,
+            part_bytes: PART_BYTES,
             receiving: Arc::default(),
         }
+    }
+
+    /// Stores received blobs in durable parts of `n` bytes instead of [`PART_BYTES`].
+    pub fn with_part_bytes(mut self, n: usize) -> Self {
+        self.part_bytes = n.max(1);
+        self
     }
 
     /// The store.
@@ -269,57 +340,41 @@ impl Local {
         if h.offset != held {
             return Err(ReplError::OffsetMismatch { held });
         }
-        let mut buf: Vec<Bytes> = Vec::new();
-        let mut buffered = 0usize;
-        let mut failed = None;
-        loop {
-            let next = data.next().await;
-            let end = match next {
-                Some(Ok(b)) => {
-                    if held + (buffered + b.len()) as u64 > h.size {
-                        failed = Some(ReplError::Invalid(format!(
-                            "blob {} is {} bytes but more arrived",
-                            h.digest, h.size
-                        )));
-                        true
-                    } else {
-                        buffered += b.len();
-                        buf.push(b);
-                        false
-                    }
-                }
-                Some(Err(e)) => {
-                    failed = Some(e);
-                    true
-                }
-                None => true,
+        // Each part streams straight from the peer into the blob store (receiving and writing
+        // overlap); the part is durable and recorded when its append returns.
+        let mut carry: Option<Bytes> = None;
+        let mut fed = FeedState::default();
+        while held < h.size && !fed.ended {
+            let left = (h.size - held).min(self.part_bytes as u64) as usize;
+            let part = PartFeed {
+                input: &mut data,
+                carry: &mut carry,
+                left,
+                state: &mut fed,
             };
-            if (end || buffered >= PART_BYTES) && buffered > 0 {
-                let part = std::mem::take(&mut buf);
-                let st = self
-                    .store
-                    .append_upload(
-                        &repo,
-                        &id,
-                        Some(held),
-                        futures::stream::iter(part.into_iter().map(Ok::<_, Infallible>)),
-                    )
-                    .await
-                    .map_err(|e| {
-                        ReplError::from(e).context(format!("storing blob {}", h.digest))
-                    })?;
-                held = st.size;
-                buffered = 0;
-            }
-            if end {
-                break;
-            }
+            let st = self
+                .store
+                .append_upload(&repo, &id, Some(held), part)
+                .await
+                .map_err(|e| ReplError::from(e).context(format!("storing blob {}", h.digest)))?;
+            held = st.size;
         }
-        if let Some(e) = failed {
+        if let Some(e) = fed.error.take() {
             return Err(e);
         }
         if held < h.size {
             return Ok((held, false));
+        }
+        let extra = match carry {
+            Some(b) => !b.is_empty(),
+            None if fed.ended => false,
+            None => matches!(data.next().await, Some(Ok(b)) if !b.is_empty()),
+        };
+        if extra {
+            return Err(ReplError::Invalid(format!(
+                "blob {} is {} bytes but more arrived",
+                h.digest, h.size
+            )));
         }
         let finished = self
             .store

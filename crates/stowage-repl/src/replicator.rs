@@ -921,3 +921,23 @@ pub fn sync_to_proto(r: &SyncReport) -> pb::SyncResponse {
         duration_ms: r.duration.as_millis() as u64,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_limiter_holds_senders_to_the_rate() {
+        // 1 MiB/s with a burst of one second: 3 MiB cannot go out in less than about 2 s.
+        let l = Limiter::new(1 << 20);
+        let started = Instant::now();
+        for _ in 0..12 {
+            l.take(256 << 10).await;
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

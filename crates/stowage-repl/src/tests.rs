@@ -8,7 +8,10 @@ use stowage_core::{Digest, RepoName};
 use stowage_store::{Store, StoreConfig};
 
 use crate::error::ReplError;
-use crate::local::{BlobHeader, Local, PART_BYTES};
+use crate::local::{BlobHeader, Local};
+
+/// Part size in these tests.
+const PART_BYTES: usize = 1 << 20;
 
 fn repo(s: &str) -> RepoName {
     RepoName::parse(s).unwrap()
@@ -23,7 +26,7 @@ fn bytes_of(n: usize, seed: u8) -> Vec<u8> {
 /// `data` as a stream of 1 MiB chunks.
 fn chunks(data: &[u8]) -> impl futures::Stream<Item = crate::Result<Bytes>> + Unpin + Send {
     let v: Vec<crate::Result<Bytes>> = data
-        .chunks(1 << 20)
+        .chunks(300_000)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
     futures::stream::iter(v)
@@ -32,7 +35,7 @@ fn chunks(data: &[u8]) -> impl futures::Stream<Item = crate::Result<Bytes>> + Un
 async fn open(dir: &std::path::Path) -> Local {
     let mut cfg = StoreConfig::new(dir);
     cfg.site = Some("here".into());
-    Local::new(Store::open(cfg).await.unwrap())
+    Local::new(Store::open(cfg).await.unwrap()).with_part_bytes(PART_BYTES)
 }
 
 async fn read_all(l: &Local, r: &RepoName, d: &Digest) -> Vec<u8> {
@@ -53,7 +56,7 @@ async fn a_half_sent_blob_resumes_from_what_survived_a_restart() {
         size: data.len() as u64,
         offset,
     };
-    let first = 2 * PART_BYTES + (1 << 20);
+    let first = 2 * PART_BYTES + 4321;
     {
         let l = open(dir.path()).await;
         assert_eq!(
@@ -144,7 +147,7 @@ async fn a_broken_stream_keeps_what_arrived() {
     let data = bytes_of(2 * PART_BYTES, 3);
     let d = Digest::sha256(&data);
     let r = repo("app");
-    let arrived = PART_BYTES + (1 << 20);
+    let arrived = PART_BYTES + 777;
     let broken = chunks(&data[..arrived]).chain(futures::stream::iter(vec![Err(
         ReplError::Unavailable("cut".into()),
     )]));
