@@ -328,8 +328,8 @@ class Env:
         os.makedirs(d)
         return d
 
-    def start(self, label, site, peer_admin=None, concurrency=4):
-        return Daemon(self, label, site, peer_admin, concurrency)
+    def start(self, label, site, peer_admin=None, concurrency=4, cpus=None):
+        return Daemon(self, label, site, peer_admin, concurrency, cpus)
 
     def stop_all(self):
         for d in self.daemons:
@@ -348,7 +348,7 @@ class Env:
 
 
 class Daemon:
-    def __init__(self, env, label, site, peer_admin, concurrency):
+    def __init__(self, env, label, site, peer_admin, concurrency, cpus=None):
         self.env = env
         self.label = label
         self.dir = env.new_dir(label)
@@ -368,8 +368,10 @@ class Daemon:
         self.ready = threading.Event()
         self.stopped = False
         self.errf = open(self.log_path, "wb")
+        # With --cpu-split each site runs on a CPU of its own (taskset), as two machines would.
+        pin = ["taskset", "-c", cpus] if cpus is not None else []
         self.proc = subprocess.Popen(
-            [env.bin, "serve", "--data-dir", os.path.join(self.dir, "data"),
+            pin + [env.bin, "serve", "--data-dir", os.path.join(self.dir, "data"),
              "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
              "--config", self.cfg_path, "--log-level", "warn"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.errf)
@@ -539,8 +541,14 @@ def cmd_throughput(env, a):
         total = img.blob_bytes()
         repo, tag = "bench/throughput", f"r{r}"
 
+        # With --cpu-split: B (the target, in both measurements) on CPU 0; the pushing client
+        # and site A on CPU 1. Otherwise everything shares both CPUs.
+        cpu_b, cpu_a = ("0", "1") if a.cpu_split else (None, None)
+        if a.cpu_split:
+            os.sched_setaffinity(0, {1})
+
         # (a) direct push to a lone site B.
-        b = env.start(f"r{r}-direct-b", "b")
+        b = env.start(f"r{r}-direct-b", "b", cpus=cpu_b)
         cpu_b0, cpu_c0 = b.cpu_s(), time.process_time()
         t0 = time.monotonic()
         t_end = push_image(b.api, repo, tag, img, clients=a.clients)
@@ -549,8 +557,9 @@ def cmd_throughput(env, a):
         b.stop()
 
         # (b) replication A -> B'.
-        b2 = env.start(f"r{r}-repl-b", "b")
-        am = env.start(f"r{r}-repl-a", "a", peer_admin=b2.admin, concurrency=a.concurrency)
+        b2 = env.start(f"r{r}-repl-b", "b", cpus=cpu_b)
+        am = env.start(f"r{r}-repl-a", "a", peer_admin=b2.admin, concurrency=a.concurrency,
+                       cpus=cpu_a)
         t_push0 = time.monotonic()
         t_put = push_image(am.api, repo, tag, img, clients=a.clients)
         cpu_a0, cpu_b0 = am.cpu_s(), b2.cpu_s()
@@ -577,6 +586,8 @@ def cmd_throughput(env, a):
             "bytes_sent_ok": p["bytes_sent"] == total, "daemon_log_lines": logs,
             "cpu_s_direct": cpu_direct, "cpu_s_repl": cpu_repl,
         }
+        if a.cpu_split:
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         rounds.append(row)
         log(f"  round {r}: direct {row['direct_mib_s']:.1f} MiB/s ({direct_s:.2f} s), "
             f"replication {row['repl_mib_s']:.1f} MiB/s ({repl_s:.2f} s; in_sync seen at "
@@ -590,6 +601,7 @@ def cmd_throughput(env, a):
     med_ratio = statistics.median(x["ratio"] for x in rounds)
     res = {
         "bench": "throughput", "mib": a.mib, "layers": a.layers, "clients": a.clients,
+        "cpu_split": a.cpu_split,
         "concurrency": a.concurrency, "rounds": rounds,
         "direct_mib_s_median": statistics.median(x["direct_mib_s"] for x in rounds),
         "repl_mib_s_median": statistics.median(x["repl_mib_s"] for x in rounds),
@@ -854,6 +866,8 @@ def main():
         p.add_argument("--rounds", type=int, default=3)
         p.add_argument("--clients", type=int, default=4,
                        help="parallel connections of the pushes (default 4)")
+        p.add_argument("--cpu-split", action="store_true",
+                       help="one CPU per site (taskset): B on CPU 0, A and the client on CPU 1")
 
     def lag_opts(p):
         p.add_argument("--rate", type=float, default=20)

@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &protos {
         println!("cargo:rerun-if-changed={}", p.display());
     }
-    tonic_prost_build::configure().compile_protos(&protos, &[root])?;
+    // Blob chunks as `bytes::Bytes`: a received chunk is handed on without a copy.
+    tonic_prost_build::configure()
+        .bytes(".stowage.v1.BlobChunk.data")
+        .compile_protos(&protos, &[root])?;
     Ok(())
 }

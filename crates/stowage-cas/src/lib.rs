@@ -389,6 +389,29 @@ impl Cas {
                 CommitOutcome::AlreadyPresent
             });
         }
+        if let (Some(root), [_, _, ..]) = (&self.local_root, parts) {
+            // Local fast path for many parts: the kernel copies them into one staged file
+            // (copy_file_range, no trip through user space), which is then published like a
+            // single part.
+            let staged: Vec<std::path::PathBuf> = parts
+                .iter()
+                .map(|p| root.join(part_path(upload, *p).as_ref()))
+                .collect();
+            let combined = root.join(combined_path(upload).as_ref());
+            let blob = root.join(target.as_ref());
+            let stored = tokio::task::spawn_blocking(move || {
+                local::concatenate(&staged, &combined)?;
+                local::publish(&combined, &blob)
+            })
+            .await
+            .map_err(|e| CasError::Internal(format!("concatenate task: {e}")))??;
+            self.abort(upload, parts).await;
+            return Ok(if stored {
+                CommitOutcome::Stored
+            } else {
+                CommitOutcome::AlreadyPresent
+            });
+        }
         let source = match parts {
             [] => {
                 // An empty blob: publish an empty object.

@@ -307,6 +307,23 @@ where
 
 /// Publishes staged part `part` as `blob` by hard link (create-if-absent), syncs the blob's
 /// folder, and removes the staged name. Returns false when the blob already existed.
+/// Writes the files `parts`, in order, into a new file `out` and makes it durable. The copy
+/// stays in the kernel (`std::io::copy` between files uses `copy_file_range`). A leftover `out`
+/// from an interrupted attempt is replaced.
+pub(crate) fn concatenate(parts: &[std::path::PathBuf], out: &Path) -> Result<(), CasError> {
+    let mut dst =
+        std::fs::File::create(out).map_err(|e| io(format!("creating {}", out.display()))(e))?;
+    for part in parts {
+        let mut src =
+            std::fs::File::open(part).map_err(|e| io(format!("opening {}", part.display()))(e))?;
+        std::io::copy(&mut src, &mut dst)
+            .map_err(|e| io(format!("copying {} into {}", part.display(), out.display()))(e))?;
+    }
+    dst.sync_all()
+        .map_err(|e| io(format!("syncing {}", out.display()))(e))?;
+    Ok(())
+}
+
 pub(crate) fn publish(part: &Path, blob: &Path) -> Result<bool, CasError> {
     let dir = parent(blob)?;
     let linked = match std::fs::hard_link(part, blob) {

@@ -20,7 +20,7 @@ use crate::glob::Filters;
 
 /// Bytes a receiver stores as one durable part of a transfer (each part is fsynced and
 /// recorded): what a transfer can lose when the receiving daemon dies.
-pub const PART_BYTES: usize = 32 << 20;
+pub const PART_BYTES: usize = 128 << 20;
 
 /// Largest feed page served at once.
 pub const MAX_FEED_PAGE: usize = 1000;

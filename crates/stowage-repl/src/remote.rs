@@ -87,6 +87,7 @@ impl Remote {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
+            .max_frame_size(Some(1 << 20))
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20));
         let client = ReplicationClient::new(ep.connect_lazy())
@@ -195,7 +196,7 @@ impl Remote {
                     Ok(b) => {
                         let chunk = pb::BlobChunk {
                             header: None,
-                            data: b.to_vec(),
+                            data: b,
                         };
                         if tx.send(chunk).await.is_err() {
                             // The call ended (failed or the peer stopped reading).
@@ -218,7 +219,7 @@ impl Remote {
                 size: h.size,
                 offset: h.offset,
             }),
-            data: Vec::new(),
+            data: Bytes::new(),
         };
         let outbound = futures::stream::once(futures::future::ready(first)).chain(body);
         let resp = self.client().put_blob(Request::new(outbound)).await;
@@ -263,10 +264,9 @@ impl Remote {
             .header
             .ok_or_else(|| ReplError::Invalid(format!("blob {digest}: response without header")))?;
         let d = digest.clone();
-        let head =
-            futures::stream::iter((!first.data.is_empty()).then(|| Ok(Bytes::from(first.data))));
+        let head = futures::stream::iter((!first.data.is_empty()).then(|| Ok(first.data)));
         let rest = stream.map(move |m| match m {
-            Ok(c) => Ok(Bytes::from(c.data)),
+            Ok(c) => Ok(c.data),
             Err(s) => Err(ReplError::from(s).context(format!("reading blob {d} from the peer"))),
         });
         Ok((header.size, head.chain(rest).boxed()))

@@ -142,10 +142,9 @@ impl Replication for ReplicationService {
             offset: h.offset,
         };
         let digest = header.digest.clone();
-        let head =
-            futures::stream::iter((!first.data.is_empty()).then(|| Ok(Bytes::from(first.data))));
+        let head = futures::stream::iter((!first.data.is_empty()).then(|| Ok(first.data)));
         let rest = inbound.map(|m| match m {
-            Ok(c) => Ok(Bytes::from(c.data)),
+            Ok(c) => Ok(c.data),
             Err(s) => Err(ReplError::Unavailable(format!(
                 "blob stream broke off: {s}"
             ))),
@@ -179,12 +178,12 @@ impl Replication for ReplicationService {
                 size,
                 offset: r.offset,
             }),
-            data: Vec::new(),
+            data: Bytes::new(),
         };
         let body = rechunk(data, CHUNK).map(|item| match item {
             Ok(b) => Ok(pb::BlobChunk {
                 header: None,
-                data: b.to_vec(),
+                data: b,
             }),
             Err(e) => Err(Status::from(e)),
         });

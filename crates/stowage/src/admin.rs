@@ -330,6 +330,7 @@ pub fn spawn(
         tonic::transport::Server::builder()
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
+            .max_frame_size(1 << 20)
             .add_service(health)
             .add_service(AdminServer::new(svc))
             .add_service(repl.into_server())
