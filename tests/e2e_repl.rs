@@ -545,11 +545,16 @@ async fn network_faults_between_sites_then_anti_entropy_finds_no_difference() {
     let faults = proxy.faults();
     let c = client();
     let base = data(400_000, 90);
+    // `chaos/repl-faults.sh` runs this longer.
+    let secs: u64 = std::env::var("STOWAGE_CHAOS_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let until = Instant::now() + Duration::from_secs(secs);
     let pushes = {
         let (c, a_base, base) = (c.clone(), a.base.clone(), base.clone());
         tokio::spawn(async move {
             let mut pushed = Vec::new();
-            let until = Instant::now() + Duration::from_secs(12);
             let mut i = 0u64;
             while Instant::now() < until {
                 let im = img(100 + i, std::slice::from_ref(&base));
@@ -562,22 +567,25 @@ async fn network_faults_between_sites_then_anti_entropy_finds_no_difference() {
             pushed
         })
     };
-    // Delays, cuts, stalls, resets and a partition while the pushes go on.
-    faults.set_delay(Duration::from_millis(20));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    faults.set_cut_rate(0.02);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    faults.set_cut_rate(0.0);
-    faults.set_stall_rate(0.05);
-    faults.set_stall_duration(Duration::from_millis(500));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    faults.set_stall_rate(0.0);
-    for _ in 0..3 {
-        faults.reset_all();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Delays, cuts, stalls, resets and a partition, in turn, while the pushes go on.
+    while Instant::now() < until {
+        faults.set_delay(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        faults.set_delay(Duration::ZERO);
+        faults.set_cut_rate(0.02);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        faults.set_cut_rate(0.0);
+        faults.set_stall_rate(0.05);
+        faults.set_stall_duration(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        faults.set_stall_rate(0.0);
+        for _ in 0..3 {
+            faults.reset_all();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        faults.partition(Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_secs(4)).await;
     }
-    faults.partition(Duration::from_secs(3));
-    tokio::time::sleep(Duration::from_secs(4)).await;
     let pushed = pushes.await.unwrap();
     faults.heal();
     assert!(

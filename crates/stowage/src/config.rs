@@ -617,4 +617,17 @@ mod tests {
         let err = resolve_file("[[replication.peers]]\nname = \"x\"\nendpoint = \"127.0.0.1:1\"\ndirection = \"push\"\n").unwrap_err();
         assert!(err.contains("http://"), "{err}");
     }
+
+    #[test]
+    fn the_two_site_examples_parse() {
+        let private =
+            resolve_file(include_str!("../../../deploy/two-sites/private-dc.toml")).unwrap();
+        assert_eq!(private.site, "private-dc");
+        assert_eq!(private.peers.len(), 2);
+        assert_eq!(private.peers[1].direction, stowage_repl::Direction::Pull);
+        assert_eq!(private.peers[0].bandwidth, Some(200 << 20));
+        let cloud = resolve_file(include_str!("../../../deploy/two-sites/cloud.toml")).unwrap();
+        assert_eq!(cloud.site, "cloud");
+        assert!(cloud.peers.is_empty());
+    }
 }
