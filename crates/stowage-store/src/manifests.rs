@@ -278,8 +278,16 @@ impl Store {
             )));
         }
         let mut batch = Batch::new();
-        for tag in idx.tags_pointing_at(repo, digest)? {
-            let version = self.next_tag_version(repo, &tag, idx.tag(repo, &tag)?.as_ref())?;
+        let tags = idx.tags_pointing_at(repo, digest)?;
+        // A concurrent put may be moving one of these tags elsewhere: hold the tags' locks and
+        // delete only those that still point here.
+        let _tags_held = self.lock_tags(repo, &tags).await;
+        for tag in tags {
+            let current = idx.tag(repo, &tag)?;
+            if current.as_ref().map(|t| &t.digest) != Some(digest) {
+                continue;
+            }
+            let version = self.next_tag_version(repo, &tag, current.as_ref())?;
             self.put_tombstone(&mut batch, repo, &tag, &version);
             batch.delete_tag(repo, &tag);
             let mut ev = self.event(EventKind::TagDeleted, repo);

@@ -74,6 +74,14 @@ pub(crate) fn tombstone_key(repo: &RepoName, tag: &str) -> Vec<u8> {
     k
 }
 
+/// The stripe of the tag locks that guards `tag` of `repo`.
+fn tag_stripe(repo: &RepoName, tag: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    repo.as_str().hash(&mut h);
+    tag.hash(&mut h);
+    (h.finish() % TAG_LOCKS as u64) as usize
+}
+
 fn record_version(rec: &TagRecord) -> TagVersion {
     TagVersion {
         ms: rec.updated_ms,
@@ -98,11 +106,23 @@ impl Store {
         repo: &RepoName,
         tag: &str,
     ) -> tokio::sync::MutexGuard<'_, ()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        repo.as_str().hash(&mut h);
-        tag.hash(&mut h);
-        let i = (h.finish() % TAG_LOCKS as u64) as usize;
-        self.inner.tag_locks[i].lock().await
+        self.inner.tag_locks[tag_stripe(repo, tag)].lock().await
+    }
+    /// Locks several tags of `repo` (stripes in ascending order, each once, so two callers
+    /// never wait on each other in a cycle). Taken after any digest locks, never before.
+    pub(crate) async fn lock_tags(
+        &self,
+        repo: &RepoName,
+        tags: &[String],
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = tags.iter().map(|t| tag_stripe(repo, t)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut held = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            held.push(self.inner.tag_locks[i].lock().await);
+        }
+        held
     }
 
     /// The version a local change of a tag gets: now, but always past the state it replaces
