@@ -615,3 +615,50 @@ async fn network_faults_between_sites_then_anti_entropy_finds_no_difference() {
     assert_eq!(s["repositories_differing"], 0, "{s}");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_filters_carry_only_matching_tags_and_what_they_reach() {
+    let root = tempfile::tempdir().unwrap();
+    let b = site(root.path(), "cloud", &[]);
+    let a = site(
+        root.path(),
+        "private",
+        &[Peer(
+            "cloud",
+            &b.admin,
+            "push",
+            "tags = [\"v*\"]\nanti_entropy_interval = \"0s\"",
+        )],
+    );
+    let c = client();
+    let release = img(110, &[]);
+    let nightly = img(111, &[]);
+    push_image(&c, &a.base, "app", "latest", &nightly).await;
+    push_image(&c, &a.base, "app", "v1.0", &release).await;
+    wait_for("the release at the cloud", 20, || {
+        pulls_identical(&c, &b.base, "app", "v1.0", &release)
+    })
+    .await;
+    wait_in_sync(&a, "cloud", 10).await;
+    assert_eq!(
+        tag_digest(&c, &b.base, "app", "latest").await,
+        None,
+        "latest does not match v*"
+    );
+    let r = c
+        .get(format!("{}/v2/app/manifests/{}", b.base, nightly.digest()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "an image no matching tag reaches stays home"
+    );
+    let p = peer_status(&a, "cloud");
+    assert_eq!(num(&p, "bytes_sent"), release.blob_bytes(), "{p}");
+    // Anti-entropy with the same filters agrees.
+    let s = sync(&a, "cloud");
+    assert_eq!(s["buckets_differing"], 0, "{s}");
+}
