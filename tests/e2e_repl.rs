@@ -662,3 +662,36 @@ async fn tag_filters_carry_only_matching_tags_and_what_they_reach() {
     let s = sync(&a, "cloud");
     assert_eq!(s["buckets_differing"], 0, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bandwidth_limit_holds_a_peer_to_its_rate() {
+    let root = tempfile::tempdir().unwrap();
+    let b = site(root.path(), "cloud", &[]);
+    let a = site(
+        root.path(),
+        "private",
+        &[Peer(
+            "cloud",
+            &b.admin,
+            "push",
+            "bandwidth_limit = \"4M\"\nanti_entropy_interval = \"0s\"",
+        )],
+    );
+    let c = client();
+    let big = image(vec![data(12 << 20, 120)]);
+    for blob in &big.blobs {
+        common::image::push_blob(&c, &a.base, "slow/app", blob).await;
+    }
+    let started = Instant::now();
+    put_manifest(&c, &a.base, "slow/app", "v1", &big).await;
+    wait_for("the image at the cloud", 60, || {
+        pulls_identical(&c, &b.base, "slow/app", "v1", &big)
+    })
+    .await;
+    // 12 MiB at 4 MiB/s after a burst of at most one second's worth: at least 2 s.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "12 MiB crossed in {took:?} under a 4 MiB/s limit"
+    );
+}
