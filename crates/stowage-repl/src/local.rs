@@ -22,6 +22,11 @@ use crate::glob::Filters;
 /// recorded): what a transfer can lose when the receiving daemon dies.
 pub const PART_BYTES: usize = 128 << 20;
 
+/// How long a transfer keeps its blobs from garbage collection (renewed as it goes on): at
+/// the source while it reads them, at the target while it receives them and until the
+/// manifest that needs them arrives.
+pub const TRANSFER_HOLD: Duration = Duration::from_secs(3600);
+
 /// Largest feed page served at once.
 pub const MAX_FEED_PAGE: usize = 1000;
 
@@ -61,6 +66,18 @@ pub struct RepoState {
 
 /// A repository's name and state hash.
 pub type RepoHash = (String, [u8; 32]);
+
+/// One read of a feed.
+#[derive(Clone, Debug, Default)]
+pub struct FeedPage {
+    /// Entries this build understands, in order.
+    pub events: Vec<(u64, Event)>,
+    /// The highest sequence read, including entries skipped because their kind is unknown
+    /// here (a newer peer); `None` when nothing was read.
+    pub scanned_to: Option<u64>,
+    /// The source's last sequence when the read was made.
+    pub last: u64,
+}
 
 /// A blob's bytes from some offset.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
@@ -200,12 +217,7 @@ impl Local {
 
     /// Feed entries from `from`, at most `limit`; with `wait`, waits that long for the first
     /// entry when there is none yet. Also returns the last sequence.
-    pub async fn feed(
-        &self,
-        from: u64,
-        limit: usize,
-        wait: Duration,
-    ) -> Result<(Vec<(u64, Event)>, u64)> {
+    pub async fn feed(&self, from: u64, limit: usize, wait: Duration) -> Result<FeedPage> {
         let limit = limit.clamp(1, MAX_FEED_PAGE);
         let mut watch = self.store.feed_watch();
         if *watch.borrow_and_update() < from && !wait.is_zero() {
@@ -214,7 +226,11 @@ impl Local {
         let idx = self.store.index();
         let last = idx.last_seq().map_err(StoreError::from)?;
         let events = idx.feed(from, limit).map_err(StoreError::from)?;
-        Ok((events, last))
+        Ok(FeedPage {
+            scanned_to: events.last().map(|(s, _)| *s),
+            events,
+            last,
+        })
     }
 
     /// The transfer session of `digest`, if one is open: (repository, upload id, bytes held).
@@ -272,14 +288,7 @@ impl Local {
         let mut out = Vec::new();
         for (digest, size) in blobs {
             // Refuse a size disagreement before linking anything.
-            if let Some(rec) = self.store.index().blob(digest).map_err(StoreError::from)? {
-                if rec.size != *size {
-                    return Err(ReplError::Invalid(format!(
-                        "blob {digest} is {} bytes here, the source says {size}",
-                        rec.size
-                    )));
-                }
-            }
+            self.check_size(digest, *size)?;
             match self.store.replica_link_blob(repo, digest).await? {
                 Some(have) if have == *size => {}
                 Some(have) => {
@@ -296,6 +305,25 @@ impl Local {
         Ok(out)
     }
 
+    /// Fails when the site stores `digest` with another size than `size`.
+    fn check_size(&self, digest: &Digest, size: u64) -> Result<()> {
+        if let Some(rec) = self.store.index().blob(digest).map_err(StoreError::from)? {
+            if rec.size != size {
+                return Err(ReplError::Invalid(format!(
+                    "blob {digest} is {} bytes here, the source says {size}",
+                    rec.size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `digest` from garbage collection for [`TRANSFER_HOLD`] from now.
+    fn hold(&self, digest: &Digest) {
+        let until = self.store.now_ms() + TRANSFER_HOLD.as_millis() as u64;
+        self.store.pin_blobs([digest], until);
+    }
+
     /// Receives a blob's bytes from `h.offset`, storing them in durable parts; verifies and
     /// commits the blob when the last byte arrives. Returns the bytes held and whether the blob
     /// is complete. A stream that ends early keeps what arrived; a stream error keeps it too
@@ -304,9 +332,11 @@ impl Local {
     where
         S: Stream<Item = Result<Bytes>> + Unpin + Send,
     {
+        self.check_size(&h.digest, h.size)?;
         if let Some(size) = self.store.replica_link_blob(&h.repo, &h.digest).await? {
             return Ok((size, true));
         }
+        self.hold(&h.digest);
         if !self
             .receiving
             .lock()
@@ -358,6 +388,7 @@ impl Local {
                 .await
                 .map_err(|e| ReplError::from(e).context(format!("storing blob {}", h.digest)))?;
             held = st.size;
+            self.hold(&h.digest);
         }
         if let Some(e) = fed.error.take() {
             return Err(e);
@@ -403,6 +434,8 @@ impl Local {
         offset: u64,
     ) -> Result<(u64, ByteStream)> {
         let info = self.store.stat_blob(repo, digest)?;
+        // A blob being sent stays until the transfer is over (renewed by every read).
+        self.hold(digest);
         if offset > info.size {
             return Err(ReplError::Invalid(format!(
                 "offset {offset} is past the end of blob {digest} ({} bytes)",
@@ -600,8 +633,11 @@ impl Local {
         Ok(RepoState { tags, manifests })
     }
 
-    /// One repository's state.
-    pub fn repo_state(&self, repo: &RepoName, filters: &Filters) -> Result<RepoState> {
-        self.repo_state_sync(repo, filters)
+    /// One repository's state (read on a blocking thread: it lists the whole repository).
+    pub async fn repo_state(&self, repo: &RepoName, filters: &Filters) -> Result<RepoState> {
+        let (this, repo, filters) = (self.clone(), repo.clone(), filters.clone());
+        tokio::task::spawn_blocking(move || this.repo_state_sync(&repo, &filters))
+            .await
+            .map_err(|e| ReplError::Other(format!("repository state task: {e}")))?
     }
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use stowage_core::{Digest, RepoName};
-use stowage_index::Event;
 use stowage_rpc::v1 as pb;
 use stowage_rpc::v1::replication_client::ReplicationClient;
 use stowage_store::TagState;
@@ -16,7 +15,7 @@ use tonic::Request;
 use crate::convert;
 use crate::error::{ReplError, Result};
 use crate::glob::Filters;
-use crate::local::{BlobHeader, ByteStream, ManifestDoc, RepoState};
+use crate::local::{BlobHeader, ByteStream, FeedPage, ManifestDoc, RepoState};
 
 /// Largest gRPC message accepted (manifests are at most 4 MiB; repository states may be more).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -122,12 +121,7 @@ impl Remote {
     }
 
     /// The peer's feed from `from` (long poll up to `wait`).
-    pub async fn feed(
-        &self,
-        from: u64,
-        limit: usize,
-        wait: Duration,
-    ) -> Result<(Vec<(u64, Event)>, u64)> {
+    pub async fn feed(&self, from: u64, limit: usize, wait: Duration) -> Result<FeedPage> {
         let mut r = Request::new(pb::ReadFeedRequest {
             from_sequence: from,
             limit: limit as u32,
@@ -140,13 +134,18 @@ impl Remote {
             .await
             .map_err(|s| ReplError::from(s).context("reading the peer's feed"))?
             .into_inner();
-        let mut out = Vec::with_capacity(resp.events.len());
+        let scanned_to = resp.events.iter().map(|e| e.sequence).max();
+        let mut events = Vec::with_capacity(resp.events.len());
         for e in resp.events {
             if let Some(ev) = convert::event_from_proto(e)? {
-                out.push(ev);
+                events.push(ev);
             }
         }
-        Ok((out, resp.last_sequence))
+        Ok(FeedPage {
+            events,
+            scanned_to,
+            last: resp.last_sequence,
+        })
     }
 
     /// Which blobs the peer lacks in `repo` (see [`crate::Local::missing_blobs`]).

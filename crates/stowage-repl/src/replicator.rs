@@ -175,6 +175,10 @@ struct Cursor {
     seq: u64,
     /// The source site the sequence numbers belong to; a cursor for another site is void.
     site: String,
+    /// The target site that confirmed them; a cursor for another target is void too (an
+    /// endpoint rebuilt as a new, empty site must get everything again).
+    #[serde(default)]
+    target: String,
 }
 
 /// Replication of this site with its configured peers. Cheap to clone.
@@ -345,7 +349,7 @@ impl Replicator {
         })
     }
 
-    fn load_cursor(&self, peer: &str, source_site: &str) -> Result<u64> {
+    fn load_cursor(&self, peer: &str, source_site: &str, target_site: &str) -> Result<u64> {
         let raw = self
             .inner
             .local
@@ -355,9 +359,21 @@ impl Replicator {
             .map_err(StoreError::from)?;
         Ok(
             match raw.and_then(|r| serde_json::from_slice::<Cursor>(&r).ok()) {
-                Some(c) if c.site == source_site => c.seq,
+                Some(c)
+                    if c.site == source_site
+                        && (c.target.is_empty() || c.target == target_site) =>
+                {
+                    c.seq
+                }
                 Some(c) => {
-                    tracing::warn!(peer, was = %c.site, now = %source_site, "the peer's source site changed; replicating its feed from the start");
+                    tracing::warn!(
+                        peer,
+                        was_source = %c.site,
+                        was_target = %c.target,
+                        source = %source_site,
+                        target = %target_site,
+                        "the sites at either end changed; replicating the source's feed from its start"
+                    );
                     0
                 }
                 None => 0,
@@ -365,11 +381,18 @@ impl Replicator {
         )
     }
 
-    async fn save_cursor(&self, peer: &str, source_site: &str, seq: u64) -> Result<()> {
+    async fn save_cursor(
+        &self,
+        peer: &str,
+        source_site: &str,
+        target_site: &str,
+        seq: u64,
+    ) -> Result<()> {
         let mut batch = Batch::new();
         let c = Cursor {
             seq,
             site: source_site.to_string(),
+            target: target_site.to_string(),
         };
         batch.put_meta(
             &cursor_key(peer),
@@ -409,7 +432,8 @@ impl Replicator {
                     continue;
                 }
             };
-            let mut cursor = match self.load_cursor(&peer.cfg.name, &flow.source_site) {
+            let mut cursor = match self.load_cursor(&peer.cfg.name, &flow.source_site, &target_site)
+            {
                 Ok(c) => c,
                 Err(e) => {
                     peer.failed(&e, true);
@@ -422,11 +446,24 @@ impl Replicator {
             peer.update(|s| s.cursor = cursor);
             let mut next_sync = peer.cfg.anti_entropy_interval.map(|i| Instant::now() + i);
             loop {
+                // Periodic anti-entropy when due, also while the source is busy.
+                if next_sync.is_some_and(|t| Instant::now() >= t) {
+                    next_sync = peer.cfg.anti_entropy_interval.map(|i| Instant::now() + i);
+                    peer.update(|s| s.state = "anti_entropy".into());
+                    let ran = tokio::select! {
+                        r = self.sync_flow(&flow, &target_site) => r,
+                        _ = stop.wait_for(|v| *v) => return,
+                    };
+                    match ran {
+                        Ok(r) => tracing::info!(?r, "periodic anti-entropy done"),
+                        Err(e) => peer.failed(&e, false),
+                    }
+                }
                 let read = tokio::select! {
                     r = flow.source.feed(cursor + 1, BATCH, FEED_WAIT) => r,
                     _ = stop.wait_for(|v| *v) => return,
                 };
-                let (events, last) = match read {
+                let page = match read {
                     Ok(r) => r,
                     Err(e) => {
                         peer.failed(&e, true);
@@ -437,22 +474,16 @@ impl Replicator {
                         continue 'connect;
                     }
                 };
-                let Some(&(first_seq, ref first)) = events.first() else {
+                let last = page.last;
+                let Some(scanned) = page.scanned_to.filter(|s| *s > cursor) else {
                     peer.update(|s| {
                         s.source_sequence = last;
                         s.lag_events = last.saturating_sub(cursor);
-                        s.lag_seconds = 0.0;
                         if s.lag_events == 0 {
+                            s.lag_seconds = 0.0;
                             s.state = "in_sync".into();
                         }
                     });
-                    if next_sync.is_some_and(|t| Instant::now() >= t) {
-                        next_sync = peer.cfg.anti_entropy_interval.map(|i| Instant::now() + i);
-                        match self.sync_flow(&flow, &target_site).await {
-                            Ok(r) => tracing::info!(?r, "periodic anti-entropy done"),
-                            Err(e) => peer.failed(&e, false),
-                        }
-                    }
                     // An empty read past the end of a source that was reset (its feed is
                     // shorter than the cursor) would wait forever; start again from its start.
                     if last < cursor {
@@ -465,42 +496,53 @@ impl Replicator {
                     }
                     continue;
                 };
-                let _ = first_seq;
-                let last_seq = events.last().map(|(s, _)| *s).unwrap_or(cursor);
-                peer.update(|s| {
-                    s.state = "replicating".into();
-                    s.source_sequence = last;
-                    s.lag_events = last.saturating_sub(cursor);
-                    s.lag_seconds = now_ms().saturating_sub(first.ts_ms) as f64 / 1000.0;
-                });
-                let applied = tokio::select! {
-                    r = flow.apply_batch(&events, &target_site) => r,
-                    _ = stop.wait_for(|v| *v) => return,
-                };
-                match applied {
-                    Ok(()) => {}
-                    Err(e) => {
+                if let Some((_, first)) = page.events.first() {
+                    let first_ts = first.ts_ms;
+                    peer.update(|s| {
+                        s.state = "replicating".into();
+                        s.source_sequence = last;
+                        s.lag_events = last.saturating_sub(cursor);
+                        s.lag_seconds = now_ms().saturating_sub(first_ts) as f64 / 1000.0;
+                    });
+                    let applied = tokio::select! {
+                        r = flow.apply_batch(&page.events, &target_site) => r,
+                        _ = stop.wait_for(|v| *v) => return,
+                    };
+                    if let Err(e) = applied {
                         peer.failed(&e, true);
                         if sleep_or_stop(backoff, stop.clone()).await {
                             return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        // Malformed content will not get better soon: back off further, so a
+                        // bad entry does not keep resending blobs every few seconds.
+                        let cap = match e {
+                            ReplError::Invalid(_) => Duration::from_secs(60),
+                            _ => Duration::from_secs(5),
+                        };
+                        backoff = (backoff * 2).min(cap);
                         if matches!(e, ReplError::Unavailable(_)) {
                             continue 'connect;
                         }
                         continue;
                     }
                 }
+                // The target confirmed everything up to `scanned` (entries of kinds this build
+                // does not know are passed over). A failed cursor write is retried with the
+                // next batch; until then a restart re-applies, which is idempotent.
+                cursor = scanned;
                 if let Err(e) = self
-                    .save_cursor(&peer.cfg.name, &flow.source_site, last_seq)
+                    .save_cursor(&peer.cfg.name, &flow.source_site, &target_site, scanned)
                     .await
                 {
                     peer.failed(&e, true);
+                    if sleep_or_stop(backoff, stop.clone()).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
-                cursor = last_seq;
                 backoff = Duration::from_millis(100);
-                let n = events.len() as u64;
+                let n = page.events.len() as u64;
                 peer.update(|s| {
                     s.cursor = cursor;
                     s.events_processed += n;

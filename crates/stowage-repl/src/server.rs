@@ -27,12 +27,16 @@ pub struct ReplicationService {
     replicator: Option<Replicator>,
 }
 
-fn filters(f: Option<pb::Filters>) -> Filters {
+fn filters(f: Option<pb::Filters>) -> Result<Filters, Status> {
     let f = f.unwrap_or_default();
-    Filters {
+    for list in [&f.repositories, &f.tags] {
+        crate::glob::check_patterns(list)
+            .map_err(|e| Status::invalid_argument(format!("filters: {e}")))?;
+    }
+    Ok(Filters {
         repositories: f.repositories,
         tags: f.tags,
-    }
+    })
 }
 
 type BlobStreamOut = Pin<Box<dyn Stream<Item = Result<pb::BlobChunk, Status>> + Send>>;
@@ -81,13 +85,15 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::ReadFeedResponse>, Status> {
         let r = req.into_inner();
         let wait = Duration::from_millis(u64::from(r.wait_ms)).min(MAX_WAIT);
-        let (events, last) = self
+        let page = self
             .local
             .feed(r.from_sequence, r.limit as usize, wait)
             .await
             .map_err(|e| fail("reading the feed", e))?;
+        let last = page.last;
         Ok(Response::new(pb::ReadFeedResponse {
-            events: events
+            events: page
+                .events
                 .iter()
                 .map(|(seq, e)| convert::event_to_proto(*seq, e))
                 .collect(),
@@ -300,7 +306,7 @@ impl Replication for ReplicationService {
         req: Request<pb::RangeHashesRequest>,
     ) -> Result<Response<pb::RangeHashesResponse>, Status> {
         let r = req.into_inner();
-        let f = filters(r.filters);
+        let f = filters(r.filters)?;
         if r.buckets.is_empty() {
             let buckets = self
                 .local
@@ -345,7 +351,8 @@ impl Replication for ReplicationService {
         let repo = convert::repo(&r.repository)?;
         let state = self
             .local
-            .repo_state(&repo, &filters(r.filters))
+            .repo_state(&repo, &filters(r.filters)?)
+            .await
             .map_err(|e| fail("reading a repository's state", e))?;
         Ok(Response::new(pb::RepoStateResponse {
             tags: state

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use stowage_core::{Digest, RepoName};
-use stowage_index::Event;
 use stowage_store::TagState;
 
 use crate::error::Result;
 use crate::glob::Filters;
-use crate::local::{BlobHeader, ByteStream, Local, ManifestDoc, RepoState};
+use crate::local::{BlobHeader, ByteStream, FeedPage, Local, ManifestDoc, RepoState};
 use crate::remote::Remote;
 
 /// One end of a replication.
@@ -24,12 +23,7 @@ pub enum Site {
 
 impl Site {
     /// Feed entries from `from` (waiting up to `wait` for the first) and the last sequence.
-    pub async fn feed(
-        &self,
-        from: u64,
-        limit: usize,
-        wait: Duration,
-    ) -> Result<(Vec<(u64, Event)>, u64)> {
+    pub async fn feed(&self, from: u64, limit: usize, wait: Duration) -> Result<FeedPage> {
         match self {
             Site::Local(l) => l.feed(from, limit, wait).await,
             Site::Remote(r) => r.feed(from, limit, wait).await,
@@ -156,7 +150,7 @@ impl Site {
     /// One repository's state.
     pub async fn repo_state(&self, repo: &RepoName, filters: &Filters) -> Result<RepoState> {
         match self {
-            Site::Local(l) => l.repo_state(repo, filters),
+            Site::Local(l) => l.repo_state(repo, filters).await,
             Site::Remote(r) => r.repo_state(repo, filters).await,
         }
     }

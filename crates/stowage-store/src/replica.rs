@@ -300,14 +300,15 @@ impl Store {
                 }
                 let mut batch = Batch::new();
                 self.put_tombstone(&mut batch, repo, tag, version);
+                // The event goes out even when there was no tag here: sites further down a
+                // chain need the tombstone too.
+                let mut ev = self.event_from(EventKind::TagDeleted, repo, Some(&version.origin));
+                ev.tag = Some(tag.to_string());
                 if let Some(TagState::Set { digest, .. }) = current {
                     batch.delete_tag(repo, tag);
-                    let mut ev =
-                        self.event_from(EventKind::TagDeleted, repo, Some(&version.origin));
-                    ev.tag = Some(tag.to_string());
                     ev.digest = Some(digest);
-                    batch.event(ev);
                 }
+                batch.event(ev);
                 self.commit(batch).await?;
                 Ok(true)
             }

@@ -215,6 +215,8 @@ fn peer_settings(p: PeerFile, file: &Path) -> Result<stowage_repl::PeerConfig, S
             format!("{:?} must start with http:// or https://", p.endpoint),
         ));
     }
+    stowage_repl::glob::check_patterns(&p.repositories).map_err(|e| at("repositories", e))?;
+    stowage_repl::glob::check_patterns(&p.tags).map_err(|e| at("tags", e))?;
     let mut peer = stowage_repl::PeerConfig::new(&p.name, &p.endpoint, direction);
     peer.filters = stowage_repl::Filters {
         repositories: p.repositories.clone(),
