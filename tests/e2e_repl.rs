@@ -454,6 +454,23 @@ async fn anti_entropy_repairs_what_the_feed_did_not_carry() {
     let p = peer_status(&a, "cloud");
     assert_eq!(num(&p, "anti_entropy_runs"), 2, "{p}");
     assert_eq!(num(&p, "anti_entropy_repairs"), 2, "{p}");
+    // A delete at the target is never undone by anti-entropy: neither the manifest nor its
+    // tag (whose tombstone is newer than the source's tag) comes back.
+    let del = c
+        .delete(format!(
+            "{}/v2/team-b/app/manifests/{}",
+            b.base,
+            kept_out.digest()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::ACCEPTED);
+    let s = sync(&a, "cloud");
+    assert_eq!(s["repositories_differing"], 1, "{s}");
+    assert_eq!(s["manifests_repaired"], 0, "{s}");
+    assert_eq!(s["tags_repaired"], 0, "{s}");
+    assert_eq!(tag_digest(&c, &b.base, "team-b/app", "v1").await, None);
 }
 
 /// A free loopback port (for a daemon that must come back on the same address).

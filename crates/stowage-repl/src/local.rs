@@ -62,6 +62,8 @@ pub struct RepoState {
     pub tags: Vec<(String, TagState)>,
     /// Manifest digests.
     pub manifests: Vec<Digest>,
+    /// Manifests deleted at the site (a client's or a replicated delete) and not pushed again.
+    pub deleted_manifests: Vec<Digest>,
 }
 
 /// A repository's name and state hash.
@@ -630,7 +632,12 @@ impl Local {
             .map(|(d, _)| d)
             .collect();
         manifests.sort_by_key(|d| d.to_string());
-        Ok(RepoState { tags, manifests })
+        let deleted_manifests = self.store.deleted_manifests(repo)?;
+        Ok(RepoState {
+            tags,
+            manifests,
+            deleted_manifests,
+        })
     }
 
     /// One repository's state (read on a blocking thread: it lists the whole repository).

@@ -422,6 +422,15 @@ impl Remote {
             .iter()
             .map(|d| convert::digest(d))
             .collect::<Result<Vec<_>>>()?;
-        Ok(RepoState { tags, manifests })
+        let deleted_manifests = r
+            .deleted_manifests
+            .iter()
+            .map(|d| convert::digest(d))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RepoState {
+            tags,
+            manifests,
+            deleted_manifests,
+        })
     }
 }

@@ -912,11 +912,14 @@ impl Flow {
             .count() as u32;
         let origin = self.source_site.clone();
         let mut referrers = Vec::new();
+        // A manifest the target deleted stays deleted: anti-entropy never undoes a delete (the
+        // delete travels to the source through the feed, if deletes replicate that way).
+        let deleted_at_target: HashSet<&Digest> = ts.deleted_manifests.iter().collect();
         if filters.all_manifests() {
             for d in ss
                 .manifests
                 .iter()
-                .filter(|d| !target_manifests.contains(d))
+                .filter(|d| !target_manifests.contains(d) && !deleted_at_target.contains(d))
             {
                 let Some(doc) = self.source.get_manifest(repo, d).await? else {
                     continue;

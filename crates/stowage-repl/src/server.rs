@@ -361,6 +361,11 @@ impl Replication for ReplicationService {
                 .map(|(t, s)| convert::tag_to_proto(&r.repository, t, Some(s)))
                 .collect(),
             manifests: state.manifests.iter().map(|d| d.to_string()).collect(),
+            deleted_manifests: state
+                .deleted_manifests
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
         }))
     }
 

@@ -125,6 +125,8 @@ impl Store {
         let mut batch = Batch::new();
         self.ensure_repo(&mut batch, repo)?;
         if idx.manifest(repo, &digest)?.is_none() {
+            // Pushed again after a delete: the delete no longer stands.
+            batch.delete_meta(&crate::replica::manifest_tombstone_key(repo, &digest));
             if !idx.has_manifest_bytes(&digest)? {
                 batch.put_manifest_bytes(&digest, &bytes);
             }
@@ -296,6 +298,7 @@ impl Store {
             batch.event(ev);
         }
         self.remove_manifest(&mut batch, repo, digest, &rec, Author::default(), &[])?;
+        self.put_manifest_tombstone(&mut batch, repo, digest);
         self.commit(batch).await?;
         Ok(())
     }

@@ -22,6 +22,9 @@ pub(crate) const TAG_LOCKS: usize = 256;
 
 /// Prefix of tag tombstones in the index's extension keyspace.
 const TOMBSTONE_PREFIX: &[u8] = b"tomb/";
+/// Prefix of manifest tombstones: manifests deleted by a client (or by a replicated delete),
+/// which anti-entropy must not bring back.
+const MANIFEST_TOMBSTONE_PREFIX: &[u8] = b"mtomb/";
 
 /// Version of one state of a tag. Ordered by time, then by origin site name, so any two
 /// distinct versions compare the same way on every site.
@@ -80,6 +83,13 @@ fn tag_stripe(repo: &RepoName, tag: &str) -> usize {
     repo.as_str().hash(&mut h);
     tag.hash(&mut h);
     (h.finish() % TAG_LOCKS as u64) as usize
+}
+
+/// Key of a manifest's tombstone in the extension keyspace.
+pub(crate) fn manifest_tombstone_key(repo: &RepoName, digest: &Digest) -> Vec<u8> {
+    let mut k = MANIFEST_TOMBSTONE_PREFIX.to_vec();
+    k.extend_from_slice(&keys::repo_digest(repo, digest));
+    k
 }
 
 fn record_version(rec: &TagRecord) -> TagVersion {
@@ -182,6 +192,32 @@ impl Store {
         Ok(self
             .tombstone(repo, tag)?
             .map(|version| TagState::Deleted { version }))
+    }
+
+    pub(crate) fn put_manifest_tombstone(
+        &self,
+        batch: &mut Batch,
+        repo: &RepoName,
+        digest: &Digest,
+    ) {
+        batch.put_meta(
+            &manifest_tombstone_key(repo, digest),
+            self.now_ms().to_be_bytes().to_vec(),
+        );
+    }
+
+    /// Manifests of `repo` deleted by a client or a replicated delete and not pushed again.
+    pub fn deleted_manifests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let prefix = manifest_tombstone_key(repo, &Digest::sha256(b""));
+        // The prefix up to the digest: the repository's part of the key.
+        let repo_part = &prefix[..MANIFEST_TOMBSTONE_PREFIX.len() + keys::repo_prefix(repo).len()];
+        let mut out = Vec::new();
+        for (k, _) in self.inner.index.meta_scan(repo_part)? {
+            let (d, _) = keys::take_digest(&k[repo_part.len()..])
+                .map_err(|e| StoreError::Internal(format!("manifest tombstone key: {e}")))?;
+            out.push(d);
+        }
+        Ok(out)
     }
 
     /// Every tag state of `repo` (set tags and tombstones), in tag order.
@@ -345,6 +381,7 @@ impl Store {
             origin: Some(origin),
         };
         self.remove_manifest(&mut batch, repo, digest, &rec, by, &[])?;
+        self.put_manifest_tombstone(&mut batch, repo, digest);
         self.commit(batch).await?;
         Ok(true)
     }

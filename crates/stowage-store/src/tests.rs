@@ -740,6 +740,20 @@ async fn replicated_manifest_puts_and_deletes() {
         (last.kind, last.origin.as_deref()),
         (EventKind::ManifestDeleted, Some("a"))
     );
+    // The delete leaves a tombstone until the manifest is pushed again.
+    assert_eq!(store.deleted_manifests(&r).unwrap(), [m1.clone()]);
+    assert!(store.deleted_manifests(&other).unwrap().is_empty());
+    assert!(store
+        .replica_put_manifest(&r, &m1, &doc.media_type, doc.bytes.clone(), "a")
+        .await
+        .unwrap());
+    assert!(store.deleted_manifests(&r).unwrap().is_empty());
+    // A client's delete by digest leaves one too.
+    store
+        .delete_manifest(&r, &Reference::Digest(m1.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.deleted_manifests(&r).unwrap(), [m1]);
 }
 
 #[tokio::test]
