@@ -741,7 +741,10 @@ async fn replicated_manifest_puts_and_deletes() {
         (EventKind::ManifestDeleted, Some("a"))
     );
     // The delete leaves a tombstone until the manifest is pushed again.
-    assert_eq!(store.deleted_manifests(&r).unwrap(), [m1.clone()]);
+    assert_eq!(
+        store.deleted_manifests(&r).unwrap(),
+        std::slice::from_ref(&m1)
+    );
     assert!(store.deleted_manifests(&other).unwrap().is_empty());
     assert!(store
         .replica_put_manifest(&r, &m1, &doc.media_type, doc.bytes.clone(), "a")
