@@ -5,12 +5,17 @@
 #   scripts/install-deps.sh          build dependencies (libclang for RocksDB's bindings, a C++
 #                                    compiler for RocksDB itself)
 #   scripts/install-deps.sh --test   plus the real clients and peers the tests start:
-#                                    skopeo, umoci, docker-registry (CNCF Distribution)
+#                                    skopeo, umoci, docker-registry (CNCF Distribution), and
+#                                    moto's S3 server in $HOME/.cache/stowage/venv
 set -euo pipefail
 
 want=(libclang-dev clang g++ make)
 if [[ "${1:-}" == "--test" ]]; then
     want+=(skopeo umoci docker-registry)
+    # moto's S3 server (from PyPI) in a virtualenv: the S3 backend's tests start it.
+    if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+        want+=(python3-venv)
+    fi
 fi
 
 missing=()
@@ -19,7 +24,17 @@ for p in "${want[@]}"; do
         missing+=("$p")
     fi
 done
+install_moto() {
+    local venv="$HOME/.cache/stowage/venv"
+    if [[ -x "$venv/bin/moto_server" ]]; then
+        return 0
+    fi
+    echo "installing moto's S3 server into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "moto[server]==5.*" >&2
+}
 if [[ ${#missing[@]} -eq 0 ]]; then
+    if [[ "${1:-}" == "--test" ]]; then install_moto; fi
     exit 0
 fi
 
@@ -31,3 +46,4 @@ fi
 echo "installing: ${missing[*]}" >&2
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+if [[ "${1:-}" == "--test" ]]; then install_moto; fi

@@ -99,11 +99,20 @@ struct Env {
 }
 
 fn env() -> Env {
+    env_on(false)
+}
+
+/// A daemon on the local file system, or with `s3` on the tests' S3 server (moto).
+fn env_on(s3: bool) -> Env {
     require_tool("skopeo");
     require_tool("umoci");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let daemon = Daemon::start(&root.join("data"));
+    let daemon = if s3 {
+        Daemon::start_s3(&root.join("data"), &[])
+    } else {
+        Daemon::start(&root.join("data"))
+    };
     Env {
         _dir: dir,
         root,
@@ -131,7 +140,15 @@ fn get(url: &str) -> (u16, Vec<u8>, String) {
 
 #[test]
 fn umoci_image_round_trip_is_byte_identical() {
-    let e = env();
+    round_trip(&env());
+}
+
+#[test]
+fn umoci_image_round_trip_on_s3_is_byte_identical() {
+    round_trip(&env_on(true));
+}
+
+fn round_trip(e: &Env) {
     let src = e.root.join("src");
     umoci_image(
         &src,
@@ -139,7 +156,8 @@ fn umoci_image_round_trip_is_byte_identical() {
         "amd64",
         &[
             ("hello.txt", b"hello stowage\n".to_vec()),
-            ("big.bin", common::data(3 << 20, 7)),
+            // Larger than a part: a multipart upload on S3.
+            ("big.bin", common::data(12 << 20, 7)),
         ],
     );
     let dest = format!("docker://{}/e2e/umoci:v1", e.daemon.host);

@@ -372,6 +372,75 @@ async fn tagged_image_survives_byte_identical() {
     assert_eq!(shown["run_id"], id);
 }
 
+/// The same on the S3 backend (moto): the unreferenced blob's object leaves the bucket, the
+/// tagged image stays byte-identical.
+#[tokio::test]
+async fn gc_on_s3_removes_the_objects_of_what_it_collects() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = common::moto::bucket();
+    let endpoint = common::moto::endpoint();
+    let d = Daemon::start_full(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--storage-backend",
+            "s3",
+            "--storage-bucket",
+            &bucket,
+            "--storage-endpoint",
+            &endpoint,
+            "--storage-region",
+            "us-east-1",
+            "--storage-path-style",
+            "true",
+            "--storage-allow-http",
+            "true",
+        ],
+        &common::S3_ENV,
+    );
+    let c = client();
+    let server = admin(&d);
+    let kept = Image::new(3, &[6 << 20, 4_096]);
+    kept.push(&c, &d, "s3/app", "1.0").await;
+    let loose = data(50_000, 98);
+    let loose_digest = push_blob(&c, &d, "s3/app", &loose).await;
+    // Whether the bucket holds the blob's object (an unsigned listing, which moto answers).
+    let in_bucket = |digest: &str| {
+        let hex = digest.trim_start_matches("sha256:").to_string();
+        let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        let url = format!("{endpoint}/{bucket}?list-type=2&prefix={key}");
+        let c = c.clone();
+        async move {
+            let body = c.get(url).send().await.unwrap().text().await.unwrap();
+            body.contains(&format!("<Key>{key}</Key>"))
+        }
+    };
+    assert!(in_bucket(&loose_digest).await, "the blob is in the bucket");
+
+    let v = ok_json(
+        &[
+            "gc",
+            "run",
+            "--wait",
+            "--grace",
+            "0s",
+            "--quarantine",
+            "0s",
+            "--json",
+        ],
+        &server,
+    )
+    .await;
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(v["totals"]["blobs_purged"], 1, "{v}");
+    assert_eq!(v["totals"]["bytes_purged"], loose.len() as u64, "{v}");
+    assert!(!in_bucket(&loose_digest).await, "purged from the bucket");
+    kept.assert_intact(&c, &d, "s3/app", "1.0").await;
+    for digest in kept.blobs.iter().map(|(d, _)| d.clone()) {
+        assert!(in_bucket(&digest).await, "{digest} kept");
+    }
+}
+
 /// A daemon that is not there: non-zero exit and a message naming the address.
 #[tokio::test]
 async fn unreachable_daemon_is_a_clear_error() {

@@ -10,6 +10,32 @@ use std::time::{Duration, Instant};
 use sha2::Digest as _;
 
 pub mod image;
+#[path = "../../crates/stowage-cas/src/moto.rs"]
+pub mod moto;
+
+/// Environment for a daemon using the moto server as its S3 backend (any credentials work).
+pub const S3_ENV: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+];
+
+/// `stowage serve` flags for an S3 backend on the moto server, in a fresh bucket.
+pub fn s3_args() -> Vec<String> {
+    vec![
+        "--storage-backend".into(),
+        "s3".into(),
+        "--storage-bucket".into(),
+        moto::bucket(),
+        "--storage-endpoint".into(),
+        moto::endpoint(),
+        "--storage-region".into(),
+        "us-east-1".into(),
+        "--storage-path-style".into(),
+        "true".into(),
+        "--storage-allow-http".into(),
+        "true".into(),
+    ]
+}
 
 /// A running daemon.
 pub struct Daemon {
@@ -36,7 +62,26 @@ impl Daemon {
 
     /// Starts with the admin service on `admin_listen` (a restart that peers must find again).
     pub fn start_on(data_dir: &Path, admin_listen: &str, extra: &[&str]) -> Daemon {
+        Self::start_full(data_dir, admin_listen, extra, &[])
+    }
+
+    /// Starts on the S3 backend of the tests' moto server (a fresh bucket).
+    pub fn start_s3(data_dir: &Path, extra: &[&str]) -> Daemon {
+        let mut args = s3_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_full(data_dir, "127.0.0.1:0", &args, &S3_ENV)
+    }
+
+    /// Starts with `extra` flags and `envs` set for the daemon.
+    pub fn start_full(
+        data_dir: &Path,
+        admin_listen: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stowage"))
+            .envs(envs.iter().copied())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", admin_listen])

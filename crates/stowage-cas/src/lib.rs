@@ -30,6 +30,7 @@
 mod direct;
 mod local;
 mod read;
+pub mod storage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use stowage_core::{Digest, Hasher};
 
 pub use read::BlobStream;
+pub use storage::{StorageConfig, StorageKind};
 
 /// Errors from the blob store. Each says what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,9 @@ pub enum CasError {
     /// A background task failed (panicked or was cancelled).
     #[error("internal: {0}")]
     Internal(String),
+    /// The configured store cannot be built or does not work.
+    #[error("blob store configuration: {0}")]
+    Config(String),
     /// Local file I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -142,6 +147,9 @@ pub enum Backend {
     Custom(Arc<dyn ObjectStore>),
 }
 
+/// Smallest multipart part object stores accept (S3: 5 MiB for every part but the last).
+pub const MIN_REMOTE_PART: usize = 5 << 20;
+
 /// Tuning of the blob store.
 #[derive(Clone, Debug)]
 pub struct CasOptions {
@@ -185,6 +193,8 @@ pub struct Cas {
     opts: CasOptions,
     /// Local root when the backend is the file system (used for cleanup of stray staging).
     local_root: Option<PathBuf>,
+    /// The backend is the in-memory store.
+    memory: bool,
 }
 
 /// The object path of a committed blob.
@@ -214,7 +224,12 @@ fn upload_of(name: &str) -> &str {
 
 impl Cas {
     /// Opens the blob store on `backend`.
-    pub fn open(backend: Backend, opts: CasOptions) -> Result<Cas, CasError> {
+    pub fn open(backend: Backend, mut opts: CasOptions) -> Result<Cas, CasError> {
+        let memory = matches!(backend, Backend::Memory);
+        if matches!(backend, Backend::Custom(_)) {
+            // Object stores refuse multipart parts (all but the last) under 5 MiB.
+            opts.part_size = opts.part_size.max(MIN_REMOTE_PART);
+        }
         let (store, local_root): (Arc<dyn ObjectStore>, _) = match backend {
             Backend::Filesystem { root } => {
                 std::fs::create_dir_all(&root).map_err(|source| CasError::Io {
@@ -236,12 +251,54 @@ impl Cas {
             store,
             opts,
             local_root,
+            memory,
         })
     }
 
     /// The options in force.
     pub fn options(&self) -> &CasOptions {
         &self.opts
+    }
+
+    /// Whether publishing a blob is create-if-absent (the local file system and memory). On
+    /// other backends two concurrent commits of one digest may both write the object: with the
+    /// same bytes under the same key, which still leaves one object.
+    pub fn atomic_publish(&self) -> bool {
+        self.local_root.is_some() || self.memory
+    }
+
+    /// Checks that the store answers and accepts writes: puts a small probe object, reads it
+    /// back and deletes it, within `timeout`.
+    pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), CasError> {
+        let path = Path::from(format!("probe/{}", uuid::Uuid::new_v4()));
+        let body = Bytes::from_static(b"stowage probe");
+        let check = async {
+            self.store
+                .put(&path, body.clone().into())
+                .await
+                .map_err(be_err("writing a probe object"))?;
+            let got = self
+                .store
+                .get(&path)
+                .await
+                .map_err(be_err("reading the probe object back"))?
+                .bytes()
+                .await
+                .map_err(be_err("reading the probe object back"))?;
+            if got != body {
+                return Err(CasError::Config(
+                    "the probe object read back differs from what was written".into(),
+                ));
+            }
+            self.store
+                .delete(&path)
+                .await
+                .map_err(be_err("deleting the probe object"))?;
+            Ok(())
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .map_err(|_| CasError::Config(format!("no answer within {} s", timeout.as_secs())))?
     }
 
     /// Streams `body` into part `part` of upload `upload`, feeding every byte to `hasher`.
@@ -592,5 +649,7 @@ impl Cas {
     }
 }
 
+#[cfg(test)]
+mod moto;
 #[cfg(test)]
 mod tests;

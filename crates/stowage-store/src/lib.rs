@@ -136,7 +136,13 @@ impl Store {
         let backend = config.backend.clone().unwrap_or(Backend::Filesystem {
             root: config.data_dir.join("cas"),
         });
+        let remote = matches!(backend, Backend::Custom(_));
         let cas = Cas::open(backend, config.cas.clone())?;
+        if remote {
+            // An object store that is unreachable or refuses writes is an error at start, not
+            // at the first push.
+            cas.probe(std::time::Duration::from_secs(20)).await?;
+        }
         let index = {
             let path = config.data_dir.join("index");
             let opts = IndexOptions {

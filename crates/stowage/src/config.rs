@@ -91,6 +91,43 @@ pub struct ServeArgs {
     /// blobs. Default: true
     #[arg(long, env = "STOWAGE_GC_DELETE_UNTAGGED", value_name = "BOOL")]
     pub gc_delete_untagged: Option<bool>,
+    /// Where blobs live: filesystem (default), s3, gcs, azure or memory (`[storage] backend`).
+    #[arg(long, env = "STOWAGE_STORAGE_BACKEND", value_name = "KIND")]
+    pub storage_backend: Option<String>,
+    /// Bucket (S3, GCS) or container (Azure) (`[storage] bucket`).
+    #[arg(long, env = "STOWAGE_STORAGE_BUCKET", value_name = "NAME")]
+    pub storage_bucket: Option<String>,
+    /// Key prefix in the bucket (`[storage] prefix`).
+    #[arg(long, env = "STOWAGE_STORAGE_PREFIX", value_name = "PREFIX")]
+    pub storage_prefix: Option<String>,
+    /// Endpoint URL of an S3-compatible server or an Azure emulator (`[storage] endpoint`).
+    #[arg(long, env = "STOWAGE_STORAGE_ENDPOINT", value_name = "URL")]
+    pub storage_endpoint: Option<String>,
+    /// S3 region (`[storage] region`).
+    #[arg(long, env = "STOWAGE_STORAGE_REGION", value_name = "REGION")]
+    pub storage_region: Option<String>,
+    /// S3 path-style requests (`[storage] path_style`).
+    #[arg(long, env = "STOWAGE_STORAGE_PATH_STYLE", value_name = "BOOL")]
+    pub storage_path_style: Option<bool>,
+    /// Allow a plain-HTTP endpoint (`[storage] allow_http`; test servers).
+    #[arg(long, env = "STOWAGE_STORAGE_ALLOW_HTTP", value_name = "BOOL")]
+    pub storage_allow_http: Option<bool>,
+    /// Size of the parts large blobs are written in (`[storage] part_size`).
+    #[arg(long, env = "STOWAGE_STORAGE_PART_SIZE", value_name = "BYTES", value_parser = parse_size)]
+    pub storage_part_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    backend: Option<String>,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: Option<bool>,
+    allow_http: Option<bool>,
+    part_size: Option<toml::Value>,
 }
 
 /// The config file's shape: the same options as the command line.
@@ -110,6 +147,7 @@ struct FileConfig {
     log_level: Option<String>,
     gc: Option<GcFileConfig>,
     replication: Option<ReplicationFile>,
+    storage: Option<StorageFile>,
 }
 
 /// `site = "name"` or a `[site]` table with `name`.
@@ -182,6 +220,10 @@ pub struct Settings {
     pub gc: GcConfig,
     /// Replication peers (`[[replication.peers]]`).
     pub peers: Vec<stowage_repl::PeerConfig>,
+    /// Where blobs live (`[storage]`).
+    pub storage: stowage_cas::StorageConfig,
+    /// Part size of large blob writes, if set.
+    pub part_size: Option<u64>,
 }
 
 fn peer_settings(p: PeerFile, file: &Path) -> Result<stowage_repl::PeerConfig, String> {
@@ -344,6 +386,37 @@ impl ServeArgs {
             }
             peers.push(peer);
         }
+        let sf = file.storage.unwrap_or_default();
+        let kind: stowage_cas::StorageKind = match self.storage_backend.or(sf.backend) {
+            Some(k) => k.parse().map_err(|e| format!("[storage] backend: {e}"))?,
+            None => stowage_cas::StorageKind::Filesystem,
+        };
+        let storage = stowage_cas::StorageConfig {
+            kind,
+            bucket: self.storage_bucket.or(sf.bucket),
+            prefix: self.storage_prefix.or(sf.prefix),
+            endpoint: self.storage_endpoint.or(sf.endpoint),
+            region: self.storage_region.or(sf.region),
+            path_style: self.storage_path_style.or(sf.path_style).unwrap_or(false),
+            allow_http: self.storage_allow_http.or(sf.allow_http).unwrap_or(false),
+        };
+        let part_size = match (self.storage_part_size, sf.part_size) {
+            (Some(v), _) => Some(v),
+            (None, Some(toml::Value::Integer(i))) => Some(
+                u64::try_from(i).map_err(|_| format!("[storage] part_size: {i} is negative"))?,
+            ),
+            (None, Some(toml::Value::String(s))) => Some(parse_size(&s)?),
+            (None, Some(other)) => return Err(format!("[storage] part_size: unexpected {other}")),
+            (None, None) => None,
+        };
+        if let Some(p) = part_size {
+            // S3 needs parts of at least 5 MiB (but the last); keep memory per upload bounded.
+            if !((5 << 20)..=(512 << 20)).contains(&p) {
+                return Err(format!(
+                    "[storage] part_size: {p} is not between 5M and 512M"
+                ));
+            }
+        }
         let file_site = file.site.map(|s| match s {
             SiteFile::Name(n) => n,
             SiteFile::Table(t) => t.name,
@@ -388,6 +461,8 @@ impl ServeArgs {
             gc_interval,
             gc,
             peers,
+            storage,
+            part_size,
         })
     }
 }

@@ -1,0 +1,174 @@
+//! Which object store holds the blobs: the configured kind (file system, S3-compatible, GCS,
+//! Azure, memory) and building it, with credentials from the environment and the providers'
+//! standard chains, retries with backoff on transient failures, and an optional key prefix.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, RetryConfig};
+
+use crate::{Backend, CasError};
+
+/// The kind of blob store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StorageKind {
+    /// `<data dir>/cas` on the local file system.
+    #[default]
+    Filesystem,
+    /// Amazon S3 or an S3-compatible server (Ceph RGW, MinIO, ...).
+    S3,
+    /// Google Cloud Storage.
+    Gcs,
+    /// Azure Blob Storage.
+    Azure,
+    /// In memory: lost at exit (tests and trials).
+    Memory,
+}
+
+impl std::str::FromStr for StorageKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "filesystem" => Self::Filesystem,
+            "s3" => Self::S3,
+            "gcs" => Self::Gcs,
+            "azure" => Self::Azure,
+            "memory" => Self::Memory,
+            other => {
+                return Err(format!(
+                    "{other:?} is not a storage backend (filesystem, s3, gcs, azure, memory)"
+                ))
+            }
+        })
+    }
+}
+
+impl StorageKind {
+    /// The configuration word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filesystem => "filesystem",
+            Self::S3 => "s3",
+            Self::Gcs => "gcs",
+            Self::Azure => "azure",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// Where the blobs live, as configured (`[storage]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The kind of store.
+    pub kind: StorageKind,
+    /// Bucket (S3, GCS) or container (Azure).
+    pub bucket: Option<String>,
+    /// Key prefix under which everything is stored (`registry/site-a`).
+    pub prefix: Option<String>,
+    /// Endpoint URL (S3-compatible servers; Azure emulators).
+    pub endpoint: Option<String>,
+    /// Region (S3).
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted style (S3).
+    pub path_style: bool,
+    /// Allow plain HTTP endpoints (test servers).
+    pub allow_http: bool,
+}
+
+/// Retries of transient failures (5xx, timeouts, connection errors): 6 with exponential backoff
+/// from 100 ms, giving up after 60 s.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            base: 2.0,
+        },
+        max_retries: 6,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
+
+impl StorageConfig {
+    /// A short description for messages: `s3 bucket "b" at http://127.0.0.1:9000`.
+    pub fn describe(&self) -> String {
+        let mut s = self.kind.as_str().to_string();
+        if let Some(b) = &self.bucket {
+            s.push_str(&format!(" bucket {b:?}"));
+        }
+        if let Some(p) = &self.prefix {
+            s.push_str(&format!(" prefix {p:?}"));
+        }
+        if let Some(e) = &self.endpoint {
+            s.push_str(&format!(" at {e}"));
+        }
+        s
+    }
+
+    fn bucket(&self) -> Result<&str, CasError> {
+        self.bucket
+            .as_deref()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| {
+                CasError::Config(format!(
+                    "storage backend {} needs a bucket",
+                    self.kind.as_str()
+                ))
+            })
+    }
+
+    /// The backend for data dir `data_dir`.
+    pub fn backend(&self, data_dir: &Path) -> Result<Backend, CasError> {
+        let built = |e: object_store::Error| {
+            CasError::Config(format!("storage backend {}: {e}", self.describe()))
+        };
+        let store: Arc<dyn ObjectStore> = match self.kind {
+            StorageKind::Filesystem => {
+                return Ok(Backend::Filesystem {
+                    root: data_dir.join("cas"),
+                })
+            }
+            StorageKind::Memory => return Ok(Backend::Memory),
+            StorageKind::S3 => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(self.bucket()?)
+                    .with_allow_http(self.allow_http)
+                    .with_virtual_hosted_style_request(!self.path_style)
+                    .with_retry(retry());
+                if let Some(e) = &self.endpoint {
+                    b = b.with_endpoint(e);
+                }
+                if let Some(r) = &self.region {
+                    b = b.with_region(r);
+                }
+                Arc::new(b.build().map_err(built)?)
+            }
+            StorageKind::Gcs => {
+                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(self.bucket()?)
+                    .with_retry(retry());
+                Arc::new(b.build().map_err(built)?)
+            }
+            StorageKind::Azure => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(self.bucket()?)
+                    .with_allow_http(self.allow_http)
+                    .with_retry(retry());
+                if let Some(e) = &self.endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                Arc::new(b.build().map_err(built)?)
+            }
+        };
+        let store = match self.prefix.as_deref().map(|p| p.trim_matches('/')) {
+            Some(p) if !p.is_empty() => {
+                Arc::new(PrefixStore::new(store, p)) as Arc<dyn ObjectStore>
+            }
+            _ => store,
+        };
+        Ok(Backend::Custom(store))
+    }
+}
