@@ -707,4 +707,48 @@ mod tests {
         assert_eq!(cloud.site, "cloud");
         assert!(cloud.peers.is_empty());
     }
+
+    #[test]
+    fn storage_section_flags_and_errors() {
+        let s = resolve_file(
+            "[storage]\nbackend = \"s3\"\nbucket = \"blobs\"\nprefix = \"site-a\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\npath_style = true\nallow_http = true\npart_size = \"16M\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.storage.kind, stowage_cas::StorageKind::S3);
+        assert_eq!(s.storage.bucket.as_deref(), Some("blobs"));
+        assert_eq!(s.storage.prefix.as_deref(), Some("site-a"));
+        assert_eq!(s.storage.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s.storage.region.as_deref(), Some("eu-west-1"));
+        assert!(s.storage.path_style && s.storage.allow_http);
+        assert_eq!(s.part_size, Some(16 << 20));
+        // The default is the file system, with no part size override.
+        let d = ServeArgs::default().resolve().unwrap();
+        assert_eq!(d.storage.kind, stowage_cas::StorageKind::Filesystem);
+        assert_eq!(d.part_size, None);
+        // Flags win.
+        let args = ServeArgs {
+            storage_backend: Some("memory".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            args.resolve().unwrap().storage.kind,
+            stowage_cas::StorageKind::Memory
+        );
+        let err = resolve_file("[storage]\nbackend = \"tape\"\n").unwrap_err();
+        assert!(err.contains("tape"), "{err}");
+        let err = resolve_file("[storage]\npart_size = \"1M\"\n").unwrap_err();
+        assert!(err.contains("part_size"), "{err}");
+        let err = resolve_file("[storage]\nbuckt = \"x\"\n").unwrap_err();
+        assert!(err.contains("buckt"), "{err}");
+        // A bucketless object store is refused when the store is built.
+        let s3 = stowage_cas::StorageConfig {
+            kind: stowage_cas::StorageKind::S3,
+            ..Default::default()
+        };
+        let err = s3
+            .backend(std::path::Path::new("/d"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bucket"), "{err}");
+    }
 }
