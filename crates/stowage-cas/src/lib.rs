@@ -496,8 +496,10 @@ impl Cas {
                     self.delete_quiet(&source).await;
                     CommitOutcome::AlreadyPresent
                 } else {
-                    self.store
-                        .rename(&source, &target)
+                    // Copy, not rename: a rename is a copy and a delete, and a failed delete
+                    // (its request is not retried by the store client) would fail a publish
+                    // that already happened. The staged source is removed with the others.
+                    self.copy_retrying(&source, &target)
                         .await
                         .map_err(be_err(format!("publishing blob {digest}")))?;
                     CommitOutcome::Stored
@@ -507,6 +509,25 @@ impl Cas {
         };
         self.abort(upload, parts).await;
         Ok(outcome)
+    }
+
+    /// Copies `from` to `to`, trying again after a transient failure: a copy is idempotent
+    /// here (content addressing: the same bytes under the same key).
+    async fn copy_retrying(&self, from: &Path, to: &Path) -> Result<(), object_store::Error> {
+        let mut wait = std::time::Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            match self.store.copy(from, to).await {
+                Ok(()) => return Ok(()),
+                Err(object_store::Error::Generic { .. }) if attempt < 4 => {
+                    attempt += 1;
+                    tracing::debug!(%from, %to, attempt, "copy failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn concatenate(&self, upload: &str, parts: &[u32]) -> Result<Path, CasError> {

@@ -1,0 +1,222 @@
+//! The S3 backend against a real S3-compatible server (moto's, started by the tests; installed
+//! by `scripts/install-deps.sh --test`): a chunked upload that survives `kill -9`, clear errors
+//! for a store that is unreachable or missing at start, and store faults (connections reset,
+//! a partition longer than the retries) between the daemon and the store.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::image::{image, pulls_identical, push_blob, push_image};
+use common::{data, moto, sha256, Daemon, S3_ENV};
+use reqwest::StatusCode;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+fn s3_flags<'a>(endpoint: &'a str, bucket: &'a str) -> Vec<&'a str> {
+    vec![
+        "--storage-backend",
+        "s3",
+        "--storage-bucket",
+        bucket,
+        "--storage-endpoint",
+        endpoint,
+        "--storage-region",
+        "us-east-1",
+        "--storage-path-style",
+        "true",
+        "--storage-allow-http",
+        "true",
+    ]
+}
+
+fn s3_daemon(dir: &Path, endpoint: &str, bucket: &str) -> Daemon {
+    Daemon::start_full(dir, "127.0.0.1:0", &s3_flags(endpoint, bucket), &S3_ENV)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_survives_kill9_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, bucket) = (moto::endpoint(), moto::bucket());
+    let c = client();
+    let blob = data(15 << 20, 5);
+    let digest = sha256(&blob);
+    let loc = {
+        let d = s3_daemon(dir.path(), &endpoint, &bucket);
+        let r = c
+            .post(d.url("/v2/big/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        // Two chunks of 6 MiB: each one a multipart upload to the store.
+        for (start, end) in [(0usize, 6 << 20), (6 << 20, 12 << 20)] {
+            let r = c
+                .patch(d.url(&loc))
+                .header("content-range", format!("{start}-{}", end - 1))
+                .body(blob[start..end].to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+        }
+        d.kill9();
+        loc
+    };
+    let d = s3_daemon(dir.path(), &endpoint, &bucket);
+    let r = c.get(d.url(&loc)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "the session survived");
+    assert_eq!(
+        r.headers()["range"],
+        format!("0-{}", (12 << 20) - 1).as_str()
+    );
+    let r = c
+        .put(d.url(&format!("{loc}?digest={digest}")))
+        .header("content-range", format!("{}-{}", 12 << 20, blob.len() - 1))
+        .body(blob[12 << 20..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    let got = c
+        .get(d.url(&format!("/v2/big/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert!(
+        got.bytes().await.unwrap().as_ref() == blob.as_slice(),
+        "bytes differ"
+    );
+}
+
+/// `stowage serve` that must fail at start: its stderr.
+fn failed_start(dir: &Path, endpoint: &str, bucket: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .envs(S3_ENV)
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(s3_flags(endpoint, bucket))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the daemon started on a broken store"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn an_unreachable_store_or_missing_bucket_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let started = Instant::now();
+    let err = failed_start(&dir.path().join("a"), &closed, "b");
+    assert!(
+        err.contains("probe object") && err.contains(&closed),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up in time"
+    );
+    let err = failed_start(
+        &dir.path().join("b"),
+        &moto::endpoint(),
+        "no-such-bucket-here",
+    );
+    assert!(
+        err.contains("NoSuchBucket") || err.contains("no-such-bucket-here"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_faults_are_retried_and_a_failure_is_a_clean_500_that_indexes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream: std::net::SocketAddr = moto::endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = stowage_faultproxy::FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
+        .await
+        .unwrap();
+    let via = format!("http://{}", proxy.local_addr());
+    let d = s3_daemon(dir.path(), &via, &moto::bucket());
+    let faults = proxy.faults();
+    let c = client();
+
+    // Connections to the store reset every 150 ms while images are pushed: the store client
+    // retries, every push succeeds.
+    let resetter = {
+        let faults = faults.clone();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                faults.reset_all();
+            }
+        })
+    };
+    let mut images = Vec::new();
+    for i in 0..8u64 {
+        let im = image(vec![data(700_000 + i as usize, 30 + i)]);
+        push_image(&c, &d.base, "faults/app", &format!("t{i}"), &im).await;
+        images.push(im);
+    }
+    resetter.await.unwrap();
+    assert!(proxy.stats().resets_injected > 0, "{:?}", proxy.stats());
+    for (i, im) in images.iter().enumerate() {
+        assert!(pulls_identical(&c, &d.base, "faults/app", &format!("t{i}"), im).await);
+    }
+
+    // The store away for longer than the retries: the push fails with a 500 that names the
+    // store, and nothing is indexed.
+    faults.set_partitioned(true);
+    let lost = data(300_000, 44);
+    let digest = sha256(&lost);
+    let r = c
+        .post(d.url(&format!("/v2/faults/app/blobs/uploads/?digest={digest}")))
+        .body(lost.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("blob store"), "{text}");
+    faults.set_partitioned(false);
+    let head = c
+        .head(d.url(&format!("/v2/faults/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.status(),
+        StatusCode::NOT_FOUND,
+        "a failed put is not indexed"
+    );
+    push_blob(&c, &d.base, "faults/app", &lost).await;
+    let got = c
+        .get(d.url(&format!("/v2/faults/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(got.bytes().await.unwrap().as_ref() == lost.as_slice());
+    proxy.stop().await;
+}
