@@ -28,6 +28,7 @@
 //! exists.
 
 mod direct;
+pub mod faulty;
 mod local;
 mod read;
 pub mod storage;

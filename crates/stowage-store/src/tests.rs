@@ -774,3 +774,67 @@ async fn the_feed_watch_follows_commits() {
     assert!(*w.borrow() > before);
     assert_eq!(*w.borrow(), store.index().last_seq().unwrap());
 }
+
+/// A store whose blobs live in memory behind a fault-injecting wrapper.
+async fn faulty_store(dir: &std::path::Path) -> (Store, stowage_cas::faulty::Faults) {
+    let (fs, faults) =
+        stowage_cas::faulty::FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let mut cfg = StoreConfig::new(dir);
+    cfg.backend = Some(Backend::Custom(fs));
+    (Store::open(cfg).await.unwrap(), faults)
+}
+
+#[tokio::test]
+async fn a_failed_store_write_indexes_nothing_and_the_next_push_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = faulty_store(dir.path()).await;
+    let r = repo("app");
+    let arms: [(&str, Box<dyn Fn()>); 3] = [
+        ("write", Box::new(|| faults.fail_puts(1))),
+        ("publish", Box::new(|| faults.fail_copies(1))),
+        ("torn multipart", Box::new(|| faults.tear_uploads(1))),
+    ];
+    for (i, (what, arm)) in arms.iter().enumerate() {
+        let data = vec![i as u8 + 1; 300_000];
+        let d = Digest::sha256(&data);
+        arm();
+        let err = store.put_blob(&r, &d, body(&data)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Cas(_)), "{what}: {err:?}");
+        assert!(store.index().blob(&d).unwrap().is_none(), "{what}: indexed");
+        assert!(
+            !store.index().repo_has_blob(&r, &d).unwrap(),
+            "{what}: linked"
+        );
+        assert!(store.stat_blob(&r, &d).is_err(), "{what}: served");
+        // Whatever the failure left behind is cleared by the repair GC runs.
+        store.repair_pending(u64::MAX).await.unwrap();
+        assert!(store.index().pending().unwrap().is_empty(), "{what}");
+        // The store works again: the same blob goes in and reads back.
+        store.put_blob(&r, &d, body(&data)).await.unwrap();
+        assert_eq!(read(&store, &r, &d).await.unwrap(), data, "{what}");
+    }
+    assert_eq!(faults.injected(), 3);
+}
+
+#[tokio::test]
+async fn slow_store_concurrent_pushes_of_one_blob_end_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = faulty_store(dir.path()).await;
+    faults.set_latency(std::time::Duration::from_millis(20));
+    let data = vec![9u8; 200_000];
+    let d = Digest::sha256(&data);
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (store, data, d) = (store.clone(), data.clone(), d.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = repo(&format!("app{i}"));
+            store.put_blob(&r, &d, body(&data)).await.unwrap();
+            r
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(read(&store, &r, &d).await.unwrap(), data);
+    }
+    assert_eq!(store.index().blob(&d).unwrap().unwrap().size, 200_000);
+}
