@@ -789,15 +789,14 @@ async fn a_failed_store_write_indexes_nothing_and_the_next_push_works() {
     let dir = tempfile::tempdir().unwrap();
     let (store, faults) = faulty_store(dir.path()).await;
     let r = repo("app");
-    let arms: [(&str, Box<dyn Fn()>); 3] = [
-        ("write", Box::new(|| faults.fail_puts(1))),
-        ("publish", Box::new(|| faults.fail_copies(1))),
-        ("torn multipart", Box::new(|| faults.tear_uploads(1))),
-    ];
-    for (i, (what, arm)) in arms.iter().enumerate() {
+    for (i, what) in ["write", "publish", "torn multipart"].iter().enumerate() {
+        match i {
+            0 => faults.fail_puts(1),
+            1 => faults.fail_copies(1),
+            _ => faults.tear_uploads(1),
+        }
         let data = vec![i as u8 + 1; 300_000];
         let d = Digest::sha256(&data);
-        arm();
         let err = store.put_blob(&r, &d, body(&data)).await.unwrap_err();
         assert!(matches!(err, StoreError::Cas(_)), "{what}: {err:?}");
         assert!(store.index().blob(&d).unwrap().is_none(), "{what}: indexed");
