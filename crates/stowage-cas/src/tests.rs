@@ -424,3 +424,84 @@ async fn large_parts_take_the_pipeline() {
     assert!(matches!(err, CasError::Body(_)), "{err}");
     assert_eq!(cas.part_size("big3", 0).await.unwrap(), None);
 }
+
+/// Openers of a Cas over the same storage each time (memory, file system, S3): a "restart".
+/// Opens a Cas over the same storage again.
+type Opener = Box<dyn Fn() -> Cas>;
+
+fn reopenable() -> Vec<(&'static str, Opener, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let s3 = s3_store();
+    let opts = CasOptions {
+        part_size: 5 << 20,
+        ..Default::default()
+    };
+    let (o1, o2, o3) = (opts.clone(), opts.clone(), opts);
+    vec![
+        (
+            "memory",
+            Box::new(move || Cas::open(Backend::Custom(memory.clone()), o1.clone()).unwrap()),
+            None,
+        ),
+        (
+            "filesystem",
+            Box::new(move || {
+                Cas::open(Backend::Filesystem { root: root.clone() }, o2.clone()).unwrap()
+            }),
+            Some(dir),
+        ),
+        (
+            "s3",
+            Box::new(move || Cas::open(Backend::Custom(s3.clone()), o3.clone()).unwrap()),
+            None,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_resumes_after_a_restart_in_the_middle() {
+    for (name, open, _dir) in reopenable() {
+        let a = data(6 << 20, 11);
+        let b = data(2 << 20, 12);
+        let whole = [a.clone(), b.clone()].concat();
+        let d = Digest::sha256(&whole);
+        {
+            let cas = open();
+            let mut h = Hasher::new(Algorithm::Sha256);
+            cas.write_part("resume", 0, body(&a, 1 << 20), &mut h, u64::MAX, true)
+                .await
+                .unwrap();
+            // The process dies here: the hash state is lost, the part is not.
+        }
+        let cas = open();
+        assert_eq!(
+            cas.part_size("resume", 0).await.unwrap(),
+            Some(a.len() as u64),
+            "{name}"
+        );
+        let (mut h, size) = cas
+            .rehash_parts("resume", &[0], Algorithm::Sha256)
+            .await
+            .unwrap();
+        assert_eq!(size, a.len() as u64, "{name}");
+        cas.write_part("resume", 1, body(&b, 1 << 20), &mut h, u64::MAX, true)
+            .await
+            .unwrap();
+        assert_eq!(h.finish(), d, "{name}: the rebuilt hash covers both parts");
+        cas.commit("resume", &[0, 1], &d).await.unwrap();
+        assert_eq!(
+            read_all(&cas, &d, whole.len() as u64, None).await.unwrap(),
+            whole,
+            "{name}"
+        );
+        // A mid-upload abort leaves nothing of another session.
+        let mut h = Hasher::new(Algorithm::Sha256);
+        cas.write_part("gone", 0, body(&a[..1000], 100), &mut h, u64::MAX, true)
+            .await
+            .unwrap();
+        cas.abort("gone", &[0]).await;
+        assert_eq!(cas.part_size("gone", 0).await.unwrap(), None, "{name}");
+    }
+}
