@@ -152,67 +152,98 @@ done
 [[ "$(http_code "$S3/")" == 200 ]] || { echo "moto_server did not answer on $S3" >&2; exit 1; }
 log "moto ($MOTO) pid $MOTO_PID at $S3"
 
-make_bucket() {
-    local code
-    code="$(http_code -X PUT "$S3/$1")"
-    [[ "$code" == 200 ]] || { echo "creating bucket $1 on moto answered $code" >&2; return 1; }
-}
+# Bucket housekeeping with SigV4-signed requests (credentials test/test; moto answers unsigned
+# object requests with 403). Python standard library only.
+cat >"$TMP_ROOT/s3util.py" <<'PY'
+"""s3util.py ENDPOINT mkbucket BUCKET | drain BUCKET
 
-# Prints {"objects", "bytes", "multipart_uploads", "prefixes": {first path element: objects}}
-# for the bucket, then deletes everything in it and the bucket itself (unsigned requests, which
-# moto accepts), so every run starts on the same, nearly empty, moto.
-drain_bucket() {
-    python3 - "$S3" "$1" <<'PY'
-import json, sys, urllib.parse, urllib.request
+drain prints {"objects", "bytes", "multipart_uploads", "prefixes": {first path element:
+objects}, "delete_failures"} for the bucket, then aborts its multipart uploads, deletes every
+object and the bucket itself."""
+import datetime, hashlib, hmac, json, sys, urllib.error, urllib.parse, urllib.request
 import xml.etree.ElementTree as ET
 
-base, bucket = sys.argv[1], sys.argv[2]
-NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+base, cmd, bucket = sys.argv[1], sys.argv[2], sys.argv[3]
+host = urllib.parse.urlsplit(base).netloc
+AK, SK, REGION = "test", "test", "us-east-1"
+EMPTY = hashlib.sha256(b"").hexdigest()
+q = lambda v: urllib.parse.quote(v, safe="-_.~")
 
-def req(method, path, query=""):
-    url = f"{base}/{bucket}{path}" + (f"?{query}" if query else "")
-    r = urllib.request.Request(url, method=method)
-    with urllib.request.urlopen(r, timeout=60) as resp:
+def req(method, key="", query=()):
+    path = "/" + bucket + ("/" + urllib.parse.quote(key, safe="/-_.~") if key else "")
+    cq = "&".join(f"{q(k)}={q(v)}" for k, v in sorted(query))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    hdrs = {"host": host, "x-amz-content-sha256": EMPTY, "x-amz-date": amz}
+    signed = ";".join(sorted(hdrs))
+    creq = "\n".join([method, path, cq, "".join(f"{k}:{hdrs[k]}\n" for k in sorted(hdrs)),
+                      signed, EMPTY])
+    scope = f"{day}/{REGION}/s3/aws4_request"
+    sts = "\n".join(["AWS4-HMAC-SHA256", amz, scope, hashlib.sha256(creq.encode()).hexdigest()])
+    k = ("AWS4" + SK).encode()
+    for part in (day, REGION, "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    sig = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+    hdrs["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={AK}/{scope}, "
+                             f"SignedHeaders={signed}, Signature={sig}")
+    del hdrs["host"]
+    r = urllib.request.Request(base + path + ("?" + cq if cq else ""), method=method, headers=hdrs)
+    with urllib.request.urlopen(r, timeout=120) as resp:
         return resp.read()
 
+NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 def find(el, tag):
     return el.findall(NS + tag) or el.findall(tag)
-
 def text(el, tag):
     f = el.find(NS + tag)
-    if f is None:
-        f = el.find(tag)
+    f = el.find(tag) if f is None else f
     return None if f is None else f.text
 
-keys, total, prefixes = [], 0, {}
-token = None
+if cmd == "mkbucket":
+    req("PUT")
+    sys.exit(0)
+
+keys, total, prefixes, token = [], 0, {}, None
 while True:
-    q = {"list-type": "2", "max-keys": "1000"}
-    if token:
-        q["continuation-token"] = token
-    root = ET.fromstring(req("GET", "", urllib.parse.urlencode(q)))
+    query = [("list-type", "2"), ("max-keys", "1000")] + ([("continuation-token", token)] if token else [])
+    root = ET.fromstring(req("GET", query=query))
     for c in find(root, "Contents"):
         k = text(c, "Key")
         keys.append(k)
         total += int(text(c, "Size") or 0)
-        p = k.split("/", 1)[0]
-        prefixes[p] = prefixes.get(p, 0) + 1
-    if (text(root, "IsTruncated") or "false").lower() == "true":
-        token = text(root, "NextContinuationToken")
-    else:
+        prefixes[k.split("/", 1)[0]] = prefixes.get(k.split("/", 1)[0], 0) + 1
+    if (text(root, "IsTruncated") or "false").lower() != "true":
         break
-uploads = []
-root = ET.fromstring(req("GET", "", "uploads"))
-for u in find(root, "Upload"):
-    uploads.append((text(u, "Key"), text(u, "UploadId")))
-print(json.dumps({"objects": len(keys), "bytes": total, "multipart_uploads": len(uploads),
-                  "prefixes": prefixes}))
+    token = text(root, "NextContinuationToken")
+root = ET.fromstring(req("GET", query=[("uploads", "")]))
+uploads = [(text(u, "Key"), text(u, "UploadId")) for u in find(root, "Upload")]
+failures = 0
 for k, uid in uploads:
-    req("DELETE", "/" + urllib.parse.quote(k, safe="/"), urllib.parse.urlencode({"uploadId": uid}))
+    try:
+        req("DELETE", k, [("uploadId", uid)])
+    except urllib.error.URLError:
+        failures += 1
 for k in keys:
-    req("DELETE", "/" + urllib.parse.quote(k, safe="/"))
-req("DELETE", "")
+    try:
+        req("DELETE", k)
+    except urllib.error.URLError:
+        failures += 1
+try:
+    req("DELETE")
+except urllib.error.URLError:
+    failures += 1
+print(json.dumps({"objects": len(keys), "bytes": total, "multipart_uploads": len(uploads),
+                  "prefixes": prefixes, "delete_failures": failures}))
 PY
+
+make_bucket() {
+    python3 "$TMP_ROOT/s3util.py" "$S3" mkbucket "$1" || { echo "creating bucket $1 on moto failed" >&2; return 1; }
+}
+
+# Counts what a run left in its bucket, then empties and deletes the bucket, so every run
+# starts on the same, nearly empty, moto.
+drain_bucket() {
+    python3 "$TMP_ROOT/s3util.py" "$S3" drain "$1"
 }
 
 # ---------------------------------------------------------------- daemons
@@ -332,10 +363,11 @@ log "measuring moto alone: one $((BIG_SIZE / MIB)) MiB PUT and GET with curl"
 head -c "$BIG_SIZE" /dev/urandom >"$TMP_ROOT/moto-probe.bin"
 make_bucket moto-probe
 sync
-MOTO_PUT="$(curl -s -o /dev/null -m "$RUN_TIMEOUT" -w '%{http_code} %{speed_upload}' -X PUT \
-    -H 'Content-Type: application/octet-stream' --data-binary "@$TMP_ROOT/moto-probe.bin" \
+SIGN=(--aws-sigv4 "aws:amz:us-east-1:s3" --user test:test)
+MOTO_PUT="$(curl -s -o /dev/null -m "$RUN_TIMEOUT" -w '%{http_code} %{speed_upload}' "${SIGN[@]}" \
+    -H 'Content-Type: application/octet-stream' -H 'Expect:' -T "$TMP_ROOT/moto-probe.bin" \
     "$S3/moto-probe/probe.bin" || echo "000 0")"
-MOTO_GET="$(curl -s -o /dev/null -m "$RUN_TIMEOUT" -w '%{http_code} %{speed_download}' \
+MOTO_GET="$(curl -s -o /dev/null -m "$RUN_TIMEOUT" -w '%{http_code} %{speed_download}' "${SIGN[@]}" \
     "$S3/moto-probe/probe.bin" || echo "000 0")"
 drain_bucket moto-probe >/dev/null
 rm -f "$TMP_ROOT/moto-probe.bin"
@@ -433,6 +465,8 @@ if alive != "1":
     status += ", DAEMON EXITED"
 if noisy:
     status += f", {len(noisy)} warn/error log lines"
+if (d["bucket"] or {}).get("delete_failures"):
+    status += f", {d['bucket']['delete_failures']} bucket deletes failed"
 print(f"  {reg:12} {test} rep {rep}:{ph('push')}{ph('pull')}{rss}{b} [{status}]")
 PY
     rm -f "$raw" "$sample" "$stopf"
