@@ -148,11 +148,6 @@ pub enum Backend {
     Custom(Arc<dyn ObjectStore>),
 }
 
-/// Size of the ranged requests large blobs are read with from an object store.
-const REMOTE_WINDOW: u64 = 8 << 20;
-/// Ranged requests in flight per read (memory per read: about this many windows).
-const REMOTE_IN_FLIGHT: usize = 4;
-
 /// Smallest multipart part object stores accept (S3: 5 MiB for every part but the last).
 pub const MIN_REMOTE_PART: usize = 5 << 20;
 
@@ -657,18 +652,6 @@ impl Cas {
         }
         let path = blob_path(digest);
         let verify = self.opts.verify_reads && range.is_none();
-        let span = range.clone().unwrap_or(0..size);
-        if self.local_root.is_none() && !self.memory && span.end - span.start > REMOTE_WINDOW {
-            // An object store serves one stream at the speed of one connection: read large
-            // blobs as ranged requests, several in flight, yielded in order.
-            let stream = read::windowed(&self.store, &path, span, REMOTE_WINDOW, REMOTE_IN_FLIGHT)
-                .await
-                .map_err(|e| match e {
-                    object_store::Error::NotFound { .. } => CasError::NotFound(digest.clone()),
-                    e => be_err(format!("reading blob {digest}"))(e),
-                })?;
-            return Ok(read::wrap(stream, digest.clone(), verify, crc32c));
-        }
         let stream = match read::open(&self.store, &path, range, self.opts.direct_io).await {
             Ok(s) => s,
             Err(object_store::Error::NotFound { .. }) => {

@@ -43,37 +43,6 @@ pub(crate) async fn open(
     }
 }
 
-/// Reads `range` of `path` as ranged requests of `window` bytes, `in_flight` at once, yielded
-/// in order. The first request is made before returning, so a missing object is an error here
-/// rather than in the stream.
-pub(crate) async fn windowed(
-    store: &Arc<dyn ObjectStore>,
-    path: &Path,
-    range: Range<u64>,
-    window: u64,
-    in_flight: usize,
-) -> Result<BoxStream<'static, Result<Bytes, object_store::Error>>, object_store::Error> {
-    use object_store::ObjectStoreExt;
-    let windows: Vec<Range<u64>> = (range.start..range.end)
-        .step_by(window.max(1) as usize)
-        .map(|s| s..(s + window).min(range.end))
-        .collect();
-    let Some((first, rest)) = windows.split_first() else {
-        return Ok(futures::stream::empty().boxed());
-    };
-    let head = store.get_range(path, first.clone()).await?;
-    let (store, path) = (store.clone(), path.clone());
-    let rest = futures::stream::iter(rest.to_vec())
-        .map(move |r| {
-            let (store, path) = (store.clone(), path.clone());
-            async move { store.get_range(&path, r).await }
-        })
-        .buffered(in_flight.max(1));
-    Ok(futures::stream::once(futures::future::ready(Ok(head)))
-        .chain(rest)
-        .boxed())
-}
-
 fn file_stream(
     file: std::fs::File,
     path: std::path::PathBuf,

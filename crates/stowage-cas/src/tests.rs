@@ -505,36 +505,3 @@ async fn an_upload_resumes_after_a_restart_in_the_middle() {
         assert_eq!(cas.part_size("gone", 0).await.unwrap(), None, "{name}");
     }
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_reads_from_an_object_store_come_back_in_order() {
-    // Larger than several read windows: ranged requests in flight, yielded in order.
-    let cas = Cas::open(
-        Backend::Custom(s3_store()),
-        CasOptions {
-            part_size: 5 << 20,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let a = data((3 * REMOTE_WINDOW + 12_345) as usize, 21);
-    let d = Digest::sha256(&a);
-    let mut h = Hasher::new(Algorithm::Sha256);
-    cas.write_part("big", 0, body(&a, 1 << 20), &mut h, u64::MAX, true)
-        .await
-        .unwrap();
-    cas.commit("big", &[0], &d).await.unwrap();
-    let size = a.len() as u64;
-    assert_eq!(read_all(&cas, &d, size, None).await.unwrap(), a);
-    let r = (REMOTE_WINDOW - 7)..(2 * REMOTE_WINDOW + 99);
-    assert_eq!(
-        read_all(&cas, &d, size, Some(r.clone())).await.unwrap(),
-        a[r.start as usize..r.end as usize]
-    );
-    // A missing blob is NotFound at once, not a broken stream.
-    let missing = Digest::sha256(b"never stored");
-    assert!(matches!(
-        cas.read(&missing, size, None, None).await,
-        Err(CasError::NotFound(_))
-    ));
-}
