@@ -220,3 +220,84 @@ async fn store_faults_are_retried_and_a_failure_is_a_clean_500_that_indexes_noth
     assert!(got.bytes().await.unwrap().as_ref() == lost.as_slice());
     proxy.stop().await;
 }
+
+/// An HTTP proxy in front of the S3 server that answers every `nth` request with 503 instead of
+/// forwarding it; returns its address and the count of 503s it gave.
+async fn flaky_s3_proxy(
+    upstream: String,
+    nth: u64,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let seen = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let c = reqwest::Client::new();
+    let (seen2, refused2) = (seen.clone(), refused.clone());
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (c, upstream, seen, refused) =
+            (c.clone(), upstream.clone(), seen2.clone(), refused2.clone());
+        async move {
+            use axum::response::IntoResponse;
+            if seen.fetch_add(1, Ordering::SeqCst) % nth == nth - 1 {
+                refused.fetch_add(1, Ordering::SeqCst);
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "injected 503")
+                    .into_response();
+            }
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let url = format!(
+                "{upstream}{}",
+                parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+            );
+            let mut fwd = c.request(parts.method.clone(), url).body(body);
+            for (k, v) in parts.headers.iter() {
+                if k != axum::http::header::HOST && k != axum::http::header::CONTENT_LENGTH {
+                    fwd = fwd.header(k, v);
+                }
+            }
+            let resp = fwd.send().await.unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.unwrap();
+            let mut out = (status, bytes).into_response();
+            for (k, v) in headers.iter() {
+                if k != axum::http::header::CONTENT_LENGTH
+                    && k != axum::http::header::TRANSFER_ENCODING
+                {
+                    out.headers_mut().insert(k, v.clone());
+                }
+            }
+            out
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_5xx_answers_are_retried_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, refused) = flaky_s3_proxy(moto::endpoint(), 4).await;
+    let d = s3_daemon(dir.path(), &format!("http://{addr}"), &moto::bucket());
+    let c = client();
+    let mut images = Vec::new();
+    for i in 0..5u64 {
+        let im = image(vec![data(6 << 20, 60 + i)]);
+        push_image(&c, &d.base, "flaky/app", &format!("t{i}"), &im).await;
+        images.push(im);
+    }
+    for (i, im) in images.iter().enumerate() {
+        assert!(pulls_identical(&c, &d.base, "flaky/app", &format!("t{i}"), im).await);
+    }
+    let n = refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= 10, "only {n} requests were refused");
+}
