@@ -6,7 +6,9 @@
 #                                    compiler for RocksDB itself)
 #   scripts/install-deps.sh --test   plus the real clients and peers the tests start:
 #                                    skopeo, umoci, docker-registry (CNCF Distribution), and
-#                                    moto's S3 server in $HOME/.cache/stowage/venv
+#                                    moto's S3 server in $HOME/.cache/stowage/venv, and the
+#                                    Azurite Azure Blob emulator (from npm; needs node and npm)
+#                                    in $HOME/.cache/stowage/azurite
 set -euo pipefail
 
 want=(libclang-dev clang g++ make)
@@ -33,8 +35,18 @@ install_moto() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "moto[server]==5.*" >&2
 }
+# Azurite's blob server (from npm): the Azure backend's tests start it.
+install_azurite() {
+    local dir="$HOME/.cache/stowage/azurite"
+    if [[ -x "$dir/node_modules/.bin/azurite-blob" ]]; then
+        return 0
+    fi
+    command -v npm >/dev/null || { echo "need node and npm to install Azurite" >&2; exit 1; }
+    echo "installing Azurite into $dir" >&2
+    npm install --prefix "$dir" --no-audit --no-fund --loglevel=error azurite@3 >&2
+}
 if [[ ${#missing[@]} -eq 0 ]]; then
-    if [[ "${1:-}" == "--test" ]]; then install_moto; fi
+    if [[ "${1:-}" == "--test" ]]; then install_moto; install_azurite; fi
     exit 0
 fi
 
@@ -46,4 +58,4 @@ fi
 echo "installing: ${missing[*]}" >&2
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-if [[ "${1:-}" == "--test" ]]; then install_moto; fi
+if [[ "${1:-}" == "--test" ]]; then install_moto; install_azurite; fi

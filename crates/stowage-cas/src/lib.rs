@@ -672,6 +672,8 @@ impl Cas {
 }
 
 #[cfg(test)]
+mod azurite;
+#[cfg(test)]
 mod moto;
 #[cfg(test)]
 mod tests;

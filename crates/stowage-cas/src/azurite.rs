@@ -1,0 +1,179 @@
+//! An Azure Blob Storage test server for the conformance suite: Azurite's blob service, installed
+//! by `scripts/install-deps.sh --test` into `$HOME/.cache/stowage/azurite` (or
+//! `STOWAGE_AZURITE_BLOB`). One server per test process, started on first use on a free loopback
+//! port and kept in memory; a watchdog shell ends it when the test process exits. Each caller gets
+//! a container of its own.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+
+/// Azurite's well-known development account.
+pub const ACCOUNT: &str = "devstoreaccount1";
+/// Its well-known key (public: it is in Azurite's and Microsoft's documentation).
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The account's URL (`http://127.0.0.1:PORT/devstoreaccount1`): Azurite takes the account from
+/// the first path segment.
+pub fn account_url() -> String {
+    format!("{}/{ACCOUNT}", endpoint())
+}
+
+/// The server's endpoint (`http://127.0.0.1:PORT`).
+pub fn endpoint() -> String {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(start).clone()
+}
+
+fn binary() -> String {
+    if let Ok(p) = std::env::var("STOWAGE_AZURITE_BLOB") {
+        return p;
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = format!("{home}/.cache/stowage/azurite/node_modules/.bin/azurite-blob");
+    assert!(
+        std::path::Path::new(&p).exists(),
+        "azurite-blob not found at {p}: run scripts/install-deps.sh --test (CI does this in .ci/run)"
+    );
+    p
+}
+
+fn start() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let me = std::process::id();
+    // In memory (nothing is written to the working directory; Azurite refuses `--location` with
+    // it), no telemetry. The server lives as long as this test process: the shell ends it when
+    // we are gone.
+    let script = format!(
+        "{} --blobHost 127.0.0.1 --blobPort {port} --inMemoryPersistence \
+         --skipApiVersionCheck --disableTelemetry --silent >/dev/null 2>&1 & m=$!; \
+         while kill -0 {me} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done; kill $m 2>/dev/null",
+        binary()
+    );
+    let mut watchdog = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Reaped when it ends (with this process, or if the server dies).
+    std::thread::spawn(move || {
+        let _ = watchdog.wait();
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while request("GET", port, "/", &[]).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "azurite-blob did not answer on {endpoint} in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    endpoint
+}
+
+fn port() -> u16 {
+    endpoint().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A minimal HTTP/1.1 request without a body; the status code.
+fn request(method: &str, port: u16, path: &str, headers: &[(&str, String)]) -> Result<u16, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "no status".to_string())
+}
+
+/// `t` as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn http_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
+    format!(
+        "{weekday}, {day:02} {month} {year} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A new, empty container, created with a SharedKey-signed `Create Container` request (Azurite
+/// refuses anonymous ones).
+pub fn container() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    // Container names: 3-63 characters, lower-case letters, digits and single hyphens.
+    let name = format!(
+        "t{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let date = http_date(SystemTime::now());
+    let version = "2023-11-03";
+    // Path-style (emulator) URLs: the account is both the signer and the first path segment.
+    let string_to_sign = format!(
+        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
+         /{ACCOUNT}/{ACCOUNT}/{name}\nrestype:container"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b64.decode(KEY).unwrap());
+    let signature = b64.encode(ring::hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
+    let status = request(
+        "PUT",
+        port(),
+        &format!("/{ACCOUNT}/{name}?restype=container"),
+        &[
+            ("x-ms-date", date),
+            ("x-ms-version", version.to_string()),
+            ("Authorization", format!("SharedKey {ACCOUNT}:{signature}")),
+        ],
+    )
+    .unwrap();
+    assert_eq!(status, 201, "creating container {name}");
+    name
+}
+
+#[test]
+fn http_dates() {
+    assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+    assert_eq!(
+        http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)),
+        "Sun, 06 Nov 1994 08:49:37 GMT"
+    );
+    assert_eq!(
+        http_date(UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
+        "Thu, 29 Feb 2024 12:34:56 GMT"
+    );
+}
