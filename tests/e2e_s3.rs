@@ -301,3 +301,38 @@ async fn store_5xx_answers_are_retried_with_backoff() {
     let n = refused.load(std::sync::atomic::Ordering::SeqCst);
     assert!(n >= 10, "only {n} requests were refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_round_trips_on_azure_and_survives_a_restart() {
+    use common::azurite;
+    let dir = tempfile::tempdir().unwrap();
+    let container = azurite::container();
+    let url = azurite::account_url();
+    let flags = [
+        "--storage-backend",
+        "azure",
+        "--storage-bucket",
+        &container,
+        "--storage-endpoint",
+        &url,
+        "--storage-allow-http",
+        "true",
+    ];
+    let env = [
+        ("AZURE_STORAGE_ACCOUNT_NAME", azurite::ACCOUNT),
+        ("AZURE_STORAGE_ACCOUNT_KEY", azurite::KEY),
+    ];
+    let c = client();
+    let im = image(vec![data(7 << 20, 70), data(1000, 71)]);
+    {
+        let d = Daemon::start_full(dir.path(), "127.0.0.1:0", &flags, &env);
+        push_image(&c, &d.base, "azure/app", "v1", &im).await;
+        assert!(pulls_identical(&c, &d.base, "azure/app", "v1", &im).await);
+        d.kill9();
+    }
+    let d = Daemon::start_full(dir.path(), "127.0.0.1:0", &flags, &env);
+    assert!(
+        pulls_identical(&c, &d.base, "azure/app", "v1", &im).await,
+        "after a restart"
+    );
+}

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
+#[path = "../../crates/stowage-cas/src/azurite.rs"]
+pub mod azurite;
 pub mod image;
 #[path = "../../crates/stowage-cas/src/moto.rs"]
 pub mod moto;

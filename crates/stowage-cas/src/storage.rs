@@ -68,7 +68,8 @@ pub struct StorageConfig {
     pub bucket: Option<String>,
     /// Key prefix under which everything is stored (`registry/site-a`).
     pub prefix: Option<String>,
-    /// Endpoint URL (S3-compatible servers; Azure emulators).
+    /// Endpoint URL: an S3-compatible server; for Azure, the account URL
+    /// (`http://host:port/ACCOUNT` for Azurite); for GCS, a compatible server's base URL.
     pub endpoint: Option<String>,
     /// Region (S3).
     pub region: Option<String>,
@@ -147,9 +148,16 @@ impl StorageConfig {
                 Arc::new(b.build().map_err(built)?)
             }
             StorageKind::Gcs => {
-                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(self.bucket()?)
+                    .with_client_options(
+                        object_store::ClientOptions::new().with_allow_http(self.allow_http),
+                    )
                     .with_retry(retry());
+                if let Some(e) = &self.endpoint {
+                    // A GCS-compatible server (an emulator): its base URL.
+                    b = b.with_base_url(e.trim_end_matches('/'));
+                }
                 Arc::new(b.build().map_err(built)?)
             }
             StorageKind::Azure => {
@@ -158,7 +166,9 @@ impl StorageConfig {
                     .with_allow_http(self.allow_http)
                     .with_retry(retry());
                 if let Some(e) = &self.endpoint {
-                    b = b.with_endpoint(e.clone());
+                    // The account's URL (`https://host/ACCOUNT` for emulators): container and
+                    // key are appended as path segments.
+                    b = b.with_endpoint(e.trim_end_matches('/').to_string());
                 }
                 Arc::new(b.build().map_err(built)?)
             }
