@@ -7,7 +7,7 @@
 //! idempotent, so a batch that fails half way is simply retried; the cursor moves past a batch
 //! only once the target confirmed all of it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -200,7 +200,7 @@ struct RepoWork {
     /// Manifests put, with the site each came from, in feed order.
     manifests: Vec<(Digest, String)>,
     /// Tags touched.
-    tags: BTreeMap<String, ()>,
+    tags: BTreeSet<String>,
     /// Manifests deleted, with their origin.
     deletes: Vec<(Digest, String)>,
 }
@@ -451,7 +451,7 @@ impl Replicator {
                     next_sync = peer.cfg.anti_entropy_interval.map(|i| Instant::now() + i);
                     peer.update(|s| s.state = "anti_entropy".into());
                     let ran = tokio::select! {
-                        r = self.sync_flow(&flow, &target_site) => r,
+                        r = self.sync_flow(&flow) => r,
                         _ = stop.wait_for(|v| *v) => return,
                     };
                     match ran {
@@ -561,13 +561,13 @@ impl Replicator {
     /// Runs anti-entropy with peer `name` now.
     pub async fn sync(&self, name: &str) -> Result<SyncReport> {
         let peer = self.peer(name)?;
-        let (flow, target_site) = self.flow(&peer).await?;
-        self.sync_flow(&flow, &target_site).await
+        let (flow, _) = self.flow(&peer).await?;
+        self.sync_flow(&flow).await
     }
 
-    async fn sync_flow(&self, flow: &Flow, target_site: &str) -> Result<SyncReport> {
+    async fn sync_flow(&self, flow: &Flow) -> Result<SyncReport> {
         let _one = flow.peer.sync_lock.lock().await;
-        let r = flow.anti_entropy(target_site).await?;
+        let r = flow.anti_entropy().await?;
         flow.peer.update(|s| {
             s.anti_entropy_runs += 1;
             s.anti_entropy_repairs += u64::from(r.manifests_repaired + r.tags_repaired);
@@ -604,7 +604,7 @@ impl Flow {
                     work.entry(ev.repo.clone())
                         .or_default()
                         .tags
-                        .insert(t.clone(), ());
+                        .insert(t.clone());
                 }
                 (EventKind::ManifestDeleted, Some(d), _) if self.cfg().replicate_deletes => {
                     work.entry(ev.repo.clone())
@@ -642,7 +642,7 @@ impl Flow {
             self.replicate_manifest(repo, &digest, doc, &origin, 0)
                 .await?;
         }
-        for tag in w.tags.keys() {
+        for tag in &w.tags {
             self.replicate_tag(repo, tag).await?;
         }
         for (digest, doc, origin) in referrers {
@@ -854,7 +854,7 @@ impl Flow {
     }
 
     /// Compares source and target by hashes and repairs what the target lacks.
-    async fn anti_entropy(&self, _target_site: &str) -> Result<SyncReport> {
+    async fn anti_entropy(&self) -> Result<SyncReport> {
         let started = Instant::now();
         let filters = &self.cfg().filters;
         let mut r = SyncReport::default();
@@ -880,7 +880,7 @@ impl Flow {
             )?;
             let sr: BTreeMap<String, [u8; 32]> = sr.into_iter().collect();
             let tr: BTreeMap<String, [u8; 32]> = tr.into_iter().collect();
-            let names: std::collections::BTreeSet<&String> = sr.keys().chain(tr.keys()).collect();
+            let names: BTreeSet<&String> = sr.keys().chain(tr.keys()).collect();
             r.repositories_compared = names.len() as u32;
             for name in names {
                 if sr.get(name) == tr.get(name) {
