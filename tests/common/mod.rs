@@ -14,6 +14,8 @@ pub mod azurite;
 pub mod image;
 #[path = "../../crates/stowage-cas/src/moto.rs"]
 pub mod moto;
+#[path = "../../crates/stowage-cas/src/testserver.rs"]
+pub mod testserver;
 
 /// Environment for a daemon using the moto server as its S3 backend (any credentials work).
 pub const S3_ENV: [(&str, &str); 2] = [

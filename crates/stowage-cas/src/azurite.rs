@@ -5,13 +5,13 @@
 //! a container of its own.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+
+use super::testserver;
 
 /// Azurite's well-known development account.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -45,63 +45,19 @@ fn binary() -> String {
 }
 
 fn start() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let me = std::process::id();
+    let bin = binary();
     // In memory (nothing is written to the working directory; Azurite refuses `--location` with
-    // it), no telemetry. The server lives as long as this test process: the shell ends it when
-    // we are gone.
-    let script = format!(
-        "{} --blobHost 127.0.0.1 --blobPort {port} --inMemoryPersistence \
-         --skipApiVersionCheck --disableTelemetry --silent >/dev/null 2>&1 & m=$!; \
-         while kill -0 {me} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done; kill $m 2>/dev/null",
-        binary()
-    );
-    let mut watchdog = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Reaped when it ends (with this process, or if the server dies).
-    std::thread::spawn(move || {
-        let _ = watchdog.wait();
-    });
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while request("GET", port, "/", &[]).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "azurite-blob did not answer on {endpoint} in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    endpoint
+    // it), no telemetry.
+    testserver::start("azurite-blob", |port| {
+        format!(
+            "{bin} --blobHost 127.0.0.1 --blobPort {port} --inMemoryPersistence \
+             --skipApiVersionCheck --disableTelemetry --silent"
+        )
+    })
 }
 
 fn port() -> u16 {
-    endpoint().rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// A minimal HTTP/1.1 request without a body; the status code.
-fn request(method: &str, port: u16, path: &str, headers: &[(&str, String)]) -> Result<u16, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    buf.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "no status".to_string())
+    testserver::port_of(&endpoint())
 }
 
 /// `t` as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
@@ -150,7 +106,7 @@ pub fn container() -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b64.decode(KEY).unwrap());
     let signature = b64.encode(ring::hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
-    let status = request(
+    let status = testserver::request(
         "PUT",
         port(),
         &format!("/{ACCOUNT}/{name}?restype=container"),

@@ -677,3 +677,5 @@ mod azurite;
 mod moto;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testserver;
