@@ -70,35 +70,7 @@ enum Push {
 
 async fn push_image(c: &reqwest::Client, base: &str, repo: &str, tag: &str, img: &Image) -> Push {
     for blob in &img.blobs {
-        let digest = sha256(blob);
-        let head = c
-            .head(format!("{base}/v2/{repo}/blobs/{digest}"))
-            .send()
-            .await
-            .unwrap();
-        if head.status() == StatusCode::OK {
-            continue;
-        }
-        let post = c
-            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(post.status(), StatusCode::ACCEPTED);
-        let loc = post.headers()["location"].to_str().unwrap().to_string();
-        let url = if loc.starts_with("http") {
-            loc
-        } else {
-            format!("{base}{loc}")
-        };
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let put = c
-            .put(format!("{url}{sep}digest={digest}"))
-            .body(blob.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(put.status(), StatusCode::CREATED, "blob upload failed");
+        common::image::push_blob(c, base, repo, blob).await;
     }
     let resp = c
         .put(format!("{base}/v2/{repo}/manifests/{tag}"))

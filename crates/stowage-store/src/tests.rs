@@ -550,6 +550,15 @@ async fn replica_env(
     (store, out[0].clone(), out[1].clone())
 }
 
+/// Points `t` of `r` at manifest `m` (already in `r`) with a local push.
+async fn tag_to(store: &Store, r: &RepoName, t: &str, m: &Digest) {
+    let bytes = store
+        .get_manifest(r, &Reference::Digest(m.clone()))
+        .unwrap()
+        .bytes;
+    store.put_manifest(r, &tag(t), None, bytes).await.unwrap();
+}
+
 fn set(d: &Digest, ms: u64, origin: &str) -> TagState {
     TagState::Set {
         digest: d.clone(),
@@ -566,18 +575,7 @@ async fn replicated_tag_states_apply_only_when_newer() {
     let clock = stowage_core::ManualClock::new(1_000_000);
     let r = repo("app");
     let (store, m1, m2) = replica_env(dir.path(), "a", &clock, &r).await;
-    store
-        .put_manifest(
-            &r,
-            &tag("t"),
-            None,
-            store
-                .get_manifest(&r, &Reference::Digest(m1.clone()))
-                .unwrap()
-                .bytes,
-        )
-        .await
-        .unwrap();
+    tag_to(&store, &r, "t", &m1).await;
     assert_eq!(
         store.tag_state(&r, "t").unwrap(),
         Some(set(&m1, 1_000_000, "a"))
@@ -615,18 +613,7 @@ async fn replicated_tag_states_apply_only_when_newer() {
         .unwrap());
     assert!(store.index().tag(&r, "t").unwrap().is_none());
     // A local change always beats the state it replaces, even one stamped ahead of our clock.
-    store
-        .put_manifest(
-            &r,
-            &tag("t"),
-            None,
-            store
-                .get_manifest(&r, &Reference::Digest(m1.clone()))
-                .unwrap()
-                .bytes,
-        )
-        .await
-        .unwrap();
+    tag_to(&store, &r, "t", &m1).await;
     assert_eq!(
         store.tag_state(&r, "t").unwrap(),
         Some(set(&m1, 1_000_006, "a"))
