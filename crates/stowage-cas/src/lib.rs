@@ -14,10 +14,19 @@
 //! An upload session stores each request body (one OCI `PATCH`, or the body of a monolithic
 //! `PUT`) as one *part* object, streamed through a multipart upload so that a blob is never held
 //! whole in memory. The caller hashes the bytes while they stream ([`Cas::write_part`] feeds its
-//! [`Hasher`]). [`Cas::commit`] then publishes the parts under the digest's name: a single part is
-//! renamed into place (no copy); several parts are concatenated into a new object first. The
-//! rename is create-if-absent where the backend supports it, so two clients committing the same
-//! blob at once leave exactly one object.
+//! [`Hasher`]). [`Cas::commit`] then publishes the parts under the digest's name:
+//!
+//! - On the local file system a single part is linked into place (no copy), and several parts
+//!   are first joined by the kernel (`copy_file_range`).
+//! - On object stores a single part is copied server-side to the digest's key, create-if-absent
+//!   where the store has it (Azure, GCS, memory; S3 with `copy_if_not_exists` configured), so
+//!   two clients committing the same blob at once publish it once. Several parts, or one part
+//!   larger than the store copies in one request ([`CasOptions::max_server_copy`]: 5 GiB on
+//!   S3), are streamed through the daemon into a multipart upload at the digest's key, which
+//!   becomes visible only when complete.
+//!
+//! Where a store has no create-if-absent, two commits of one digest may both write its key:
+//! the same bytes to the same key, which still leaves one object.
 //!
 //! # Durability
 //!
@@ -34,6 +43,7 @@ mod read;
 pub mod storage;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -165,6 +175,10 @@ pub struct CasOptions {
     /// file system supports it. Saves a copy and the writeback work per byte; the cost is that a
     /// freshly pushed blob is read from disk, not memory, on its first pull.
     pub direct_io: bool,
+    /// Object stores: the largest object the store copies server-side in one request. A blob
+    /// staged as one larger part is published by streaming it through the daemon instead
+    /// (S3's `CopyObject` refuses sources over 5 GiB).
+    pub max_server_copy: u64,
 }
 
 impl Default for CasOptions {
@@ -174,6 +188,7 @@ impl Default for CasOptions {
             max_parts_in_flight: 2,
             verify_reads: true,
             direct_io: true,
+            max_server_copy: u64::MAX,
         }
     }
 }
@@ -196,6 +211,8 @@ pub struct Cas {
     local_root: Option<PathBuf>,
     /// The backend is the in-memory store.
     memory: bool,
+    /// An object store whose create-if-absent copies the start-up probe saw work.
+    conditional: Arc<AtomicBool>,
 }
 
 /// The object path of a committed blob.
@@ -253,6 +270,7 @@ impl Cas {
             opts,
             local_root,
             memory,
+            conditional: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -261,17 +279,21 @@ impl Cas {
         &self.opts
     }
 
-    /// Whether publishing a blob is create-if-absent (the local file system and memory). On
-    /// other backends two concurrent commits of one digest may both write the object: with the
-    /// same bytes under the same key, which still leaves one object.
+    /// Whether publishing a blob is create-if-absent: the local file system and memory, and an
+    /// object store whose conditional copies [`Cas::probe`] saw work (Azure, GCS, S3 with
+    /// `copy_if_not_exists` configured). Elsewhere two concurrent commits of one digest may both
+    /// write the object: the same bytes under the same key, which still leaves one object.
     pub fn atomic_publish(&self) -> bool {
-        self.local_root.is_some() || self.memory
+        self.local_root.is_some() || self.memory || self.conditional.load(Ordering::Relaxed)
     }
 
     /// Checks that the store answers and accepts writes: puts a small probe object, reads it
-    /// back and deletes it, within `timeout`.
+    /// back, copies it create-if-absent twice (to learn whether the store refuses the second
+    /// copy: see [`Cas::atomic_publish`]) and deletes what it wrote, within `timeout`.
     pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), CasError> {
-        let path = Path::from(format!("probe/{}", uuid::Uuid::new_v4()));
+        let id = uuid::Uuid::new_v4();
+        let path = Path::from(format!("probe/{id}"));
+        let copy = Path::from(format!("probe/{id}.copy"));
         let body = Bytes::from_static(b"stowage probe");
         let check = async {
             self.store
@@ -291,10 +313,29 @@ impl Cas {
                     "the probe object read back differs from what was written".into(),
                 ));
             }
+            let conditional = match self.store.copy_if_not_exists(&path, &copy).await {
+                Ok(()) => match self.store.copy_if_not_exists(&path, &copy).await {
+                    Err(object_store::Error::AlreadyExists { .. }) => true,
+                    Ok(()) => {
+                        tracing::warn!(
+                            "the blob store accepted a create-if-absent copy over an existing \
+                             object: publishes are treated as unconditional"
+                        );
+                        false
+                    }
+                    Err(e) => return Err(be_err("copying the probe object again")(e)),
+                },
+                Err(object_store::Error::NotSupported { .. })
+                | Err(object_store::Error::NotImplemented { .. }) => false,
+                Err(e) => return Err(be_err("copying the probe object")(e)),
+            };
+            self.conditional.store(conditional, Ordering::Relaxed);
+            self.delete_quiet(&copy).await;
             self.store
                 .delete(&path)
                 .await
                 .map_err(be_err("deleting the probe object"))?;
+            tracing::info!(create_if_absent = conditional, "blob store probe passed");
             Ok(())
         };
         tokio::time::timeout(timeout, check)
@@ -470,7 +511,8 @@ impl Cas {
                 CommitOutcome::AlreadyPresent
             });
         }
-        let source = match parts {
+        // Object stores (and memory).
+        let single = match parts {
             [] => {
                 // An empty blob: publish an empty object.
                 let staged = combined_path(upload);
@@ -478,47 +520,126 @@ impl Cas {
                     .put(&staged, Bytes::new().into())
                     .await
                     .map_err(be_err(format!("staging empty blob {digest}")))?;
-                staged
+                Some(staged)
             }
-            [only] => part_path(upload, *only),
-            many => self.concatenate(upload, many).await?,
+            [only] => {
+                let part = part_path(upload, *only);
+                // Only stores with a copy limit pay for asking the part's size.
+                let too_large = self.opts.max_server_copy < u64::MAX
+                    && self
+                        .head_size(&part)
+                        .await?
+                        .is_some_and(|size| size > self.opts.max_server_copy);
+                (!too_large).then_some(part)
+            }
+            _ => None,
         };
-        let outcome = match self.store.rename_if_not_exists(&source, &target).await {
-            Ok(()) => CommitOutcome::Stored,
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                self.delete_quiet(&source).await;
-                CommitOutcome::AlreadyPresent
+        let outcome = match single {
+            Some(source) => self.publish_copy(&source, &target, digest).await?,
+            None => {
+                self.publish_streamed(upload, parts, &target, digest)
+                    .await?
             }
-            Err(object_store::Error::NotSupported { .. })
-            | Err(object_store::Error::NotImplemented { .. }) => {
-                // Backends without create-if-absent: content addressing makes an overwrite by
-                // identical bytes harmless, but skip it when the object is already there.
-                if self.size(digest).await?.is_some() {
-                    self.delete_quiet(&source).await;
-                    CommitOutcome::AlreadyPresent
-                } else {
-                    // Copy, not rename: a rename is a copy and a delete, and a failed delete
-                    // (its request is not retried by the store client) would fail a publish
-                    // that already happened. The staged source is removed with the others.
-                    self.copy_retrying(&source, &target)
-                        .await
-                        .map_err(be_err(format!("publishing blob {digest}")))?;
-                    CommitOutcome::Stored
-                }
-            }
-            Err(e) => return Err(be_err(format!("publishing blob {digest}"))(e)),
         };
         self.abort(upload, parts).await;
         Ok(outcome)
     }
 
-    /// Copies `from` to `to`, trying again after a transient failure: a copy is idempotent
-    /// here (content addressing: the same bytes under the same key).
-    async fn copy_retrying(&self, from: &Path, to: &Path) -> Result<(), object_store::Error> {
+    /// Publishes staged object `source` as blob `digest` (at `target`) by a server-side copy,
+    /// create-if-absent where the store has it. The caller removes the staging.
+    async fn publish_copy(
+        &self,
+        source: &Path,
+        target: &Path,
+        digest: &Digest,
+    ) -> Result<CommitOutcome, CasError> {
+        // A copy, not a rename: a rename is a copy and a delete, and a failed delete (its request
+        // is not retried by the store clients) would fail a publish that already happened.
+        match self.copy_retrying(source, target, true).await {
+            Ok(()) => Ok(CommitOutcome::Stored),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(CommitOutcome::AlreadyPresent),
+            Err(object_store::Error::NotSupported { .. })
+            | Err(object_store::Error::NotImplemented { .. }) => {
+                // No create-if-absent: content addressing makes an overwrite by identical bytes
+                // harmless, but skip it when the object is already there.
+                if self.size(digest).await?.is_some() {
+                    return Ok(CommitOutcome::AlreadyPresent);
+                }
+                self.copy_retrying(source, target, false)
+                    .await
+                    .map_err(be_err(format!("publishing blob {digest}")))?;
+                Ok(CommitOutcome::Stored)
+            }
+            Err(e) => Err(be_err(format!("publishing blob {digest}"))(e)),
+        }
+    }
+
+    /// Publishes the parts of `upload` as blob `digest` (at `target`) by streaming them through
+    /// a multipart upload at `target`: for several parts (one write instead of a joined copy
+    /// and a server-side copy of it) and for parts larger than the store copies in one request.
+    /// The object appears only when the upload completes, with every byte. No create-if-absent
+    /// exists for multipart uploads, so an object already present is left as it is.
+    async fn publish_streamed(
+        &self,
+        upload: &str,
+        parts: &[u32],
+        target: &Path,
+        digest: &Digest,
+    ) -> Result<CommitOutcome, CasError> {
+        if self.size(digest).await?.is_some() {
+            return Ok(CommitOutcome::AlreadyPresent);
+        }
+        let multipart = self
+            .store
+            .put_multipart(target)
+            .await
+            .map_err(be_err(format!("starting to publish blob {digest}")))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
+        let written: Result<(), CasError> = async {
+            let mut chunks = self.parts_stream(upload, parts);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                writer
+                    .wait_for_capacity(self.opts.max_parts_in_flight)
+                    .await
+                    .map_err(be_err(format!("publishing blob {digest}")))?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(blob = %digest, error = %abort, "aborting a failed publish");
+            }
+            return Err(e);
+        }
+        writer
+            .finish()
+            .await
+            .map_err(be_err(format!("completing blob {digest}")))?;
+        Ok(CommitOutcome::Stored)
+    }
+
+    /// Copies `from` to `to` (create-if-absent with `create`), trying again after a transient
+    /// failure: a copy is idempotent here (content addressing: the same bytes under the same
+    /// key), and a create-if-absent copy retried after one that did land answers
+    /// `AlreadyExists`, which the caller takes as published.
+    async fn copy_retrying(
+        &self,
+        from: &Path,
+        to: &Path,
+        create: bool,
+    ) -> Result<(), object_store::Error> {
         let mut wait = std::time::Duration::from_millis(100);
         let mut attempt = 0;
         loop {
-            match self.store.copy(from, to).await {
+            let copied = if create {
+                self.store.copy_if_not_exists(from, to).await
+            } else {
+                self.store.copy(from, to).await
+            };
+            match copied {
                 Ok(()) => return Ok(()),
                 Err(object_store::Error::Generic { .. }) if attempt < 4 => {
                     attempt += 1;
@@ -529,30 +650,6 @@ impl Cas {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    async fn concatenate(&self, upload: &str, parts: &[u32]) -> Result<Path, CasError> {
-        let staged = combined_path(upload);
-        let multipart = self
-            .store
-            .put_multipart(&staged)
-            .await
-            .map_err(be_err(format!("starting {staged}")))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
-        let mut chunks = self.parts_stream(upload, parts);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            writer
-                .wait_for_capacity(self.opts.max_parts_in_flight)
-                .await
-                .map_err(be_err(format!("writing {staged}")))?;
-            writer.put(chunk);
-        }
-        writer
-            .finish()
-            .await
-            .map_err(be_err(format!("completing {staged}")))?;
-        Ok(staged)
     }
 
     /// Removes every staged object of `upload` (best effort; stray staging is also swept on

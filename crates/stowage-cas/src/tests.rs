@@ -34,7 +34,18 @@ async fn read_all(
 
 /// An S3 store on the suite's moto server, in a fresh bucket.
 fn s3_store() -> Arc<dyn ObjectStore> {
-    let s3 = object_store::aws::AmazonS3Builder::new()
+    Arc::new(s3_builder().build().unwrap())
+}
+
+/// An S3 store with create-if-absent copies (`copy_if_not_exists = "multipart"`: a one-part
+/// upload copy completed with `If-None-Match: *`, which moto enforces as Amazon S3 does).
+fn s3_conditional_store() -> Arc<dyn ObjectStore> {
+    let b = s3_builder().with_copy_if_not_exists(object_store::aws::S3CopyIfNotExists::Multipart);
+    Arc::new(b.build().unwrap())
+}
+
+fn s3_builder() -> object_store::aws::AmazonS3Builder {
+    object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(crate::moto::bucket())
         .with_endpoint(crate::moto::endpoint())
         .with_region("us-east-1")
@@ -42,9 +53,6 @@ fn s3_store() -> Arc<dyn ObjectStore> {
         .with_secret_access_key("test")
         .with_allow_http(true)
         .with_virtual_hosted_style_request(false)
-        .build()
-        .unwrap();
-    Arc::new(s3)
 }
 
 /// An Azure store on the suite's Azurite server, in a fresh container.
@@ -67,7 +75,33 @@ fn azure_store() -> Arc<dyn ObjectStore> {
     Arc::new(azure)
 }
 
-fn backends() -> Vec<(Cas, Option<tempfile::TempDir>)> {
+/// A real GCS bucket, when `STOWAGE_TEST_GCS_BUCKET` names one (credentials from the usual
+/// environment, `GOOGLE_SERVICE_ACCOUNT` and so on): no server that speaks GCS's XML API can be
+/// installed here, so CI does not run this. Each call gets a prefix of its own.
+fn gcs_store() -> Option<Arc<dyn ObjectStore>> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let bucket = std::env::var("STOWAGE_TEST_GCS_BUCKET").ok()?;
+    let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .unwrap();
+    let prefix = format!(
+        "stowage-test/{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    Some(Arc::new(object_store::prefix::PrefixStore::new(
+        gcs, prefix,
+    )))
+}
+
+/// The suite's backends, named, each probed as the daemon probes it at start (which tells the
+/// Cas whether the store's create-if-absent copies work).
+async fn named_backends() -> Vec<(&'static str, Cas, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let small = CasOptions {
         part_size: 64 * 1024,
@@ -78,9 +112,14 @@ fn backends() -> Vec<(Cas, Option<tempfile::TempDir>)> {
         part_size: 5 << 20,
         ..Default::default()
     };
-    vec![
-        (Cas::open(Backend::Memory, small.clone()).unwrap(), None),
+    let mut all = vec![
         (
+            "memory",
+            Cas::open(Backend::Memory, small.clone()).unwrap(),
+            None,
+        ),
+        (
+            "filesystem",
             Cas::open(
                 Backend::Filesystem {
                     root: dir.path().join("blobs"),
@@ -91,16 +130,72 @@ fn backends() -> Vec<(Cas, Option<tempfile::TempDir>)> {
             Some(dir),
         ),
         (
+            "s3",
             Cas::open(Backend::Custom(s3_store()), s3.clone()).unwrap(),
             None,
         ),
-        (Cas::open(Backend::Custom(azure_store()), s3).unwrap(), None),
-    ]
+        (
+            "s3 (copy_if_not_exists)",
+            Cas::open(Backend::Custom(s3_conditional_store()), s3.clone()).unwrap(),
+            None,
+        ),
+        (
+            "azure",
+            Cas::open(Backend::Custom(azure_store()), s3.clone()).unwrap(),
+            None,
+        ),
+    ];
+    if let Some(gcs) = gcs_store() {
+        all.push(("gcs", Cas::open(Backend::Custom(gcs), s3).unwrap(), None));
+    }
+    for (name, cas, _) in &all {
+        cas.probe(std::time::Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    all
+}
+
+async fn backends() -> Vec<(Cas, Option<tempfile::TempDir>)> {
+    named_backends()
+        .await
+        .into_iter()
+        .map(|(_, cas, dir)| (cas, dir))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_probe_learns_which_stores_publish_create_if_absent() {
+    let got: Vec<(&str, bool)> = named_backends()
+        .await
+        .iter()
+        .map(|(name, cas, _)| (*name, cas.atomic_publish()))
+        .collect();
+    let mut want = vec![
+        ("memory", true),
+        ("filesystem", true),
+        ("s3", false),
+        ("s3 (copy_if_not_exists)", true),
+        ("azure", true),
+    ];
+    if gcs_store().is_some() {
+        want.push(("gcs", true));
+    }
+    assert_eq!(got, want);
+    // Not before the probe: an object store is not assumed to have it.
+    let cas = Cas::open(Backend::Custom(azure_store()), CasOptions::default()).unwrap();
+    assert!(!cas.atomic_publish());
+    // The probe leaves nothing behind.
+    let store = s3_conditional_store();
+    let cas = Cas::open(Backend::Custom(store.clone()), CasOptions::default()).unwrap();
+    cas.probe(std::time::Duration::from_secs(20)).await.unwrap();
+    let left: Vec<_> = store.list(None).try_collect().await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]
 async fn write_commit_read_in_parts() {
-    for (cas, _dir) in backends() {
+    for (cas, _dir) in backends().await {
         let a = data(300_000, 1);
         let b = data(123_457, 2);
         let mut h = Hasher::new(Algorithm::Sha256);
@@ -146,7 +241,7 @@ async fn write_commit_read_in_parts() {
 
 #[tokio::test]
 async fn same_blob_twice_is_stored_once() {
-    for (cas, _dir) in backends() {
+    for (cas, _dir) in backends().await {
         let a = data(10_000, 3);
         let d = Digest::sha256(&a);
         let mut outcomes = Vec::new();
@@ -168,7 +263,7 @@ async fn same_blob_twice_is_stored_once() {
 
 #[tokio::test]
 async fn concurrent_commits_of_one_digest_leave_one_object() {
-    for (cas, _dir) in backends() {
+    for (cas, _dir) in backends().await {
         let a = data(200_000, 4);
         let d = Digest::sha256(&a);
         let mut tasks = Vec::new();
@@ -210,7 +305,7 @@ async fn concurrent_commits_of_one_digest_leave_one_object() {
 
 #[tokio::test]
 async fn empty_blob_commits() {
-    for (cas, _dir) in backends() {
+    for (cas, _dir) in backends().await {
         let d = Digest::sha256(b"");
         assert_eq!(
             cas.commit("e", &[], &d).await.unwrap(),
@@ -222,7 +317,7 @@ async fn empty_blob_commits() {
 
 #[tokio::test]
 async fn limit_and_body_errors_leave_no_part() {
-    for (cas, _dir) in backends() {
+    for (cas, _dir) in backends().await {
         let a = data(5000, 5);
         let mut h = Hasher::new(Algorithm::Sha256);
         let err = cas
@@ -246,7 +341,7 @@ async fn limit_and_body_errors_leave_no_part() {
 
 #[tokio::test]
 async fn bad_ranges_and_missing_blobs_are_errors() {
-    for (cas, _dir) in backends() {
+    for (cas, _dir) in backends().await {
         let a = data(100, 6);
         let d = Digest::sha256(&a);
         let mut h = Hasher::new(Algorithm::Sha256);
@@ -317,7 +412,7 @@ async fn corrupt_bytes_fail_the_read_loudly() {
 /// the check (on both the direct and the buffered read path).
 #[tokio::test]
 async fn recorded_checksum_matches_and_passes() {
-    for (cas, _dir) in backends() {
+    for (cas, _dir) in backends().await {
         let a = data(3 * 1024 * 1024 + 11, 5);
         let d = Digest::sha256(&a);
         let mut h = Hasher::new(Algorithm::Sha256);
@@ -378,7 +473,7 @@ async fn large_blobs_read_back_through_direct_reads() {
 
 #[tokio::test]
 async fn stray_uploads_are_swept() {
-    for (cas, _dir) in backends() {
+    for (cas, _dir) in backends().await {
         let mut h = Hasher::new(Algorithm::Sha256);
         cas.write_part("keep", 0, body(b"k", 1), &mut h, u64::MAX, true)
             .await
@@ -391,6 +486,105 @@ async fn stray_uploads_are_swept() {
         assert_eq!(removed, 1);
         assert_eq!(cas.part_size("keep", 0).await.unwrap(), Some(1));
         assert_eq!(cas.part_size("gone", 0).await.unwrap(), None);
+    }
+}
+
+/// The object stores of the suite, each behind a fault wrapper (to refuse server-side copies).
+fn object_stores() -> Vec<(&'static str, Arc<dyn ObjectStore>)> {
+    vec![
+        ("memory", Arc::new(InMemory::new()) as Arc<dyn ObjectStore>),
+        ("s3", s3_store()),
+        ("s3 (copy_if_not_exists)", s3_conditional_store()),
+        ("azure", azure_store()),
+    ]
+    .into_iter()
+    .chain(gcs_store().map(|g| ("gcs", g)))
+    .collect()
+}
+
+/// Several parts, and a single part larger than the store copies in one request (S3: 5 GiB),
+/// are published by streaming them into a multipart upload at the digest's key: no server-side
+/// copy. A single part under the limit is copied (shown by the copy failure reaching the
+/// caller once the retries are spent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_too_large_to_copy_and_many_parts_are_streamed_into_place() {
+    for (name, inner) in object_stores() {
+        let (store, faults) = faulty::FaultyStore::new(inner);
+        let opts = CasOptions {
+            part_size: 5 << 20,
+            max_server_copy: 6 << 20,
+            ..Default::default()
+        };
+        let cas = Cas::open(Backend::Custom(store), opts).unwrap();
+        // Every copy the Cas might try (and its retries) fails from here on.
+        faults.fail_copies(1000);
+        let big = data(7 << 20, 40);
+        let d = Digest::sha256(&big);
+        let mut h = Hasher::new(Algorithm::Sha256);
+        cas.write_part("big", 0, body(&big, 1 << 20), &mut h, u64::MAX, true)
+            .await
+            .unwrap();
+        assert_eq!(
+            cas.commit("big", &[0], &d).await.unwrap(),
+            CommitOutcome::Stored,
+            "{name}"
+        );
+        assert_eq!(
+            read_all(&cas, &d, big.len() as u64, None).await.unwrap(),
+            big,
+            "{name}"
+        );
+        // Several parts of a smaller blob: streamed as well.
+        let (a, b) = (data(5 << 20, 41), data(300_000, 42));
+        let whole = [a.clone(), b.clone()].concat();
+        let d2 = Digest::sha256(&whole);
+        let mut h = Hasher::new(Algorithm::Sha256);
+        cas.write_part("two", 0, body(&a, 1 << 20), &mut h, u64::MAX, true)
+            .await
+            .unwrap();
+        cas.write_part("two", 1, body(&b, 1 << 20), &mut h, u64::MAX, true)
+            .await
+            .unwrap();
+        assert_eq!(h.finish(), d2);
+        assert_eq!(
+            cas.commit("two", &[0, 1], &d2).await.unwrap(),
+            CommitOutcome::Stored,
+            "{name}"
+        );
+        assert_eq!(
+            read_all(&cas, &d2, whole.len() as u64, None).await.unwrap(),
+            whole,
+            "{name}"
+        );
+        // The same blob again: already there, nothing rewritten.
+        let mut h = Hasher::new(Algorithm::Sha256);
+        cas.write_part("again", 0, body(&big, 1 << 20), &mut h, u64::MAX, true)
+            .await
+            .unwrap();
+        assert_eq!(
+            cas.commit("again", &[0], &d).await.unwrap(),
+            CommitOutcome::AlreadyPresent,
+            "{name}"
+        );
+        assert_eq!(faults.injected(), 0, "{name}: no copy was tried");
+        // A part under the limit takes the copy, which fails here: nothing is published.
+        let small = data(100_000, 43);
+        let d3 = Digest::sha256(&small);
+        let mut h = Hasher::new(Algorithm::Sha256);
+        cas.write_part("small", 0, body(&small, 4096), &mut h, u64::MAX, true)
+            .await
+            .unwrap();
+        let err = cas.commit("small", &[0], &d3).await.unwrap_err();
+        assert!(err.to_string().contains("publishing blob"), "{name}: {err}");
+        assert!(faults.injected() >= 1, "{name}");
+        assert_eq!(cas.size(&d3).await.unwrap(), None, "{name}");
+        // Staging of the published blobs is gone; the failed one is the caller's to abort.
+        cas.abort("small", &[0]).await;
+        assert_eq!(
+            cas.remove_stray_uploads(&Default::default()).await.unwrap(),
+            0,
+            "{name}: staging left behind"
+        );
     }
 }
 

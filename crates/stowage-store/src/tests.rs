@@ -779,7 +779,8 @@ async fn a_failed_store_write_indexes_nothing_and_the_next_push_works() {
     for (i, what) in ["write", "publish", "torn multipart"].iter().enumerate() {
         match i {
             0 => faults.fail_puts(1),
-            1 => faults.fail_copies(1),
+            // The Cas retries a failed copy four times: fail all five attempts.
+            1 => faults.fail_copies(5),
             _ => faults.tear_uploads(1),
         }
         let data = vec![i as u8 + 1; 300_000];
@@ -799,7 +800,7 @@ async fn a_failed_store_write_indexes_nothing_and_the_next_push_works() {
         store.put_blob(&r, &d, body(&data)).await.unwrap();
         assert_eq!(read(&store, &r, &d).await.unwrap(), data, "{what}");
     }
-    assert_eq!(faults.injected(), 3);
+    assert_eq!(faults.injected(), 1 + 5 + 1);
 }
 
 #[tokio::test]
