@@ -77,7 +77,16 @@ pub struct StorageConfig {
     pub path_style: bool,
     /// Allow plain HTTP endpoints (test servers).
     pub allow_http: bool,
+    /// S3 only: how the store offers create-if-absent copies, in object_store's notation:
+    /// `multipart` (Amazon S3's conditional writes: a one-part upload copy completed with
+    /// `If-None-Match: *`), or `header:NAME:VALUE` / `header-with-status:NAME:VALUE:STATUS`
+    /// for stores with a header of their own (Cloudflare R2). Unset: publishes on S3 are
+    /// unconditional copies (harmless for content-addressed keys).
+    pub copy_if_not_exists: Option<String>,
 }
+
+/// The largest source S3's `CopyObject` (and `UploadPartCopy`) accepts: 5 GiB.
+pub const S3_MAX_COPY: u64 = 5 << 30;
 
 /// Retries of transient failures (5xx, timeouts, connection errors): 6 with exponential backoff
 /// from 100 ms, giving up after 60 s.
@@ -109,6 +118,15 @@ impl StorageConfig {
         s
     }
 
+    /// The largest object the store copies server-side in one request (see
+    /// [`crate::CasOptions::max_server_copy`]).
+    pub fn max_server_copy(&self) -> u64 {
+        match self.kind {
+            StorageKind::S3 => S3_MAX_COPY,
+            _ => u64::MAX,
+        }
+    }
+
     fn bucket(&self) -> Result<&str, CasError> {
         self.bucket
             .as_deref()
@@ -126,6 +144,13 @@ impl StorageConfig {
         let built = |e: object_store::Error| {
             CasError::Config(format!("storage backend {}: {e}", self.describe()))
         };
+        if self.copy_if_not_exists.is_some() && self.kind != StorageKind::S3 {
+            return Err(CasError::Config(format!(
+                "copy_if_not_exists is an S3 setting; backend {} has create-if-absent copies of \
+                 its own or none",
+                self.kind.as_str()
+            )));
+        }
         let store: Arc<dyn ObjectStore> = match self.kind {
             StorageKind::Filesystem => {
                 return Ok(Backend::Filesystem {
@@ -144,6 +169,10 @@ impl StorageConfig {
                 }
                 if let Some(r) = &self.region {
                     b = b.with_region(r);
+                }
+                if let Some(c) = &self.copy_if_not_exists {
+                    // Parsed (and refused with object_store's message) by `build`.
+                    b = b.with_config(object_store::aws::AmazonS3ConfigKey::CopyIfNotExists, c);
                 }
                 Arc::new(b.build().map_err(built)?)
             }

@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// Size of the parts large blobs are written in (`[storage] part_size`).
     #[arg(long, env = "STOWAGE_STORAGE_PART_SIZE", value_name = "BYTES", value_parser = parse_size)]
     pub storage_part_size: Option<u64>,
+    /// S3 only: how the store offers create-if-absent copies: `multipart` (Amazon S3), or
+    /// `header:NAME:VALUE` (`[storage] copy_if_not_exists`).
+    #[arg(long, env = "STOWAGE_STORAGE_COPY_IF_NOT_EXISTS", value_name = "MODE")]
+    pub storage_copy_if_not_exists: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +132,7 @@ struct StorageFile {
     path_style: Option<bool>,
     allow_http: Option<bool>,
     part_size: Option<toml::Value>,
+    copy_if_not_exists: Option<String>,
 }
 
 /// The config file's shape: the same options as the command line.
@@ -399,6 +404,10 @@ impl ServeArgs {
             region: self.storage_region.or(sf.region),
             path_style: self.storage_path_style.or(sf.path_style).unwrap_or(false),
             allow_http: self.storage_allow_http.or(sf.allow_http).unwrap_or(false),
+            copy_if_not_exists: self
+                .storage_copy_if_not_exists
+                .or(sf.copy_if_not_exists)
+                .filter(|c| !c.trim().is_empty()),
         };
         let part_size = match (self.storage_part_size, sf.part_size) {
             (Some(v), _) => Some(v),
@@ -750,5 +759,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bucket"), "{err}");
+        // Create-if-absent copies: an S3 setting, in object_store's notation.
+        let s = resolve_file(
+            "[storage]\nbackend = \"s3\"\nbucket = \"b\"\ncopy_if_not_exists = \"multipart\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.storage.copy_if_not_exists.as_deref(), Some("multipart"));
+        assert!(s.storage.backend(std::path::Path::new("/d")).is_ok());
+        let bad = stowage_cas::StorageConfig {
+            copy_if_not_exists: Some("sometimes".into()),
+            ..s.storage.clone()
+        };
+        let err = bad
+            .backend(std::path::Path::new("/d"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sometimes"), "{err}");
+        let azure = stowage_cas::StorageConfig {
+            kind: stowage_cas::StorageKind::Azure,
+            ..s.storage
+        };
+        let err = azure
+            .backend(std::path::Path::new("/d"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("S3 setting"), "{err}");
     }
 }

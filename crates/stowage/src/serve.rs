@@ -69,12 +69,17 @@ async fn serve(s: Settings) -> Result<(), String> {
     cfg.cas.direct_io = s.direct_io;
     cfg.site = Some(s.site.clone());
     cfg.backend = Some(s.storage.backend(&s.data_dir).map_err(|e| e.to_string())?);
+    cfg.cas.max_server_copy = s.storage.max_server_copy();
     if let Some(p) = s.part_size {
         cfg.cas.part_size = p as usize;
     }
-    let store = Store::open(cfg)
-        .await
-        .map_err(|e| format!("opening store in {}: {e}", s.data_dir.display()))?;
+    let store = Store::open(cfg).await.map_err(|e| {
+        format!(
+            "opening store in {} (blobs: {}): {e}",
+            s.data_dir.display(),
+            s.storage.describe()
+        )
+    })?;
     tracing::info!(data_dir = %s.data_dir.display(), site = %s.site, storage = %s.storage.describe(), "store open");
 
     let api = TcpListener::bind(s.listen)
