@@ -123,17 +123,20 @@ fn failed_start_with(dir: &Path, flags: &[&str], envs: &[(&str, &str)]) -> Strin
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// An HTTP endpoint on a loopback port nothing listens on.
+fn closed_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
 #[tokio::test]
 async fn an_unreachable_store_or_missing_bucket_stops_the_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!(
-        "http://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let closed = closed_endpoint();
     let started = Instant::now();
     let err = failed_start(&dir.path().join("a"), &closed, "b");
     assert!(
@@ -163,14 +166,7 @@ async fn an_unreachable_store_or_missing_bucket_stops_the_start_with_a_clear_err
 #[tokio::test]
 async fn an_unreachable_gcs_store_stops_the_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!(
-        "http://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let closed = closed_endpoint();
     let flags = [
         "--storage-backend",
         "gcs",
