@@ -825,3 +825,50 @@ async fn slow_store_concurrent_pushes_of_one_blob_end_as_one() {
     }
     assert_eq!(store.index().blob(&d).unwrap().unwrap().size, 200_000);
 }
+
+/// A finish whose caller goes away in the middle of the commit (a client that disconnects, a
+/// replication stream that is reset) still ends with the blob published and indexed and the
+/// session gone: the commit runs in a task of its own. Before, the bytes could stay published
+/// but unindexed, and the session kept naming parts the publish had consumed.
+#[tokio::test]
+async fn a_finish_dropped_mid_commit_still_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = faulty_store(dir.path()).await;
+    let r = repo("app");
+    let data = vec![7u8; 300_000];
+    let d = Digest::sha256(&data);
+    let st = store.start_upload(&r).await.unwrap();
+    store
+        .append_upload(&r, &st.id, Some(0), body(&data))
+        .await
+        .unwrap();
+    // Every store request now takes 300 ms: the publish is under way when the caller gives up.
+    faults.set_latency(std::time::Duration::from_millis(300));
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        store.finish_upload(&r, &st.id, &d, no_body()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the finish should still be committing");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.index().blob(&d).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped finish never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    faults.set_latency(std::time::Duration::ZERO);
+    assert!(store.index().repo_has_blob(&r, &d).unwrap());
+    assert_eq!(read(&store, &r, &d).await.unwrap(), data);
+    // The session ended with the commit (its record is removed in the same batch).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !matches!(
+        store.upload_status(&r, &st.id).await,
+        Err(StoreError::BlobUploadUnknown(_))
+    ) {
+        assert!(std::time::Instant::now() < deadline, "the session lives on");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(store.index().pending().unwrap().is_empty());
+}

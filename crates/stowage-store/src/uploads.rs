@@ -302,21 +302,36 @@ impl Store {
         if s.recorded {
             batch.delete_upload(id);
         }
-        let result = self
-            .commit_blob(batch, repo, id, &parts, digest, size, crc)
-            .await;
-        // A successful commit consumed the staged parts; a failed one leaves them to remove.
-        let (record_left, staged) = match &result {
-            Ok(()) => (false, &[][..]),
-            Err(_) => (s.recorded, &parts[..]),
-        };
-        self.end_session(id, staged, record_left).await?;
-        result?;
-        Ok(BlobInfo {
+        // Publishing, indexing and ending the session run in a task of their own that holds the
+        // session: a caller dropped in the middle (an HTTP client that disconnects, a
+        // replication stream that is reset) would otherwise leave the bytes published but not
+        // indexed, and the session naming staged parts that the publish consumed, so that the
+        // next finish of it fails. The task finishes the commit whether or not anyone waits.
+        let store = self.clone();
+        let (repo, id, digest) = (repo.clone(), id.to_string(), digest.clone());
+        let info = BlobInfo {
             digest: digest.clone(),
             size,
             crc32c: Some(crc),
+        };
+        crate::task::spawn_named("blob_commit", async move {
+            let recorded = s.recorded;
+            let result = store
+                .commit_blob(batch, &repo, &id, &parts, &digest, size, crc)
+                .await;
+            // A successful commit consumed the staged parts; a failed one leaves them to remove.
+            let (record_left, staged) = match &result {
+                Ok(()) => (false, &[][..]),
+                Err(_) => (recorded, &parts[..]),
+            };
+            let ended = store.end_session(&id, staged, record_left).await;
+            drop(s);
+            ended?;
+            result
         })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob commit task: {e}")))??;
+        Ok(info)
     }
 
     /// Publishes verified staged bytes and indexes them, under the digest's shared lock.
