@@ -315,22 +315,24 @@ impl Cas {
             }
             let conditional = match self.store.copy_if_not_exists(&path, &copy).await {
                 Ok(()) => match self.store.copy_if_not_exists(&path, &copy).await {
-                    Err(object_store::Error::AlreadyExists { .. }) => true,
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(true),
                     Ok(()) => {
                         tracing::warn!(
                             "the blob store accepted a create-if-absent copy over an existing \
                              object: publishes are treated as unconditional"
                         );
-                        false
+                        Ok(false)
                     }
-                    Err(e) => return Err(be_err("copying the probe object again")(e)),
+                    Err(e) => Err(be_err("copying the probe object again")(e)),
                 },
                 Err(object_store::Error::NotSupported { .. })
-                | Err(object_store::Error::NotImplemented { .. }) => false,
-                Err(e) => return Err(be_err("copying the probe object")(e)),
+                | Err(object_store::Error::NotImplemented { .. }) => Ok(false),
+                Err(e) => Err(be_err("copying the probe object")(e)),
             };
-            self.conditional.store(conditional, Ordering::Relaxed);
+            // The copy goes whatever the copies answered; the probe object below.
             self.delete_quiet(&copy).await;
+            let conditional = conditional?;
+            self.conditional.store(conditional, Ordering::Relaxed);
             self.store
                 .delete(&path)
                 .await

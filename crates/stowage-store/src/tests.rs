@@ -850,25 +850,36 @@ async fn a_finish_dropped_mid_commit_still_commits() {
     )
     .await;
     assert!(dropped.is_err(), "the finish should still be committing");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.index().blob(&d).unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dropped finish never committed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until("the dropped finish commits", || async {
+        store.index().blob(&d).unwrap().is_some()
+    })
+    .await;
     faults.set_latency(std::time::Duration::ZERO);
     assert!(store.index().repo_has_blob(&r, &d).unwrap());
     assert_eq!(read(&store, &r, &d).await.unwrap(), data);
     // The session ended with the commit (its record is removed in the same batch).
+    wait_until("the session ends", || async {
+        matches!(
+            store.upload_status(&r, &st.id).await,
+            Err(StoreError::BlobUploadUnknown(_))
+        )
+    })
+    .await;
+    assert!(store.index().pending().unwrap().is_empty());
+}
+
+/// Polls `done` every 50 ms until it holds; fails the test after 10 s.
+async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !matches!(
-        store.upload_status(&r, &st.id).await,
-        Err(StoreError::BlobUploadUnknown(_))
-    ) {
-        assert!(std::time::Instant::now() < deadline, "the session lives on");
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(store.index().pending().unwrap().is_empty());
 }
