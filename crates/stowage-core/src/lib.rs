@@ -3,12 +3,15 @@
 //!
 //! This crate is pure logic: it performs no I/O.
 
+pub mod actor;
 pub mod clock;
 pub mod digest;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod range;
 
+pub use actor::{Action, Actor, Principal, ProjectRecord, RobotRecord, Role, UserRecord};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{
