@@ -43,10 +43,10 @@ fn site(root: &Path, name: &str, peers: &[Peer<'_>]) -> Daemon {
     site_on(root, name, "127.0.0.1:0", peers)
 }
 
-fn site_on(root: &Path, name: &str, admin: &str, peers: &[Peer<'_>]) -> Daemon {
+fn site_on(root: &Path, name: &str, repl: &str, peers: &[Peer<'_>]) -> Daemon {
     let cfg = config(root, name, peers);
     let dir = root.join(name);
-    Daemon::start_on(&dir, admin, &["--config", cfg.to_str().unwrap()])
+    Daemon::start_on(&dir, repl, &["--config", cfg.to_str().unwrap()])
 }
 
 /// `stowage repl status --json` of a daemon.
@@ -120,7 +120,7 @@ async fn image_pushed_to_a_pulls_identical_from_b_and_only_missing_blobs_cross()
         "private",
         &[Peer(
             "cloud",
-            &b.admin,
+            &b.repl,
             "push",
             "repositories = [\"team-a/**\"]\nanti_entropy_interval = \"0s\"",
         )],
@@ -267,11 +267,11 @@ async fn image_pushed_to_a_pulls_identical_from_b_and_only_missing_blobs_cross()
 async fn a_chain_of_three_sites_converges() {
     let root = tempfile::tempdir().unwrap();
     let dr = site(root.path(), "dr", &[]);
-    let cloud = site(root.path(), "cloud", &[Peer("dr", &dr.admin, "push", "")]);
+    let cloud = site(root.path(), "cloud", &[Peer("dr", &dr.repl, "push", "")]);
     let private = site(
         root.path(),
         "private",
-        &[Peer("cloud", &cloud.admin, "push", "")],
+        &[Peer("cloud", &cloud.repl, "push", "")],
     );
     let c = client();
     let base = data(200_000, 10);
@@ -311,8 +311,8 @@ async fn both_ways_no_loops_and_conflicting_tags_converge() {
         root.path(),
         "dc-a",
         &[
-            Peer("b-out", &b.admin, "push", "anti_entropy_interval = \"0s\""),
-            Peer("b-in", &b.admin, "pull", "anti_entropy_interval = \"0s\""),
+            Peer("b-out", &b.repl, "push", "anti_entropy_interval = \"0s\""),
+            Peer("b-in", &b.repl, "pull", "anti_entropy_interval = \"0s\""),
         ],
     );
     let c = client();
@@ -400,7 +400,7 @@ async fn anti_entropy_repairs_what_the_feed_did_not_carry() {
     let b = site(root.path(), "cloud", &[]);
     let narrow = [Peer(
         "cloud",
-        &b.admin,
+        &b.repl,
         "push",
         "repositories = [\"team-a/**\"]\nanti_entropy_interval = \"0s\"",
     )];
@@ -422,7 +422,7 @@ async fn anti_entropy_repairs_what_the_feed_did_not_carry() {
     assert!(a.terminate().success());
     let wide = [Peer(
         "cloud",
-        &b.admin,
+        &b.repl,
         "push",
         "anti_entropy_interval = \"0s\"",
     )];
@@ -490,14 +490,14 @@ async fn kill9_of_the_target_during_a_large_transfer_resumes_from_its_offset() {
         .unwrap_or(1024);
     let size = mib << 20;
     let root = tempfile::tempdir().unwrap();
-    let b_admin = format!("127.0.0.1:{}", free_port());
-    let b = site_on(root.path(), "cloud", &b_admin, &[]);
+    let b_repl = format!("127.0.0.1:{}", free_port());
+    let b = site_on(root.path(), "cloud", &b_repl, &[]);
     let a = site(
         root.path(),
         "private",
         &[Peer(
             "cloud",
-            &b.admin,
+            &b.repl,
             "push",
             "anti_entropy_interval = \"0s\"\nconcurrency = 1",
         )],
@@ -517,7 +517,7 @@ async fn kill9_of_the_target_during_a_large_transfer_resumes_from_its_offset() {
     })
     .await;
     b.kill9();
-    let b = site_on(root.path(), "cloud", &b_admin, &[]);
+    let b = site_on(root.path(), "cloud", &b_repl, &[]);
     wait_in_sync(&a, "cloud", 300).await;
     let p = peer_status(&a, "cloud");
     let resumed = num(&p, "bytes_resumed");
@@ -544,7 +544,7 @@ async fn kill9_of_the_target_during_a_large_transfer_resumes_from_its_offset() {
 async fn network_faults_between_sites_then_anti_entropy_finds_no_difference() {
     let root = tempfile::tempdir().unwrap();
     let b = site(root.path(), "cloud", &[]);
-    let upstream: std::net::SocketAddr = b.admin.trim_start_matches("http://").parse().unwrap();
+    let upstream: std::net::SocketAddr = b.repl.trim_start_matches("http://").parse().unwrap();
     let proxy = stowage_faultproxy::FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
         .await
         .unwrap();
@@ -642,7 +642,7 @@ async fn tag_filters_carry_only_matching_tags_and_what_they_reach() {
         "private",
         &[Peer(
             "cloud",
-            &b.admin,
+            &b.repl,
             "push",
             "tags = [\"v*\"]\nanti_entropy_interval = \"0s\"",
         )],
@@ -689,7 +689,7 @@ async fn the_bandwidth_limit_holds_a_peer_to_its_rate() {
         "private",
         &[Peer(
             "cloud",
-            &b.admin,
+            &b.repl,
             "push",
             "bandwidth_limit = \"4M\"\nanti_entropy_interval = \"0s\"",
         )],

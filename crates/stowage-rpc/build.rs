@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(&manifest_dir).join("../../proto");
     let protos = [
         root.join("stowage/v1/admin.proto"),
+        root.join("stowage/v1/access.proto"),
         root.join("stowage/v1/replication.proto"),
     ];
     for p in &protos {

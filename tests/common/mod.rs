@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
+pub mod auth;
 #[path = "../../crates/stowage-cas/src/azurite.rs"]
 pub mod azurite;
 pub mod image;
 #[path = "../../crates/stowage-cas/src/moto.rs"]
 pub mod moto;
+pub mod pki;
 #[path = "../../crates/stowage-cas/src/testserver.rs"]
 pub mod testserver;
 
@@ -47,6 +49,8 @@ pub struct Daemon {
     pub base: String,
     pub host: String,
     pub admin: String,
+    /// The replication listener (`http://127.0.0.1:PORT`), where peers connect.
+    pub repl: String,
     pub data_dir: PathBuf,
 }
 
@@ -64,9 +68,12 @@ impl Daemon {
         Self::start_on(data_dir, "127.0.0.1:0", extra)
     }
 
-    /// Starts with the admin service on `admin_listen` (a restart that peers must find again).
-    pub fn start_on(data_dir: &Path, admin_listen: &str, extra: &[&str]) -> Daemon {
-        Self::start_full(data_dir, admin_listen, extra, &[])
+    /// Starts with the replication service on `repl_listen` (a restart that peers must find
+    /// again).
+    pub fn start_on(data_dir: &Path, repl_listen: &str, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--repl-listen", repl_listen];
+        args.extend_from_slice(extra);
+        Self::start_full(data_dir, "127.0.0.1:0", &args, &[])
     }
 
     /// Starts on the S3 backend of the tests' moto server (a fresh bucket).
@@ -90,6 +97,11 @@ impl Daemon {
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", admin_listen])
             .args(["--log-level", "warn"])
+            .args(if extra.contains(&"--repl-listen") {
+                &[][..]
+            } else {
+                &["--repl-listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -99,7 +111,8 @@ impl Daemon {
         let mut lines = BufReader::new(stdout).lines();
         let mut base = None;
         let mut admin = None;
-        while base.is_none() || admin.is_none() {
+        let mut repl = None;
+        while base.is_none() || admin.is_none() || repl.is_none() {
             let line = match lines.next() {
                 Some(Ok(l)) => l,
                 _ => {
@@ -111,17 +124,23 @@ impl Daemon {
                 base = Some(a.trim().to_string());
             } else if let Some(a) = line.strip_prefix("stowage admin listening on ") {
                 admin = Some(a.trim().to_string());
+            } else if let Some(a) = line.strip_prefix("stowage replication listening on ") {
+                repl = Some(a.trim().to_string());
             }
         }
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let base = base.unwrap();
-        let host = base.trim_start_matches("http://").to_string();
+        let host = base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string();
         let d = Daemon {
             child,
             base,
             host,
             admin: admin.unwrap(),
+            repl: repl.unwrap(),
             data_dir: data_dir.to_path_buf(),
         };
         d.wait_ready();
@@ -129,10 +148,16 @@ impl Daemon {
     }
 
     fn wait_ready(&self) {
+        // Listeners are bound before the start lines are printed; over TLS there is nothing
+        // more this plain-HTTP probe could tell.
+        if self.base.starts_with("https://") {
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = ureq_get(&format!("{}/v2/", self.base)) {
-                if r == 200 {
+                // 401: authentication is on and the API answers.
+                if r == 200 || r == 401 {
                     return;
                 }
             }

@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use stowage_core::{Digest, ManualClock, Reference, RepoName, Tag};
+use stowage_core::{Actor, Digest, ManualClock, Reference, RepoName, Tag};
+
+/// The actor the benchmark's pushes are recorded as.
+fn bench_actor() -> Actor {
+    Actor::user("bench")
+}
 use stowage_gc::{Collector, GcConfig, RunOptions};
 use stowage_store::{Store, StoreConfig};
 
@@ -122,7 +127,11 @@ async fn push_blobs(
     for bytes in blobs {
         let d = Digest::sha256(&bytes);
         let size = bytes.len();
-        store.put_blob(repo, &d, body(bytes)).await.unwrap();
+        store
+            .client()
+            .put_blob(&bench_actor(), repo, &d, body(bytes))
+            .await
+            .unwrap();
         out.push((d, size));
     }
     out
@@ -177,7 +186,8 @@ async fn populate_mark(data: &std::path::Path, manifests: u64, repos: u64) -> Re
                     Reference::Digest(Digest::sha256(&manifest))
                 };
                 store
-                    .put_manifest(&repo, &reference, None, manifest)
+                    .client()
+                    .put_manifest(&bench_actor(), &repo, &reference, None, manifest)
                     .await
                     .unwrap();
             }
@@ -201,7 +211,7 @@ async fn populate_mark(data: &std::path::Path, manifests: u64, repos: u64) -> Re
 
 async fn mark(data: &std::path::Path) -> Result<()> {
     let store = open(data, true, ManualClock::new(now_ms())).await?;
-    let gc = Collector::new(store, GcConfig::default());
+    let gc = Collector::new(store.gc_ops(), GcConfig::default());
     let started = Instant::now();
     let report = gc
         .run(RunOptions {
@@ -241,7 +251,11 @@ async fn sweep(data: &std::path::Path, blobs: u64, sync_index: bool) -> Result<(
             for i in (w..blobs).step_by(8) {
                 let bytes = format!("unreferenced blob {i} ").repeat(40).into_bytes();
                 let d = Digest::sha256(&bytes);
-                store.put_blob(&repo, &d, body(bytes)).await.unwrap();
+                store
+                    .client()
+                    .put_blob(&bench_actor(), &repo, &d, body(bytes))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -252,7 +266,7 @@ async fn sweep(data: &std::path::Path, blobs: u64, sync_index: bool) -> Result<(
     let stored = started.elapsed().as_secs_f64();
     clock.set(now_ms());
     let gc = Collector::new(
-        store,
+        store.gc_ops(),
         GcConfig {
             quarantine: Duration::ZERO,
             ..GcConfig::default()
@@ -312,7 +326,8 @@ async fn put_load(
                 let tag = Reference::Tag(Tag::parse(&format!("p{tag_base}-{w}-{i}")).unwrap());
                 let t = Instant::now();
                 store
-                    .put_manifest(&repo, &tag, None, manifest)
+                    .client()
+                    .put_manifest(&bench_actor(), &repo, &tag, None, manifest)
                     .await
                     .unwrap();
                 out.push((
@@ -363,7 +378,8 @@ async fn latency(
                     let manifest = image_manifest(&push_blobs(&store, &repo, blobs).await, None);
                     let tag = Reference::Tag(Tag::parse(&format!("v{m}")).unwrap());
                     store
-                        .put_manifest(&repo, &tag, None, manifest)
+                        .client()
+                        .put_manifest(&bench_actor(), &repo, &tag, None, manifest)
                         .await
                         .unwrap();
                 }
@@ -378,7 +394,7 @@ async fn latency(
     clock.set(now_ms());
     let store = open_with(data, false, clock.clone(), true).await?;
     let gc = Collector::new(
-        store.clone(),
+        store.gc_ops(),
         GcConfig {
             quarantine,
             ..GcConfig::default()
@@ -398,7 +414,10 @@ async fn latency(
         for r in 0..10u64 {
             let repo = RepoName::parse(&format!("lat/repo{r}")).unwrap();
             for m in round * per_round..(round + 1) * per_round {
-                store.untag(&repo, &format!("v{m}")).await?;
+                store
+                    .client()
+                    .untag(&bench_actor(), &repo, &format!("v{m}"))
+                    .await?;
             }
         }
         // Without GC: puts for as long as the previous GC run took (10 s at first), so both

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stowage_core::Actor;
 use stowage_core::Digest;
-use stowage_store::Store;
+use stowage_store::GcStore;
 use tokio::sync::watch;
 
 pub use report::{Counts, Phase, PhaseTime, Progress, Report, RunStatus};
@@ -46,7 +47,7 @@ impl Default for GcConfig {
 }
 
 /// Options of one run; `None` fields take the configured value.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunOptions {
     /// Decide and report, change nothing.
     pub dry_run: bool,
@@ -58,6 +59,9 @@ pub struct RunOptions {
     pub upload_expiry: Option<Duration>,
     /// What asked for the run ("cli", "schedule", ...), kept in the report.
     pub trigger: String,
+    /// Who asked (recorded in the audit log; the run's own removals are made as `system:gc`).
+    /// `None`: the daemon itself.
+    pub actor: Option<Actor>,
 }
 
 /// Errors of the collector.
@@ -99,7 +103,7 @@ pub struct Collector {
 
 #[derive(Debug)]
 struct Inner {
-    store: Store,
+    store: GcStore,
     config: GcConfig,
     /// Latest progress of the current (or last) run; `None` before the first.
     progress: watch::Sender<Option<Progress>>,
@@ -155,7 +159,7 @@ fn decode_report(id: u64, bytes: &[u8]) -> Result<Report, GcError> {
 impl Collector {
     /// A collector over `store`. Runs that were in progress when the daemon last stopped are
     /// closed as interrupted (their removals were each atomic; the next run finishes the job).
-    pub fn new(store: Store, config: GcConfig) -> Collector {
+    pub fn new(store: GcStore, config: GcConfig) -> Collector {
         let (progress, _) = watch::channel(None);
         let mut next_id = 1;
         let mut last = None;
@@ -180,7 +184,7 @@ impl Collector {
                     }
                 }
                 if !batch.is_empty() {
-                    if let Err(e) = store.index().commit(batch) {
+                    if let Err(e) = store.record_runs_blocking(batch) {
                         tracing::error!(error = %e, "closing interrupted gc runs");
                     }
                 }
@@ -250,20 +254,22 @@ impl Collector {
         Ok((guard, resolved, report))
     }
 
-    async fn save(&self, report: &Report) -> Result<(), GcError> {
-        let mut batch = stowage_index::Batch::new();
-        batch.put_gc_run(
-            report.run_id,
-            serde_json::to_vec(report).unwrap_or_default(),
-        );
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.index().commit(batch))
-            .await
-            .map_err(|e| {
-                GcError::Store(stowage_store::StoreError::Internal(format!(
-                    "gc report write task: {e}"
-                )))
-            })??;
+    /// Records the run's report, with `audit` (the run's start) in the same batch.
+    async fn save(
+        &self,
+        report: &Report,
+        audit: Option<stowage_index::AuditEntry>,
+    ) -> Result<(), GcError> {
+        let bytes = serde_json::to_vec(report).map_err(|e| {
+            GcError::Index(stowage_index::IndexError::Corrupt(format!(
+                "encoding the report of gc run {}: {e}",
+                report.run_id
+            )))
+        })?;
+        self.inner
+            .store
+            .record_run(report.run_id, bytes, audit)
+            .await?;
         Ok(())
     }
 
@@ -272,8 +278,21 @@ impl Collector {
         guard: RunningGuard,
         opts: run::Resolved,
         mut report: Report,
+        by: Actor,
     ) -> Report {
-        if let Err(e) = self.save(&report).await {
+        let start = self
+            .inner
+            .store
+            .audit_entry(&by, stowage_index::AuditAction::GcRun)
+            .target(report.run_id.to_string())
+            .detail(format!(
+                "{}trigger {}, grace {} ms, quarantine {} ms",
+                if opts.dry_run { "dry run, " } else { "" },
+                report.trigger,
+                report.grace_ms,
+                report.quarantine_ms
+            ));
+        if let Err(e) = self.save(&report, Some(start)).await {
             tracing::error!(run_id = report.run_id, error = %e, "recording gc run start");
         }
         tracing::info!(run_id = report.run_id, dry_run = opts.dry_run, grace = ?opts.grace, "gc run started");
@@ -291,7 +310,7 @@ impl Collector {
                 report.error = Some(e.to_string());
             }
         }
-        if let Err(e) = self.save(&report).await {
+        if let Err(e) = self.save(&report, None).await {
             tracing::error!(run_id = report.run_id, error = %e, "recording gc run report");
         }
         {
@@ -336,13 +355,14 @@ impl Collector {
     pub fn start(&self, opts: RunOptions) -> Result<u64, GcError> {
         let (guard, resolved, report) = self.begin(&opts)?;
         let id = report.run_id;
+        let by = opts.actor.unwrap_or_else(|| Actor::system("gc"));
         let this = self.clone();
         let span = tracing::info_span!("gc_run", run_id = id);
         stowage_store::task::spawn_named(
             "gc-run",
             tracing::Instrument::instrument(
                 async move {
-                    this.execute(guard, resolved, report).await;
+                    this.execute(guard, resolved, report, by).await;
                 },
                 span,
             ),
@@ -353,7 +373,8 @@ impl Collector {
     /// Runs to the end and returns the report (tests, the schedule).
     pub async fn run(&self, opts: RunOptions) -> Result<Report, GcError> {
         let (guard, resolved, report) = self.begin(&opts)?;
-        Ok(self.execute(guard, resolved, report).await)
+        let by = opts.actor.unwrap_or_else(|| Actor::system("gc"));
+        Ok(self.execute(guard, resolved, report, by).await)
     }
 
     /// Progress of the current or last run. The receiver sees every later update; a run is over
@@ -388,9 +409,9 @@ impl Collector {
 
     /// Brings a quarantined blob back: served again and linked into the repositories that held
     /// it, with a fresh grace period.
-    pub async fn restore(&self, digest: &Digest) -> Result<Restored, GcError> {
+    pub async fn restore(&self, actor: &Actor, digest: &Digest) -> Result<Restored, GcError> {
         use stowage_store::StoreError;
-        match self.inner.store.gc_restore_blob(digest).await {
+        match self.inner.store.restore_blob(actor, digest).await {
             Ok((size, repos)) => {
                 tracing::info!(%digest, size, repos = repos.len(), "restored quarantined blob");
                 Ok(Restored {

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
-use stowage_store::Store;
+use stowage_core::Actor;
+use stowage_store::GcStore as Store;
 
 use crate::mark::{self, MarkParams, Plan};
 use crate::report::{Counts, Phase, PhaseTime, Report, RunStatus};
@@ -167,7 +168,8 @@ pub(crate) async fn execute(
         let mut results = stream::iter(chunks.into_iter().map(|chunk| {
             let store = store.clone();
             async move {
-                let result = paced(&store, store.gc_remove_manifests(&chunk)).await;
+                let result =
+                    paced(&store, store.remove_manifests(&Actor::system("gc"), &chunk)).await;
                 (chunk, result)
             }
         }))
@@ -189,7 +191,11 @@ pub(crate) async fn execute(
         }
     }
     for (digest, _) in &plan.orphan_documents {
-        if store.gc_remove_manifest_document(digest).await?.is_none() {
+        if store
+            .remove_manifest_document(&Actor::system("gc"), digest)
+            .await?
+            .is_none()
+        {
             site.kept_on_recheck += 1;
         }
     }
@@ -227,7 +233,11 @@ pub(crate) async fn execute(
                 .collect();
             async move {
                 let items = items?;
-                let swept = paced(&store, store.gc_sweep_blobs(&items, run_id)).await?;
+                let swept = paced(
+                    &store,
+                    store.sweep_blobs(&Actor::system("gc"), &items, run_id),
+                )
+                .await?;
                 Ok::<_, GcError>(
                     items
                         .into_iter()
@@ -275,7 +285,7 @@ pub(crate) async fn execute(
             .collect();
         let mut results = stream::iter(chunks.into_iter().map(|chunk| {
             let store = store.clone();
-            async move { paced(&store, store.gc_purge_blobs(&chunk)).await }
+            async move { paced(&store, store.purge_blobs(&Actor::system("gc"), &chunk)).await }
         }))
         .buffer_unordered(SWEEP_CONCURRENCY);
         while let Some(result) = results.next().await {
@@ -297,7 +307,10 @@ pub(crate) async fn execute(
     let started = Instant::now();
     sink.update(Phase::Uploads, 0, idle.len() as u64, report);
     for (id, _) in &idle {
-        if let Some(bytes) = store.expire_upload(id, upload_cutoff).await? {
+        if let Some(bytes) = store
+            .expire_upload(&Actor::system("gc"), id, upload_cutoff)
+            .await?
+        {
             site.uploads_expired += 1;
             site.upload_bytes_expired += bytes;
         }

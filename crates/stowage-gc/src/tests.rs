@@ -12,6 +12,11 @@ use stowage_store::{Store, StoreConfig, StoreError};
 
 use crate::{Collector, GcConfig, RunOptions, RunStatus};
 
+/// The actor of the tests' requests.
+pub(crate) fn actor() -> stowage_core::Actor {
+    stowage_core::Actor::user("tester")
+}
+
 const HOUR: u64 = 3_600_000;
 const T0: u64 = 1_700_000_000_000;
 
@@ -40,7 +45,7 @@ pub(crate) async fn open_at(dir: tempfile::TempDir, clock: ManualClock, config: 
     let store = Store::open_with_clock(StoreConfig::new(dir.path()), Arc::new(clock.clone()))
         .await
         .unwrap();
-    let gc = Collector::new(store.clone(), config);
+    let gc = Collector::new(store.gc_ops(), config);
     Env {
         dir,
         clock,
@@ -61,7 +66,11 @@ pub(crate) async fn env() -> Env {
 impl Env {
     pub async fn blob(&self, r: &str, data: &[u8]) -> (Digest, u64) {
         let d = Digest::sha256(data);
-        self.store.put_blob(&repo(r), &d, body(data)).await.unwrap();
+        self.store
+            .client()
+            .put_blob(&actor(), &repo(r), &d, body(data))
+            .await
+            .unwrap();
         (d, data.len() as u64)
     }
 
@@ -115,7 +124,8 @@ impl Env {
         };
         let out = self
             .store
-            .put_manifest(&repo(r), &reference, None, bytes)
+            .client()
+            .put_manifest(&actor(), &repo(r), &reference, None, bytes)
             .await
             .unwrap();
         (out.digest, size)
@@ -203,7 +213,11 @@ async fn untagged_image_is_collected_after_grace_and_dry_run_matches() {
     let e = env().await;
     let (m, _, blobs) = e.image("app", "v1", &[b"layer-one", b"layer-two"]).await;
     let (keep, _, keep_blobs) = e.image("app", "v2", &[b"layer-three"]).await;
-    e.store.untag(&repo("app"), "v1").await.unwrap();
+    e.store
+        .client()
+        .untag(&actor(), &repo("app"), "v1")
+        .await
+        .unwrap();
 
     // Inside the grace period nothing goes.
     let young = e.gc(false).await;
@@ -272,7 +286,7 @@ async fn untagged_image_is_collected_after_grace_and_dry_run_matches() {
     assert!(!blob_file(&blobs[1]).exists());
     assert!(e.store.index().blob(&blobs[1]).unwrap().is_none());
     // Restoring a purged blob is refused.
-    assert!(e.gc.restore(&blobs[1]).await.is_err());
+    assert!(e.gc.restore(&actor(), &blobs[1]).await.is_err());
 }
 
 #[tokio::test]
@@ -280,7 +294,8 @@ async fn restore_brings_a_quarantined_blob_back_where_it_was() {
     let e = env().await;
     let (d, _) = e.blob("a", b"orphan layer").await;
     e.store
-        .mount_blob(&repo("b"), &repo("a"), &d)
+        .client()
+        .mount_blob(&actor(), &repo("b"), &repo("a"), &d)
         .await
         .unwrap()
         .unwrap();
@@ -291,17 +306,17 @@ async fn restore_brings_a_quarantined_blob_back_where_it_was() {
     assert_eq!(r.repos["a"].blobs_swept, 1);
     assert_eq!(r.repos["b"].blobs_swept, 1);
     assert!(!e.served("a", &d) && !e.served("b", &d));
-    let restored = e.gc.restore(&d).await.unwrap();
+    let restored = e.gc.restore(&actor(), &d).await.unwrap();
     assert_eq!(restored.repos, vec!["a".to_string(), "b".to_string()]);
     assert_eq!(e.read("a", &d).await.unwrap(), b"orphan layer");
     assert_eq!(e.read("b", &d).await.unwrap(), b"orphan layer");
     // Restored content has a fresh grace period.
     assert_eq!(e.gc(false).await.totals.blobs_quarantined, 0);
     // Restoring what is served, or was never stored, is refused with a clear error.
-    let err = e.gc.restore(&d).await.unwrap_err().to_string();
+    let err = e.gc.restore(&actor(), &d).await.unwrap_err().to_string();
     assert!(err.contains("served"), "{err}");
     let err =
-        e.gc.restore(&Digest::sha256(b"never"))
+        e.gc.restore(&actor(), &Digest::sha256(b"never"))
             .await
             .unwrap_err()
             .to_string();
@@ -366,7 +381,11 @@ async fn multi_arch_index_cases() {
 
     // 2. Deleting v1's tag frees the children referenced nowhere else (amd), and keeps the
     //    child shared with v2 (arm) and the layer shared with solo and arm.
-    e.store.untag(&repo("multi"), "v1").await.unwrap();
+    e.store
+        .client()
+        .untag(&actor(), &repo("multi"), "v1")
+        .await
+        .unwrap();
     let r = e.gc(false).await;
     assert!(!e.has_manifest("multi", &idx1));
     assert!(!e.has_manifest("multi", &amd));
@@ -382,7 +401,11 @@ async fn multi_arch_index_cases() {
     }
 
     // 3. Deleting the manifest that shares a layer with a tagged one keeps the layer.
-    e.store.untag(&repo("multi"), "v2").await.unwrap();
+    e.store
+        .client()
+        .untag(&actor(), &repo("multi"), "v2")
+        .await
+        .unwrap();
     e.gc(false).await;
     assert!(!e.has_manifest("multi", &arm));
     assert!(!e.has_manifest("multi", &riscv));
@@ -406,7 +429,11 @@ async fn referrers_live_with_their_subject() {
     let sig_gone = e
         .referrer("app", (&gone, gone_size), b"signature of v2")
         .await;
-    e.store.untag(&repo("app"), "v2").await.unwrap();
+    e.store
+        .client()
+        .untag(&actor(), &repo("app"), "v2")
+        .await
+        .unwrap();
     e.age(2 * HOUR);
     let r = e.gc(false).await;
     assert!(
@@ -446,7 +473,11 @@ async fn delete_untagged_false_keeps_every_manifest() {
     )
     .await;
     let (m, _, blobs) = e.image("app", "v1", &[b"layer"]).await;
-    e.store.untag(&repo("app"), "v1").await.unwrap();
+    e.store
+        .client()
+        .untag(&actor(), &repo("app"), "v1")
+        .await
+        .unwrap();
     let (stray, _) = e.blob("app", b"never referenced").await;
     e.age(2 * HOUR);
     let r = e.gc(false).await;
@@ -485,7 +516,8 @@ async fn push_racing_a_sweep_either_keeps_the_blob_or_fails_cleanly() {
                 tokio::task::yield_now().await;
             }
             store
-                .put_manifest(&repo("app"), &tag("latest"), None, bytes)
+                .client()
+                .put_manifest(&actor(), &repo("app"), &tag("latest"), None, bytes)
                 .await
         });
         let run = e.gc(false).await;
@@ -516,14 +548,21 @@ async fn push_racing_a_sweep_either_keeps_the_blob_or_fails_cleanly() {
 async fn stale_uploads_expire_with_their_bytes() {
     let e = env().await;
     let r = repo("app");
-    let chunked = e.store.start_upload(&r).await.unwrap();
+    let chunked = e.store.client().start_upload(&actor(), &r).await.unwrap();
     e.store
-        .append_upload(&r, &chunked.id, Some(0), body(b"some staged bytes"))
+        .client()
+        .append_upload(
+            &actor(),
+            &r,
+            &chunked.id,
+            Some(0),
+            body(b"some staged bytes"),
+        )
         .await
         .unwrap();
-    let empty = e.store.start_upload(&r).await.unwrap();
+    let empty = e.store.client().start_upload(&actor(), &r).await.unwrap();
     e.age(23 * HOUR);
-    let fresh = e.store.start_upload(&r).await.unwrap();
+    let fresh = e.store.client().start_upload(&actor(), &r).await.unwrap();
     e.age(2 * HOUR);
     let dry = e.gc(true).await;
     assert_eq!(dry.totals.uploads_expired, 2);
@@ -533,11 +572,16 @@ async fn stale_uploads_expire_with_their_bytes() {
     assert_eq!(real.totals.upload_bytes_expired, 17);
     for id in [&chunked.id, &empty.id] {
         assert!(matches!(
-            e.store.upload_status(&r, id).await,
+            e.store.client().upload_status(&actor(), &r, id).await,
             Err(StoreError::BlobUploadUnknown(_))
         ));
     }
-    assert!(e.store.upload_status(&r, &fresh.id).await.is_ok());
+    assert!(e
+        .store
+        .client()
+        .upload_status(&actor(), &r, &fresh.id)
+        .await
+        .is_ok());
     let staging = std::fs::read_dir(e.dir.path().join("cas/uploads"))
         .unwrap()
         .count();
@@ -620,13 +664,20 @@ async fn replication_pins_keep_blobs_from_collection_until_they_expire() {
     let (_, _, blobs) = e
         .image("app", "v1", &[b"sending-one", b"sending-two"])
         .await;
-    e.store.untag(&repo("app"), "v1").await.unwrap();
+    e.store
+        .client()
+        .untag(&actor(), &repo("app"), "v1")
+        .await
+        .unwrap();
     // At a target: a blob received for a manifest that has not arrived yet.
     let (waiting, _) = e.blob("other", b"received-before-its-manifest").await;
     let (unpinned, _) = e.blob("other", b"nobody-needs-me").await;
     e.age(2 * HOUR);
     let until = e.store.now_ms() + HOUR;
-    e.store.pin_blobs(blobs.iter().chain([&waiting]), until);
+    e.store
+        .replica()
+        .pin_blobs(blobs.iter().chain([&waiting]), until)
+        .unwrap();
     let r = e.gc(false).await;
     assert_eq!(r.totals.manifests_swept, 1, "manifests are not pinned");
     for b in &blobs {

@@ -9,6 +9,8 @@
 //! The index knows nothing of HTTP, gRPC or of the rules that decide what may be written (that is
 //! `stowage-store`'s job); it offers typed reads and a typed batch builder.
 
+pub mod accounts;
+pub mod audit;
 pub mod keys;
 pub mod records;
 
@@ -27,14 +29,20 @@ pub use records::{
 };
 
 mod snapshot;
+pub use audit::{
+    AuditAction, AuditEntry, AuditFilter, AuditOutcome, AuditProblem, AuditRecord,
+    AuditVerifyReport,
+};
 pub use snapshot::Snapshot;
 
 /// On-disk format version written at creation and checked at every open.
 ///
 /// History: 1 = first release; 2 = adds `holders` (who holds each digest, digest-major),
 /// `pending` (publish intents) and `gc_runs`. Version 1 indexes are migrated at open by
-/// building `holders` from `repo_blobs` and `manifests`.
-pub const FORMAT_VERSION: u32 = 2;
+/// building `holders` from `repo_blobs` and `manifests`. 3 = adds `audit` (the hash-chained
+/// audit log) and `accounts` (users, robots, roles, projects); both start empty, so a
+/// version 2 index needs no migration, but a version 2 build must not open it.
+pub const FORMAT_VERSION: u32 = 3;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -54,7 +62,9 @@ mod cf {
     pub const HOLDERS: &str = "holders";
     pub const PENDING: &str = "pending";
     pub const GC_RUNS: &str = "gc_runs";
-    pub const ALL: [&str; 14] = [
+    pub const AUDIT: &str = "audit";
+    pub const ACCOUNTS: &str = "accounts";
+    pub const ALL: [&str; 16] = [
         META,
         BLOBS,
         REPO_BLOBS,
@@ -69,11 +79,17 @@ mod cf {
         HOLDERS,
         PENDING,
         GC_RUNS,
+        AUDIT,
+        ACCOUNTS,
     ];
 }
 
 const META_FORMAT: &[u8] = b"format_version";
 const META_SEQ: &[u8] = b"feed_seq";
+/// The audit log's head: last audit sequence number and its hash.
+const META_AUDIT_HEAD: &[u8] = b"audit_head";
+/// The audit log's retention anchor: the last entry removed and its hash.
+const META_AUDIT_ANCHOR: &[u8] = b"audit_anchor";
 /// Prefix of the extension keyspace in `meta` (see [`Batch::put_meta`]).
 const META_EXT: &[u8] = b"x\0";
 
@@ -160,6 +176,11 @@ fn decode_ms(bytes: &[u8]) -> Result<u64, IndexError> {
     Ok(u64::from_be_bytes(arr))
 }
 
+/// Encodes a record, failing loudly instead of writing an empty value.
+fn encode_checked<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, IndexError> {
+    serde_json::to_vec(value).map_err(|e| IndexError::Corrupt(format!("encoding {what}: {e}")))
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Serialising these plain records cannot fail (no maps with non-string keys, no I/O).
     serde_json::to_vec(value).unwrap_or_default()
@@ -182,8 +203,9 @@ impl Default for IndexOptions {
 pub struct Index {
     db: Db,
     path: PathBuf,
-    /// Next feed sequence number to allocate; held for the whole write, so the feed is ordered.
-    next_seq: Mutex<u64>,
+    /// Next feed sequence number to allocate and the audit chain's end; held for the whole
+    /// write, so the feed and the audit log are in commit order.
+    next_seq: Mutex<Heads>,
     /// Batches waiting for the next group commit, each with the slot its result goes to.
     queue: Mutex<Vec<(Batch, CommitSlot)>>,
     sync_writes: bool,
@@ -195,10 +217,20 @@ impl std::fmt::Debug for Index {
     }
 }
 
+/// What the commit lock guards: where the feed and the audit chain go on.
+#[derive(Debug, Default)]
+struct Heads {
+    /// Next feed sequence number.
+    seq: u64,
+    /// The audit chain's end.
+    audit: audit::Chain,
+}
+
 /// A change being assembled. Nothing is visible until [`Index::commit`].
 pub struct Batch {
     events: Vec<Event>,
     ops: Vec<Op>,
+    audit: Vec<AuditEntry>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -206,6 +238,7 @@ impl std::fmt::Debug for Batch {
         f.debug_struct("Batch")
             .field("ops", &self.ops.len())
             .field("events", &self.events.len())
+            .field("audit", &self.audit.len())
             .finish()
     }
 }
@@ -228,12 +261,13 @@ impl Batch {
         Self {
             events: Vec::new(),
             ops: Vec::new(),
+            audit: Vec::new(),
         }
     }
 
     /// True when nothing was added.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.events.is_empty()
+        self.ops.is_empty() && self.events.is_empty() && self.audit.is_empty()
     }
 
     fn put(&mut self, cf: &'static str, k: Vec<u8>, v: Vec<u8>) {
@@ -411,13 +445,17 @@ impl Index {
         let index = Index {
             db,
             path: path.to_path_buf(),
-            next_seq: Mutex::new(0),
+            next_seq: Mutex::new(Heads::default()),
             queue: Mutex::new(Vec::new()),
             sync_writes: opts.sync_writes,
         };
         index.check_format()?;
         let last = index.last_seq()?;
-        *index.lock_seq() = last + 1;
+        let audit = index.audit_head()?;
+        *index.lock_seq() = Heads {
+            seq: last + 1,
+            audit,
+        };
         Ok(index)
     }
 
@@ -439,7 +477,13 @@ impl Index {
             Some(v) if v == b"1" => {
                 self.migrate_v1_holders()?;
                 write_version()?;
-                tracing::info!(path = %self.path.display(), "index migrated from format 1 to 2");
+                tracing::info!(path = %self.path.display(), "index migrated from format 1 to {FORMAT_VERSION}");
+                Ok(())
+            }
+            Some(v) if v == b"2" => {
+                // Format 3 only adds column families, created empty at open.
+                write_version()?;
+                tracing::info!(path = %self.path.display(), "index migrated from format 2 to {FORMAT_VERSION}");
                 Ok(())
             }
             Some(v) if v == FORMAT_VERSION.to_string().as_bytes() => Ok(()),
@@ -493,7 +537,7 @@ impl Index {
         self.db.flush_wal(true).map_err(db_err("syncing migration"))
     }
 
-    fn lock_seq(&self) -> std::sync::MutexGuard<'_, u64> {
+    fn lock_seq(&self) -> std::sync::MutexGuard<'_, Heads> {
         // A panic while holding this lock cannot leave the counter inconsistent (it is only
         // advanced after a successful write), so a poisoned lock is safe to reuse.
         self.next_seq
@@ -530,11 +574,17 @@ impl Index {
         }
         let group = std::mem::take(&mut *lock(&self.queue));
         let mut wb = WriteBatch::default();
-        let mut seq = *next;
+        let mut seq = next.seq;
+        let mut chain = next.audit;
         let mut lasts = Vec::with_capacity(group.len());
         let built: Result<(), IndexError> = (|| {
             let feed = self.cf(cf::FEED)?;
+            let audit_cf = self.cf(cf::AUDIT)?;
             for (batch, _) in &group {
+                for entry in &batch.audit {
+                    let (aseq, value) = chain.append(entry)?;
+                    wb.put_cf(&audit_cf, keys::seq(aseq), value);
+                }
                 for op in &batch.ops {
                     match op {
                         Op::Put(name, k, v) => wb.put_cf(&self.cf(name)?, k, v),
@@ -547,8 +597,11 @@ impl Index {
                 }
                 lasts.push(seq - 1);
             }
-            if seq != *next {
+            if seq != next.seq {
                 wb.put_cf(&self.cf(cf::META)?, META_SEQ, (seq - 1).to_be_bytes());
+            }
+            if chain != next.audit {
+                wb.put_cf(&self.cf(cf::META)?, META_AUDIT_HEAD, chain.encode());
             }
             let mut opts = WriteOptions::default();
             opts.set_sync(self.sync_writes);
@@ -558,7 +611,8 @@ impl Index {
             )))
         })();
         if built.is_ok() {
-            *next = seq;
+            next.seq = seq;
+            next.audit = chain;
         }
         for ((_, waiter), last) in group.iter().zip(lasts.iter().chain(std::iter::repeat(&0))) {
             let result = match &built {
@@ -637,6 +691,23 @@ impl Index {
             Some(v) => keys::take_seq(&v),
             None => Ok(0),
         }
+    }
+
+    /// The audit chain's end as stored (sequence 0 and a zero hash when the log is empty).
+    fn audit_head(&self) -> Result<audit::Chain, IndexError> {
+        match self.meta_raw(META_AUDIT_HEAD)? {
+            Some(v) => audit::Chain::decode(&v),
+            None => Ok(audit::Chain::default()),
+        }
+    }
+
+    /// A `meta` value by its raw key (the index's own bookkeeping, outside the extension
+    /// keyspace).
+    fn meta_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        let meta = self.cf(cf::META)?;
+        self.db
+            .get_cf(&meta, key)
+            .map_err(db_err("reading index metadata"))
     }
 
     /// A blob's record.

@@ -154,6 +154,10 @@ pub struct UploadRecord {
     /// Sizes of the stored parts, in order (part `i` is the `i`-th request body).
     #[serde(rename = "p", default)]
     pub parts: Vec<u64>,
+    /// The principal that opened the session (only it may use it); absent in records written
+    /// before sessions had owners.
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// What happened, in one change-feed entry.

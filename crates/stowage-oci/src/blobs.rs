@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use stowage_core::{Digest, RepoName};
+use stowage_core::{Actor, Digest, RepoName};
 use stowage_store::UploadStatus;
 
 use crate::error::{ApiError, ApiResult, Code};
@@ -13,6 +13,7 @@ use crate::{method_not_allowed, parse_digest, parse_repo, query_param, AppState}
 
 pub(crate) async fn handle_blob(
     app: &AppState,
+    actor: &Actor,
     repo: &RepoName,
     digest: &Digest,
     req: Request<Body>,
@@ -37,15 +38,14 @@ pub(crate) async fn handle_blob(
         }
         Method::GET => get_blob(app, repo, digest, req.headers()).await,
         Method::DELETE => {
-            app.store.delete_blob(repo, digest).await?;
+            app.store.delete_blob(actor, repo, digest).await?;
             Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
         }
         ref m => Err(method_not_allowed(m)),
     }
 }
 
-/// Parses a `Range: bytes=a-b` header against a blob of `size` bytes into a half-open range.
-/// Returns `Ok(None)` without a header; an unsatisfiable or malformed range is an error.
+/// Parses a `Range` header against a blob of `size` bytes (see [`stowage_core::range::blob_range`]).
 fn parse_range(headers: &HeaderMap, size: u64) -> ApiResult<Option<std::ops::Range<u64>>> {
     let Some(value) = headers.get(header::RANGE) else {
         return Ok(None);
@@ -59,31 +59,7 @@ fn parse_range(headers: &HeaderMap, size: u64) -> ApiResult<Option<std::ops::Ran
         .with_header("content-range", format!("bytes */{size}"))
     };
     let text = value.to_str().map_err(|_| bad())?;
-    let spec = text.trim().strip_prefix("bytes=").ok_or_else(bad)?;
-    if spec.contains(',') {
-        // Multi-range responses are not supported; serve the whole blob instead (allowed).
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let (start, end_incl) = match (a.trim(), b.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| bad())?;
-            if n == 0 || size == 0 {
-                return Err(bad());
-            }
-            (size.saturating_sub(n), size - 1)
-        }
-        (s, "") => (s.parse().map_err(|_| bad())?, size.saturating_sub(1)),
-        (s, e) => {
-            let s: u64 = s.parse().map_err(|_| bad())?;
-            let e: u64 = e.parse().map_err(|_| bad())?;
-            (s, e.min(size.saturating_sub(1)))
-        }
-    };
-    if size == 0 || start >= size || end_incl < start {
-        return Err(bad());
-    }
-    Ok(Some(start..end_incl + 1))
+    stowage_core::range::blob_range(text, size).map_err(|_| bad())
 }
 
 async fn get_blob(
@@ -183,24 +159,52 @@ fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
 
 /// POST `/v2/<name>/blobs/uploads/`: monolithic (`?digest=`), mount (`?mount=&from=`), or a
 /// new session.
-pub(crate) async fn start_upload(app: &AppState, repo: &RepoName, req: Request<Body>) -> ApiResult {
+pub(crate) async fn start_upload(
+    app: &AppState,
+    id: &stowage_auth::authority::Identity,
+    actor: &Actor,
+    repo: &RepoName,
+    req: Request<Body>,
+) -> ApiResult {
     if let Some(mount) = query_param(&req, "mount") {
         let digest = parse_digest(&mount)?;
-        if let Some(from) = query_param(&req, "from") {
-            let from = parse_repo(&from)?;
-            if app.store.mount_blob(repo, &from, &digest).await?.is_some() {
+        // A mount needs pull on the source: without it the client gets a fresh upload, exactly
+        // as when the source lacks the blob, so nothing about the source is revealed.
+        let from = match query_param(&req, "from") {
+            Some(f) => match parse_repo(&f) {
+                Ok(from) => {
+                    let may = app
+                        .auth
+                        .allowed(id, &from, stowage_core::Action::Pull)
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "deciding mount access");
+                            ApiError::internal("deciding access")
+                        })?;
+                    may.then_some(from)
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        if let Some(from) = from {
+            if app
+                .store
+                .mount_blob(actor, repo, &from, &digest)
+                .await?
+                .is_some()
+            {
                 return Ok(created_blob(repo, &digest));
             }
         }
         // Fall back to a normal upload session (202), as the spec allows.
-        let st = app.store.start_upload(repo).await?;
+        let st = app.store.start_upload(actor, repo).await?;
         return Ok(upload_response(StatusCode::ACCEPTED, repo, &st));
     }
     if let Some(d) = query_param(&req, "digest") {
         let digest = parse_digest(&d)?;
         let declared = content_length(req.headers())?;
         let body = req.into_body().into_data_stream();
-        let info = app.store.put_blob(repo, &digest, body).await?;
+        let info = app.store.put_blob(actor, repo, &digest, body).await?;
         if let Some(n) = declared {
             if n != info.size {
                 return Err(ApiError::new(
@@ -212,11 +216,11 @@ pub(crate) async fn start_upload(app: &AppState, repo: &RepoName, req: Request<B
         }
         return Ok(created_blob(repo, &digest));
     }
-    let st = app.store.start_upload(repo).await?;
+    let st = app.store.start_upload(actor, repo).await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, &st))
 }
 
-/// Parses `Content-Range: <start>-<end>` (inclusive; a `bytes ` prefix is tolerated).
+/// Parses an upload chunk's `Content-Range` (see [`stowage_core::range::content_range`]).
 fn content_range(headers: &HeaderMap) -> ApiResult<Option<(u64, u64)>> {
     let Some(v) = headers.get(header::CONTENT_RANGE) else {
         return Ok(None);
@@ -228,22 +232,16 @@ fn content_range(headers: &HeaderMap) -> ApiResult<Option<(u64, u64)>> {
             format!("malformed Content-Range {v:?}"),
         )
     };
-    let s = v.to_str().map_err(|_| bad())?.trim();
-    let s = s.strip_prefix("bytes").map(str::trim_start).unwrap_or(s);
-    let s = s.strip_prefix('=').unwrap_or(s);
-    let s = s.split('/').next().unwrap_or(s);
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let a: u64 = a.trim().parse().map_err(|_| bad())?;
-    let b: u64 = b.trim().parse().map_err(|_| bad())?;
-    if b < a {
-        return Err(bad());
-    }
-    Ok(Some((a, b)))
+    let s = v.to_str().map_err(|_| bad())?;
+    stowage_core::range::content_range(s)
+        .map(Some)
+        .map_err(|_| bad())
 }
 
 /// `/v2/<name>/blobs/uploads/<id>`: GET status, PATCH chunk, PUT finish, DELETE cancel.
 pub(crate) async fn handle_upload(
     app: &AppState,
+    actor: &Actor,
     repo: &RepoName,
     id: &str,
     req: Request<Body>,
@@ -257,14 +255,15 @@ pub(crate) async fn handle_upload(
     }
     match req.method().clone() {
         Method::GET => {
-            let st = app.store.upload_status(repo, id).await?;
+            let st = app.store.upload_status(actor, repo, id).await?;
             Ok(upload_response(StatusCode::NO_CONTENT, repo, &st))
         }
         Method::PATCH => {
             let range = content_range(req.headers())?;
             let declared = content_length(req.headers())?;
             if let (Some((a, b)), Some(n)) = (range, declared) {
-                if b - a + 1 != n {
+                // b >= a is checked by the parser; the length may still not fit in a u64.
+                if (b - a).checked_add(1) != Some(n) {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         Code::SizeInvalid,
@@ -275,7 +274,7 @@ pub(crate) async fn handle_upload(
             let body = req.into_body().into_data_stream();
             let st = app
                 .store
-                .append_upload(repo, id, range.map(|(a, _)| a), body)
+                .append_upload(actor, repo, id, range.map(|(a, _)| a), body)
                 .await?;
             Ok(upload_response(StatusCode::ACCEPTED, repo, &st))
         }
@@ -291,7 +290,7 @@ pub(crate) async fn handle_upload(
             let range = content_range(req.headers())?;
             let body = req.into_body().into_data_stream();
             if let Some((a, _)) = range {
-                let st = app.store.upload_status(repo, id).await?;
+                let st = app.store.upload_status(actor, repo, id).await?;
                 if a != st.size {
                     return Err(stowage_store::StoreError::RangeInvalid {
                         got: a,
@@ -301,12 +300,12 @@ pub(crate) async fn handle_upload(
                 }
             }
             app.store
-                .finish_upload(repo, id, &digest, Some(body))
+                .finish_upload(actor, repo, id, &digest, Some(body))
                 .await?;
             Ok(created_blob(repo, &digest))
         }
         Method::DELETE => {
-            app.store.cancel_upload(repo, id).await?;
+            app.store.cancel_upload(actor, repo, id).await?;
             Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
         }
         m => Err(method_not_allowed(&m)),

@@ -34,6 +34,10 @@ pub enum Code {
     Denied,
     /// Range of an upload chunk or blob read is invalid.
     RangeInvalid,
+    /// Authentication required.
+    Unauthorized,
+    /// Too many requests: the client should slow down (`Retry-After`).
+    TooManyRequests,
     /// A server fault.
     Unknown,
 }
@@ -55,6 +59,8 @@ impl Code {
             Code::Unsupported => "UNSUPPORTED",
             Code::Denied => "DENIED",
             Code::RangeInvalid => "RANGE_INVALID",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::Unknown => "UNKNOWN",
         }
     }
@@ -71,6 +77,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra headers (for example `Range` on 416 for uploads).
     pub headers: Vec<(&'static str, String)>,
+    /// The reference logged with a server fault's details.
+    pub reference: Option<String>,
 }
 
 impl ApiError {
@@ -81,12 +89,31 @@ impl ApiError {
             code,
             message: message.into(),
             headers: Vec::new(),
+            reference: None,
         }
     }
 
     /// Adds a header.
     pub fn with_header(mut self, name: &'static str, value: String) -> Self {
         self.headers.push((name, value));
+        self
+    }
+
+    /// A server fault. The client sees only what was being done and a reference to quote;
+    /// the details (paths, bucket names, causes) go to the log under the same reference.
+    pub fn internal(doing: &str) -> Self {
+        let reference = uuid::Uuid::new_v4().simple().to_string();
+        let reference = &reference[..12];
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unknown,
+            format!("internal error while {doing} (reference {reference})"),
+        )
+        .with_reference(reference)
+    }
+
+    fn with_reference(mut self, reference: &str) -> Self {
+        self.reference = Some(reference.to_string());
         self
     }
 }
@@ -131,9 +158,24 @@ impl From<StoreError> for ApiError {
                     .with_header("content-range", format!("bytes */{size}"))
             }
             StoreError::Conflict(_) => Self::new(S::CONFLICT, Code::Denied, msg),
-            StoreError::Cas(_) | StoreError::Index(_) | StoreError::Internal(_) => {
-                tracing::error!(error = %msg, "internal error serving request");
-                Self::new(S::INTERNAL_SERVER_ERROR, Code::Unknown, msg)
+            StoreError::TooManyUploads(_) => {
+                Self::new(S::TOO_MANY_REQUESTS, Code::TooManyRequests, msg)
+                    .with_header("retry-after", "10".into())
+            }
+            StoreError::NotFound(_) => Self::new(S::NOT_FOUND, Code::NameUnknown, msg),
+            StoreError::ReplicaRefused(_) => Self::new(S::FORBIDDEN, Code::Denied, msg),
+            StoreError::TooManyPins { .. }
+            | StoreError::Cas(_)
+            | StoreError::Index(_)
+            | StoreError::Internal(_) => {
+                // The text may name files, buckets or endpoints: it goes to the log only.
+                let e = Self::internal("serving the request");
+                tracing::error!(
+                    error = %msg,
+                    reference = e.reference.as_deref().unwrap_or_default(),
+                    "internal error serving request"
+                );
+                e
             }
         }
     }

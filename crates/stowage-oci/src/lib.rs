@@ -5,10 +5,13 @@
 //! `.../tags/list`, `.../referrers/<digest>`) and dispatches on method. Errors are
 //! [`error::ApiError`], rendered as the spec's JSON with its codes.
 
+mod access;
 mod blobs;
+mod directory;
 pub mod error;
 mod manifests;
 mod paging;
+mod token;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,9 +19,14 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use stowage_core::{Digest, DigestError, RepoName};
-use stowage_store::Store;
+use std::sync::Arc;
+use stowage_auth::authority::{Authority, Identity, Mode};
+use stowage_core::{Actor, Digest, DigestError, RepoName};
+use stowage_index::{AuditAction, AuditOutcome};
+use stowage_store::ClientStore;
 
+pub use access::Limits;
+pub use directory::StoreDirectory;
 use error::{ApiError, ApiResult, Code};
 
 /// API settings.
@@ -26,28 +34,52 @@ use error::{ApiError, ApiResult, Code};
 pub struct ApiConfig {
     /// Default and maximum page size for tag lists and the catalog.
     pub max_page: usize,
+    /// Record every manifest pull in the audit log (refused pulls are always recorded).
+    pub audit_pulls: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { max_page: 1000 }
+        Self {
+            max_page: 1000,
+            audit_pulls: false,
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 struct AppState {
-    store: Store,
+    store: ClientStore,
     config: ApiConfig,
+    auth: Arc<Authority>,
+    limits: Arc<Limits>,
 }
 
-/// Builds the router for the whole `/v2/` API.
-pub fn router(store: Store, config: ApiConfig) -> Router {
-    let state = AppState { store, config };
-    Router::new()
-        .route("/v2", get(base))
-        .route("/v2/", get(base))
-        .route("/v2/{*rest}", any(dispatch))
-        .fallback(not_found)
+/// Builds the router for the whole `/v2/` API, with the built-in token service at the
+/// authority's token path when it runs one. Every request is decided by `auth` before the
+/// store is called.
+pub fn router(
+    store: ClientStore,
+    config: ApiConfig,
+    auth: Arc<Authority>,
+    limits: Arc<Limits>,
+) -> Router {
+    let token_path = auth.settings().token_path.clone();
+    let offers_tokens = auth.mode() == Mode::Token;
+    let state = AppState {
+        store,
+        config,
+        auth,
+        limits,
+    };
+    let mut r = Router::new()
+        .route("/v2", any(base))
+        .route("/v2/", any(base))
+        .route("/v2/{*rest}", any(dispatch));
+    if offers_tokens {
+        r = r.route(&token_path, get(token::get).post(token::post));
+    }
+    r.fallback(not_found)
         .layer(axum::middleware::map_response(api_version_header))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
@@ -67,7 +99,33 @@ async fn api_version_header(mut resp: Response) -> Response {
     resp
 }
 
-async fn base() -> Response {
+/// `/v2/`: answers 200 to a caller the registry accepts (the check clients make before
+/// anything else, and `docker login`'s test of Basic credentials), 401 with the challenge
+/// otherwise.
+async fn base(State(app): State<AppState>, req: Request<Body>) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return method_not_allowed(req.method()).into_response();
+    }
+    let need = access::Need::Nothing;
+    let id = match access::decide(&app, access::Asking::of(&req), &need).await {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    if app.auth.mode() != Mode::Open && !id.authenticated() {
+        let (_, tls) = access::conn(&req);
+        return access::challenge_response(&app, req.headers(), tls, &need);
+    }
+    if matches!(
+        id.caller,
+        stowage_auth::authority::Caller::User { .. }
+            | stowage_auth::authority::Caller::Robot { .. }
+    ) {
+        // Basic credentials checked at the base endpoint: a login.
+        app.store
+            .auditor()
+            .record(app.store.audit_entry(&id.actor(), AuditAction::Login))
+            .await;
+    }
     (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
 }
 
@@ -140,22 +198,85 @@ pub(crate) fn method_not_allowed(method: &Method) -> ApiError {
 async fn dispatch(State(app): State<AppState>, req: Request<Body>) -> Response {
     let path = req.uri().path().to_string();
     let rest = path.strip_prefix("/v2/").unwrap_or("");
-    let result = match route(rest) {
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            Code::Unsupported,
-            format!("no such endpoint: {path}"),
-        )),
-        Some(target) => handle(&app, target, req).await,
+    let Some(target) = route(rest) else {
+        // Unknown endpoints are refused like everything else when the caller is not accepted.
+        if let Err(resp) =
+            access::decide(&app, access::Asking::of(&req), &access::Need::Nothing).await
+        {
+            return resp;
+        }
+        return ApiError::new(StatusCode::NOT_FOUND, Code::Unsupported, "no such endpoint")
+            .into_response();
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    let need = match access::need(&target, req.method()) {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
+    let id = match access::decide(&app, access::Asking::of(&req), &need).await {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let actor = id.actor();
+    let method = req.method().clone();
+    let result = handle(&app, &id, &actor, target, req).await;
+    match result {
+        Ok(resp) => {
+            if app.config.audit_pulls && method == Method::GET {
+                if let access::Need::Repo(repo, _, AuditAction::ManifestPull) = &need {
+                    let digest = resp
+                        .headers()
+                        .get("docker-content-digest")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    app.store
+                        .auditor()
+                        .record(
+                            app.store
+                                .audit_entry(&actor, AuditAction::ManifestPull)
+                                .repo(repo.as_str())
+                                .target(digest),
+                        )
+                        .await;
+                }
+            }
+            resp
+        }
+        Err(e) => {
+            // A write that failed is recorded with its code (the store recorded the ones that
+            // changed something).
+            if let access::Need::Repo(repo, action, audit) = &need {
+                if *action != stowage_core::Action::Pull
+                    && e.status != StatusCode::METHOD_NOT_ALLOWED
+                {
+                    app.store
+                        .auditor()
+                        .record(
+                            app.store
+                                .audit_entry(&actor, *audit)
+                                .repo(repo.as_str())
+                                .outcome(AuditOutcome::Failed)
+                                .detail(format!("{} {}", e.status.as_u16(), e.code.as_str())),
+                        )
+                        .await;
+                }
+            }
+            e.into_response()
+        }
+    }
 }
 
-async fn handle(app: &AppState, target: Target<'_>, req: Request<Body>) -> ApiResult {
+async fn handle(
+    app: &AppState,
+    id: &Identity,
+    actor: &Actor,
+    target: Target<'_>,
+    req: Request<Body>,
+) -> ApiResult {
     let method = req.method().clone();
     match target {
         Target::Catalog => match method {
-            Method::GET => paging::catalog(app, &req),
+            Method::GET => paging::catalog(app, id, &req),
             m => Err(method_not_allowed(&m)),
         },
         Target::Tags(name) => {
@@ -175,36 +296,32 @@ async fn handle(app: &AppState, target: Target<'_>, req: Request<Body>) -> ApiRe
         }
         Target::Manifest(name, reference) => {
             let repo = parse_repo(name)?;
-            manifests::handle(app, &repo, reference, req).await
+            manifests::handle(app, actor, &repo, reference, req).await
         }
         Target::Blob(name, digest) => {
             let repo = parse_repo(name)?;
             let digest = parse_digest(digest)?;
-            blobs::handle_blob(app, &repo, &digest, req).await
+            blobs::handle_blob(app, actor, &repo, &digest, req).await
         }
         Target::UploadStart(name) => {
             let repo = parse_repo(name)?;
             match method {
-                Method::POST => blobs::start_upload(app, &repo, req).await,
+                Method::POST => blobs::start_upload(app, id, actor, &repo, req).await,
                 m => Err(method_not_allowed(&m)),
             }
         }
         Target::Upload(name, id) => {
             let repo = parse_repo(name)?;
-            blobs::handle_upload(app, &repo, id, req).await
+            blobs::handle_upload(app, actor, &repo, id, req).await
         }
     }
 }
 
-/// Query string parameters as pairs (percent-decoded).
+/// Query string parameters as pairs (form-urlencoded: percent-decoded, `+` as space).
 pub(crate) fn query_pairs(req: &Request<Body>) -> Vec<(String, String)> {
     let q = req.uri().query().unwrap_or("");
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
 
@@ -213,38 +330,6 @@ pub(crate) fn query_param(req: &Request<Body>, key: &str) -> Option<String> {
         .into_iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

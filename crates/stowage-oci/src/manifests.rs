@@ -5,7 +5,7 @@ use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use stowage_core::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
+use stowage_core::{Actor, Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::{method_not_allowed, parse_digest, query_param, AppState};
@@ -29,6 +29,7 @@ fn parse_reference(s: &str, for_put: bool) -> ApiResult<Reference> {
 
 pub(crate) async fn handle(
     app: &AppState,
+    actor: &Actor,
     repo: &RepoName,
     reference: &str,
     req: Request<Body>,
@@ -48,9 +49,9 @@ pub(crate) async fn handle(
             *resp.body_mut() = Body::from(m.bytes);
             Ok(resp)
         }
-        Method::PUT => put(app, repo, &reference, req).await,
+        Method::PUT => put(app, actor, repo, &reference, req).await,
         Method::DELETE => {
-            app.store.delete_manifest(repo, &reference).await?;
+            app.store.delete_manifest(actor, repo, &reference).await?;
             Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
         }
         m => Err(method_not_allowed(&m)),
@@ -79,6 +80,7 @@ fn manifest_headers(
 
 async fn put(
     app: &AppState,
+    actor: &Actor,
     repo: &RepoName,
     reference: &Reference,
     req: Request<Body>,
@@ -100,7 +102,7 @@ async fn put(
         .ok_or_else(too_large)?;
     let out = app
         .store
-        .put_manifest(repo, reference, content_type.as_deref(), bytes)
+        .put_manifest(actor, repo, reference, content_type.as_deref(), bytes)
         .await?;
     let mut resp = (
         StatusCode::CREATED,

@@ -58,9 +58,22 @@ pub(crate) fn tags(app: &AppState, repo: &RepoName, req: &Request<Body>) -> ApiR
     ))
 }
 
-pub(crate) fn catalog(app: &AppState, req: &Request<Body>) -> ApiResult {
+pub(crate) fn catalog(
+    app: &AppState,
+    id: &stowage_auth::authority::Identity,
+    req: &Request<Body>,
+) -> ApiResult {
     let (n, last) = page_params(app, req)?;
-    let mut repos = app.store.catalog(last.as_deref(), n.saturating_add(1))?;
+    let Some(filter) = app.auth.catalog_filter(id) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            Code::Unauthorized,
+            "authentication required",
+        ));
+    };
+    let mut repos = app
+        .store
+        .catalog_where(last.as_deref(), n.saturating_add(1), |r| filter.visible(r))?;
     let more = repos.len() > n;
     repos.truncate(n);
     let next = match (more, repos.last()) {

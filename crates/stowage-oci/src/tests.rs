@@ -4,7 +4,8 @@
 use super::*;
 use axum::http::Request as HttpRequest;
 use http_body_util::BodyExt;
-use stowage_store::StoreConfig;
+use stowage_auth::authority::AuthSettings;
+use stowage_store::{Store, StoreConfig};
 use tower::ServiceExt;
 
 struct Api {
@@ -12,11 +13,32 @@ struct Api {
     _dir: tempfile::TempDir,
 }
 
+/// An authority over `store`'s accounts in `mode` (its token key under `dir`).
+pub(crate) fn authority(store: &Store, mode: Mode, dir: &std::path::Path) -> Arc<Authority> {
+    Arc::new(
+        Authority::new(
+            AuthSettings::new(mode, dir.join("token-key.pem")),
+            Arc::new(StoreDirectory(store.accounts())),
+            Arc::new(stowage_core::SystemClock),
+        )
+        .unwrap(),
+    )
+}
+
 async fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    let auth = authority(&store, Mode::Open, dir.path());
     Api {
-        router: router(store, ApiConfig { max_page: 50 }),
+        router: router(
+            store.client(),
+            ApiConfig {
+                max_page: 50,
+                ..ApiConfig::default()
+            },
+            auth,
+            Limits::new(None),
+        ),
         _dir: dir,
     }
 }

@@ -27,6 +27,12 @@ pub enum ReplError {
     /// The peer cannot be reached or the call broke off; retried.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A limit of the site was reached (pins, upload sessions); retried later.
+    #[error("exhausted: {0}")]
+    Exhausted(String),
+    /// The peer may not do this (identity, origin, clock skew).
+    #[error("refused: {0}")]
+    Refused(String),
     /// Anything else, with what was being done.
     #[error("{0}")]
     Other(String),
@@ -43,6 +49,8 @@ impl ReplError {
             ReplError::MissingReference(m) => ReplError::MissingReference(format!("{doing}: {m}")),
             ReplError::Invalid(m) => ReplError::Invalid(format!("{doing}: {m}")),
             ReplError::Unavailable(m) => ReplError::Unavailable(format!("{doing}: {m}")),
+            ReplError::Exhausted(m) => ReplError::Exhausted(format!("{doing}: {m}")),
+            ReplError::Refused(m) => ReplError::Refused(format!("{doing}: {m}")),
             ReplError::Other(m) => ReplError::Other(format!("{doing}: {m}")),
             held @ ReplError::OffsetMismatch { .. } => held,
         }
@@ -66,6 +74,10 @@ impl From<StoreError> for ReplError {
             | StoreError::SizeInvalid(_)
             | StoreError::TooLarge { .. }
             | StoreError::Unsupported(_) => ReplError::Invalid(e.to_string()),
+            StoreError::TooManyPins { .. } | StoreError::TooManyUploads(_) => {
+                ReplError::Exhausted(e.to_string())
+            }
+            StoreError::ReplicaRefused(_) => ReplError::Refused(e.to_string()),
             other => ReplError::Other(other.to_string()),
         }
     }
@@ -86,6 +98,8 @@ impl From<ReplError> for Status {
             ReplError::MissingReference(_) => Status::failed_precondition(msg),
             ReplError::Invalid(_) => Status::invalid_argument(msg),
             ReplError::Unavailable(_) => Status::unavailable(msg),
+            ReplError::Exhausted(_) => Status::resource_exhausted(msg),
+            ReplError::Refused(_) => Status::permission_denied(msg),
             ReplError::Other(_) => Status::internal(msg),
         }
     }
@@ -111,6 +125,8 @@ impl From<Status> for ReplError {
             | Code::Cancelled
             | Code::Unknown
             | Code::Aborted => ReplError::Unavailable(format!("{}: {msg}", s.code())),
+            Code::ResourceExhausted => ReplError::Exhausted(msg),
+            Code::PermissionDenied | Code::Unauthenticated => ReplError::Refused(msg),
             code => ReplError::Other(format!("{code}: {msg}")),
         }
     }

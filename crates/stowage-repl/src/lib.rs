@@ -27,5 +27,5 @@ pub use error::{ReplError, Result};
 pub use glob::Filters;
 pub use local::Local;
 pub use remote::Remote;
-pub use replicator::{Direction, PeerConfig, Replicator, SyncReport};
-pub use server::ReplicationService;
+pub use replicator::{Direction, PeerAccess, PeerConfig, Replicator, SyncReport};
+pub use server::{PeerGate, ReplicationService, Role};

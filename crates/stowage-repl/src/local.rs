@@ -11,9 +11,9 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use stowage_core::{Digest, RepoName};
-use stowage_index::{Batch, Event};
-use stowage_store::{Store, StoreError, TagState};
+use stowage_core::{Actor, Digest, RepoName};
+use stowage_index::Event;
+use stowage_store::{ReplicaStore, StoreError, TagState};
 
 use crate::error::{ReplError, Result};
 use crate::glob::Filters;
@@ -91,10 +91,13 @@ struct SessionRef {
     id: String,
 }
 
-/// The local site.
+/// The local site, acting for one actor: the peer whose requests the service serves, or the
+/// peer a pulling replicator applies changes from.
 #[derive(Clone, Debug)]
 pub struct Local {
-    store: Store,
+    store: ReplicaStore,
+    /// Who the changes made through this value are recorded as.
+    actor: Actor,
     part_bytes: usize,
     /// Digests being received right now (one transfer per digest at a time).
     receiving: Arc<Mutex<HashSet<Digest>>>,
@@ -189,13 +192,29 @@ pub fn bucket_of(repo: &str) -> u8 {
 }
 
 impl Local {
-    /// The local site over `store`.
-    pub fn new(store: Store) -> Self {
+    /// The local site over `store`, acting as the daemon's own replication (`system:replication`)
+    /// until [`Local::acting_for`] says otherwise.
+    pub fn new(store: ReplicaStore) -> Self {
         Self {
             store,
+            actor: Actor::system("replication"),
             part_bytes: PART_BYTES,
             receiving: Arc::default(),
         }
+    }
+
+    /// The same site, recording its changes as made by `actor` (transfers in progress are
+    /// shared with the original).
+    pub fn acting_for(&self, actor: Actor) -> Self {
+        Self {
+            actor,
+            ..self.clone()
+        }
+    }
+
+    /// Who changes made through this value are recorded as.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
     }
 
     /// Stores received blobs in durable parts of `n` bytes instead of [`PART_BYTES`].
@@ -205,7 +224,7 @@ impl Local {
     }
 
     /// The store.
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &ReplicaStore {
         &self.store
     }
 
@@ -250,7 +269,7 @@ impl Local {
             return Ok(None);
         };
         let repo = crate::convert::repo(&r.repo)?;
-        match self.store.upload_status(&repo, &r.id).await {
+        match self.store.upload_status(&self.actor, &repo, &r.id).await {
             Ok(st) => Ok(Some((repo, r.id, st.size))),
             // Expired by garbage collection, or never got its first part before a restart.
             Err(StoreError::BlobUploadUnknown(_)) => Ok(None),
@@ -259,20 +278,14 @@ impl Local {
     }
 
     async fn write_session(&self, digest: &Digest, r: Option<SessionRef>) -> Result<()> {
-        let mut batch = Batch::new();
-        match r {
-            Some(r) => batch.put_meta(
-                &session_key(digest),
+        let value = match r {
+            Some(r) => Some(
                 serde_json::to_vec(&r)
                     .map_err(|e| ReplError::Other(format!("encoding a session record: {e}")))?,
             ),
-            None => batch.delete_meta(&session_key(digest)),
-        }
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.index().commit(batch))
-            .await
-            .map_err(|e| ReplError::Other(format!("session record task: {e}")))?
-            .map_err(StoreError::from)?;
+            None => None,
+        };
+        self.store.put_meta(&session_key(digest), value).await?;
         Ok(())
     }
 
@@ -286,12 +299,12 @@ impl Local {
         hold: Duration,
     ) -> Result<Vec<(Digest, u64)>> {
         let until = self.store.now_ms() + hold.as_millis() as u64;
-        self.store.pin_blobs(blobs.iter().map(|(d, _)| d), until);
+        self.store.pin_blobs(blobs.iter().map(|(d, _)| d), until)?;
         let mut out = Vec::new();
         for (digest, size) in blobs {
             // Refuse a size disagreement before linking anything.
             self.check_size(digest, *size)?;
-            match self.store.replica_link_blob(repo, digest).await? {
+            match self.store.link_blob(&self.actor, repo, digest).await? {
                 Some(have) if have == *size => {}
                 Some(have) => {
                     return Err(ReplError::Invalid(format!(
@@ -321,9 +334,10 @@ impl Local {
     }
 
     /// Keeps `digest` from garbage collection for [`TRANSFER_HOLD`] from now.
-    fn hold(&self, digest: &Digest) {
+    fn hold(&self, digest: &Digest) -> Result<()> {
         let until = self.store.now_ms() + TRANSFER_HOLD.as_millis() as u64;
-        self.store.pin_blobs([digest], until);
+        self.store.pin_blobs([digest], until)?;
+        Ok(())
     }
 
     /// Receives a blob's bytes from `h.offset`, storing them in durable parts; verifies and
@@ -335,10 +349,14 @@ impl Local {
         S: Stream<Item = Result<Bytes>> + Unpin + Send,
     {
         self.check_size(&h.digest, h.size)?;
-        if let Some(size) = self.store.replica_link_blob(&h.repo, &h.digest).await? {
+        if let Some(size) = self
+            .store
+            .link_blob(&self.actor, &h.repo, &h.digest)
+            .await?
+        {
             return Ok((size, true));
         }
-        self.hold(&h.digest);
+        self.hold(&h.digest)?;
         if !self
             .receiving
             .lock()
@@ -357,7 +375,7 @@ impl Local {
         let (repo, id, mut held) = match self.session(&h.digest).await? {
             Some(s) => s,
             None => {
-                let st = self.store.start_upload(&h.repo).await?;
+                let st = self.store.start_upload(&self.actor, &h.repo).await?;
                 self.write_session(
                     &h.digest,
                     Some(SessionRef {
@@ -386,11 +404,11 @@ impl Local {
             };
             let st = self
                 .store
-                .append_upload(&repo, &id, Some(held), part)
+                .append_upload(&self.actor, &repo, &id, Some(held), part)
                 .await
                 .map_err(|e| ReplError::from(e).context(format!("storing blob {}", h.digest)))?;
             held = st.size;
-            self.hold(&h.digest);
+            self.hold(&h.digest)?;
         }
         if let Some(e) = fed.error.take() {
             return Err(e);
@@ -412,6 +430,7 @@ impl Local {
         let finished = self
             .store
             .finish_upload(
+                &self.actor,
                 &repo,
                 &id,
                 &h.digest,
@@ -423,7 +442,9 @@ impl Local {
         finished
             .map_err(|e| ReplError::from(e).context(format!("committing blob {}", h.digest)))?;
         if repo != h.repo {
-            self.store.replica_link_blob(&h.repo, &h.digest).await?;
+            self.store
+                .link_blob(&self.actor, &h.repo, &h.digest)
+                .await?;
         }
         Ok((h.size, true))
     }
@@ -437,7 +458,7 @@ impl Local {
     ) -> Result<(u64, ByteStream)> {
         let info = self.store.stat_blob(repo, digest)?;
         // A blob being sent stays until the transfer is over (renewed by every read).
-        self.hold(digest);
+        self.hold(digest)?;
         if offset > info.size {
             return Err(ReplError::Invalid(format!(
                 "offset {offset} is past the end of blob {digest} ({} bytes)",
@@ -494,11 +515,18 @@ impl Local {
     ) -> Result<bool> {
         Ok(self
             .store
-            .replica_put_manifest(repo, digest, &doc.media_type, doc.bytes, origin)
+            .put_manifest(
+                &self.actor,
+                repo,
+                digest,
+                &doc.media_type,
+                doc.bytes,
+                origin,
+            )
             .await?)
     }
 
-    /// Removes a manifest deleted at its origin (see [`Store::replica_delete_manifest`]).
+    /// Removes a manifest deleted at its origin (see [`ReplicaStore::delete_manifest`]).
     pub async fn delete_manifest(
         &self,
         repo: &RepoName,
@@ -507,7 +535,7 @@ impl Local {
     ) -> Result<bool> {
         Ok(self
             .store
-            .replica_delete_manifest(repo, digest, origin)
+            .delete_manifest(&self.actor, repo, digest, origin)
             .await?)
     }
 
@@ -518,7 +546,7 @@ impl Local {
 
     /// Applies a tag state if newer; whether it changed anything.
     pub async fn apply_tag(&self, repo: &RepoName, tag: &str, state: &TagState) -> Result<bool> {
-        Ok(self.store.replica_apply_tag(repo, tag, state).await?)
+        Ok(self.store.apply_tag(&self.actor, repo, tag, state).await?)
     }
 
     /// One repository's state hash: its tags (those passing the filter) and, without a tag

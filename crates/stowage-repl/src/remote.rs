@@ -76,9 +76,10 @@ where
 }
 
 impl Remote {
-    /// A lazily connected client for `endpoint` (`http://host:port`); it reconnects by itself
-    /// after failures.
-    pub fn new(endpoint: &str) -> Result<Self> {
+    /// A lazily connected client for `endpoint` (`http://host:port`, or `https://host:port`
+    /// with `tls`: mutual TLS, the peer's certificate identity checked); it reconnects by
+    /// itself after failures.
+    pub fn new(endpoint: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Self> {
         let ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| ReplError::Invalid(format!("peer endpoint {endpoint:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
@@ -89,7 +90,19 @@ impl Remote {
             .max_frame_size(Some(1 << 20))
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20));
-        let client = ReplicationClient::new(ep.connect_lazy())
+        let channel = match (endpoint.starts_with("https://"), tls) {
+            (true, Some(cfg)) => {
+                ep.connect_with_connector_lazy(stowage_auth::tls::PeerConnector::new(cfg))
+            }
+            (true, None) => {
+                return Err(ReplError::Invalid(format!(
+                    "peer endpoint {endpoint:?} is https but no TLS is configured for replication \
+                     ([replication.tls])"
+                )))
+            }
+            (false, _) => ep.connect_lazy(),
+        };
+        let client = ReplicationClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(Self {

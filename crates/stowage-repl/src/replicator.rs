@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use stowage_core::{parse_manifest, Digest, RepoName};
-use stowage_index::{Batch, Event, EventKind};
+use stowage_index::{Event, EventKind};
 use stowage_rpc::v1 as pb;
 use stowage_store::{StoreError, TagState};
 use tokio::sync::watch;
@@ -57,7 +57,7 @@ impl Direction {
 }
 
 /// One configured peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct PeerConfig {
     /// Name of the peer in this site's configuration (keys its cursor).
     pub name: String,
@@ -75,6 +75,33 @@ pub struct PeerConfig {
     pub bandwidth: Option<u64>,
     /// Anti-entropy period, if periodic.
     pub anti_entropy_interval: Option<Duration>,
+    /// The identity the peer's certificate must carry (a DNS or URI SAN), for `https://`
+    /// endpoints.
+    pub identity: Option<String>,
+    /// TLS towards the peer (set by the daemon for `https://` endpoints: this site's
+    /// certificate as client certificate, the peers' CA, and `identity` checked instead of the
+    /// host name).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// What a configured peer may do when it connects to this site's replication listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAccess {
+    /// Its name in this site's configuration.
+    pub name: String,
+    /// Its site name (the origin of changes made there).
+    pub site: String,
+    /// The identity its client certificate must carry.
+    pub identity: Option<String>,
+    /// Other sites whose changes it may relay here.
+    pub origins: Vec<String>,
+}
+
+impl PeerAccess {
+    /// Whether the peer may apply a change that originated at `origin`.
+    pub fn may_relay(&self, origin: &str) -> bool {
+        origin == self.site || self.origins.iter().any(|o| o == origin)
+    }
 }
 
 impl PeerConfig {
@@ -90,6 +117,8 @@ impl PeerConfig {
             concurrency: 4,
             bandwidth: None,
             anti_entropy_interval: Some(Duration::from_secs(600)),
+            identity: None,
+            tls: None,
         }
     }
 }
@@ -243,8 +272,8 @@ impl Replicator {
                     cfg.name
                 )));
             }
-            let remote =
-                Remote::new(&cfg.endpoint).map_err(|e| e.context(format!("peer {}", cfg.name)))?;
+            let remote = Remote::new(&cfg.endpoint, cfg.tls.clone())
+                .map_err(|e| e.context(format!("peer {}", cfg.name)))?;
             let status = pb::PeerStatus {
                 name: cfg.name.clone(),
                 endpoint: cfg.endpoint.clone(),
@@ -325,7 +354,13 @@ impl Replicator {
             )));
         }
         peer.update(|s| s.peer_site = peer_site.clone());
-        let local = Site::Local(self.inner.local.clone());
+        // Changes this replicator applies locally are recorded as made by the peer they came
+        // from.
+        let local = Site::Local(
+            self.inner
+                .local
+                .acting_for(stowage_core::Actor::peer(&peer.cfg.name, None)),
+        );
         let remote = Site::Remote(peer.remote.clone());
         Ok(match peer.cfg.direction {
             Direction::Push => (
@@ -388,22 +423,18 @@ impl Replicator {
         target_site: &str,
         seq: u64,
     ) -> Result<()> {
-        let mut batch = Batch::new();
         let c = Cursor {
             seq,
             site: source_site.to_string(),
             target: target_site.to_string(),
         };
-        batch.put_meta(
-            &cursor_key(peer),
-            serde_json::to_vec(&c)
-                .map_err(|e| ReplError::Other(format!("encoding a cursor: {e}")))?,
-        );
-        let store = self.inner.local.store().clone();
-        tokio::task::spawn_blocking(move || store.index().commit(batch))
-            .await
-            .map_err(|e| ReplError::Other(format!("cursor write task: {e}")))?
-            .map_err(StoreError::from)?;
+        let value = serde_json::to_vec(&c)
+            .map_err(|e| ReplError::Other(format!("encoding a cursor: {e}")))?;
+        self.inner
+            .local
+            .store()
+            .put_meta(&cursor_key(peer), Some(value))
+            .await?;
         Ok(())
     }
 
@@ -760,7 +791,7 @@ impl Flow {
             store.pin_blobs(
                 blobs.iter().map(|(d, _)| d),
                 store.now_ms() + TRANSFER_HOLD.as_millis() as u64,
-            );
+            )?;
         }
         let missing = self
             .target

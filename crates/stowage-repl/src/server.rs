@@ -1,11 +1,25 @@
 //! The `Replication` gRPC service: this site's side for peers, and `Status` / `Sync` for the
 //! operator's `stowage repl`.
+//!
+//! The same service is mounted twice, in two roles: on the replication listener for peers
+//! (every call identified by the peer's client certificate, [`PeerGate`]), and on the admin
+//! listener for the operator (only `Status` and `Sync`, behind the admin authentication). A
+//! call made in the wrong role is refused.
+//!
+//! A peer may apply only changes whose origin it may relay (its own site and the sites its
+//! configuration lists), and no tag version further in the future than the configured clock
+//! skew: a forged origin could otherwise delete or freeze any tag on every site. Every refusal
+//! is audited.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use stowage_auth::net::ConnInfo;
+use stowage_core::Actor;
+use stowage_index::{AuditAction, AuditOutcome};
 use stowage_rpc::v1 as pb;
 use stowage_rpc::v1::replication_server::{Replication, ReplicationServer};
 use tonic::{Request, Response, Status, Streaming};
@@ -15,16 +29,93 @@ use crate::error::ReplError;
 use crate::glob::Filters;
 use crate::local::{BlobHeader, Local};
 use crate::remote::{rechunk, CHUNK, MAX_MESSAGE};
-use crate::replicator::{sync_to_proto, Replicator};
+use crate::replicator::{sync_to_proto, PeerAccess, Replicator};
 
 /// Longest long poll a reader may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Which callers a mounted copy of the service serves.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// Peers on the replication listener, identified by [`PeerGate`].
+    Peers(Arc<PeerGate>),
+    /// The operator on the admin listener (authenticated there): `Status` and `Sync` only.
+    Operator,
+}
+
+/// Who may call the replication listener, and what they may apply.
+#[derive(Debug)]
+pub struct PeerGate {
+    peers: Vec<PeerAccess>,
+    /// The listener is plain HTTP on loopback: callers without a certificate are trusted as
+    /// a peer that may relay any origin (development and tests only; the daemon refuses a
+    /// plain replication listener anywhere else).
+    trust_loopback: bool,
+    /// A replicated tag version more than this far ahead of this site's clock is refused.
+    max_skew_ms: u64,
+}
+
+impl PeerGate {
+    /// A gate for `peers`.
+    pub fn new(peers: Vec<PeerAccess>, trust_loopback: bool, max_skew: Duration) -> Self {
+        Self {
+            peers,
+            trust_loopback,
+            max_skew_ms: u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The peer behind a request: the configured peer whose identity its verified client
+    /// certificate carries.
+    fn identify<T>(&self, req: &Request<T>) -> Result<(PeerAccess, Actor), Status> {
+        let info = req.extensions().get::<ConnInfo>();
+        let addr = info.map(|c| c.remote);
+        if let Some(cert) = info.and_then(|c| c.client_cert.as_ref()) {
+            // One site may have several entries (a push and a pull with different filters):
+            // it may relay what any of them allows.
+            let mut found = self.peers.iter().filter(|p| {
+                p.identity
+                    .as_deref()
+                    .is_some_and(|expected| cert.matches(expected))
+            });
+            let Some(first) = found.next() else {
+                return Err(Status::permission_denied(format!(
+                    "certificate {cert} is not a configured replication peer"
+                )));
+            };
+            let mut peer = first.clone();
+            for other in found {
+                peer.origins.push(other.site.clone());
+                peer.origins.extend(other.origins.iter().cloned());
+            }
+            return Ok((peer.clone(), Actor::peer(&peer.name, addr)));
+        }
+        if self.trust_loopback && addr.is_none_or(|a| a.ip().is_loopback()) {
+            let p = PeerAccess {
+                name: "loopback".into(),
+                site: String::new(),
+                identity: None,
+                origins: Vec::new(),
+            };
+            return Ok((p, Actor::peer("loopback", addr)));
+        }
+        Err(Status::unauthenticated(
+            "replication needs a client certificate of a configured peer",
+        ))
+    }
+
+    fn may_relay(&self, peer: &PeerAccess, origin: &str) -> bool {
+        (self.trust_loopback && peer.identity.is_none() && peer.name == "loopback")
+            || peer.may_relay(origin)
+    }
+}
 
 /// The service.
 #[derive(Clone, Debug)]
 pub struct ReplicationService {
     local: Local,
     replicator: Option<Replicator>,
+    role: Role,
 }
 
 fn filters(f: Option<pb::Filters>) -> Result<Filters, Status> {
@@ -51,9 +142,94 @@ fn fail(doing: &str, e: ReplError) -> Status {
 }
 
 impl ReplicationService {
-    /// Serves `local`; `replicator` answers `Status` and `Sync` (absent: no peers configured).
-    pub fn new(local: Local, replicator: Option<Replicator>) -> Self {
-        Self { local, replicator }
+    /// Serves `local` in `role`; `replicator` answers `Status` and `Sync` (absent: no peers
+    /// configured).
+    pub fn new(local: Local, replicator: Option<Replicator>, role: Role) -> Self {
+        Self {
+            local,
+            replicator,
+            role,
+        }
+    }
+
+    /// The peer behind a peer call, and the local site acting for it. Refused in the
+    /// operator role and for callers that are not configured peers (audited).
+    async fn peer<T>(&self, req: &Request<T>, what: &str) -> Result<(PeerAccess, Local), Status> {
+        let gate = match &self.role {
+            Role::Peers(g) => g,
+            Role::Operator => {
+                return Err(Status::permission_denied(format!(
+                    "{what} is served to peers on the replication listener, not here"
+                )))
+            }
+        };
+        match gate.identify(req) {
+            Ok((peer, actor)) => Ok((peer, self.local.acting_for(actor))),
+            Err(status) => {
+                let addr = req.extensions().get::<ConnInfo>().map(|c| c.remote);
+                self.refused(&Actor::anonymous(addr), what, status.message())
+                    .await;
+                Err(status)
+            }
+        }
+    }
+
+    /// Refuses `origin` unless the peer may relay it, or a tag version from the far future.
+    async fn check_origin(
+        &self,
+        local: &Local,
+        peer: &PeerAccess,
+        origin: &str,
+        version_ms: Option<u64>,
+        what: &str,
+    ) -> Result<(), Status> {
+        let Role::Peers(gate) = &self.role else {
+            return Ok(());
+        };
+        if !gate.may_relay(peer, origin) {
+            let msg = format!(
+                "peer {} may not apply changes that originated at {origin:?}",
+                peer.name
+            );
+            self.refused(local.actor(), what, &msg).await;
+            return Err(Status::permission_denied(msg));
+        }
+        if let Some(ms) = version_ms {
+            let now = local.store().now_ms();
+            if ms > now.saturating_add(gate.max_skew_ms) {
+                let msg = format!(
+                    "tag version {ms} is {} ms ahead of this site's clock, more than the allowed skew of {} ms",
+                    ms - now,
+                    gate.max_skew_ms
+                );
+                self.refused(local.actor(), what, &msg).await;
+                return Err(Status::failed_precondition(msg));
+            }
+        }
+        Ok(())
+    }
+
+    async fn refused(&self, actor: &Actor, what: &str, why: &str) {
+        let store = self.local.store();
+        store
+            .auditor()
+            .record(
+                store
+                    .audit_entry(actor, AuditAction::Replication)
+                    .target(what)
+                    .outcome(AuditOutcome::Denied)
+                    .detail(why.to_string()),
+            )
+            .await;
+    }
+
+    fn operator_only(&self, what: &str) -> Result<(), Status> {
+        match self.role {
+            Role::Operator => Ok(()),
+            Role::Peers(_) => Err(Status::permission_denied(format!(
+                "{what} is an operator call: use the admin listener"
+            ))),
+        }
     }
 
     /// The tonic service, with message limits fit for manifests and repository states.
@@ -70,6 +246,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::HelloRequest>,
     ) -> Result<Response<pb::HelloResponse>, Status> {
+        self.peer(&req, "Hello").await?;
         let (site, seq) = self.local.hello().map_err(|e| fail("hello", e))?;
         tracing::debug!(peer = %req.get_ref().site, "hello from a peer");
         Ok(Response::new(pb::HelloResponse {
@@ -83,6 +260,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::ReadFeedRequest>,
     ) -> Result<Response<pb::ReadFeedResponse>, Status> {
+        self.peer(&req, "ReadFeed").await?;
         let r = req.into_inner();
         let wait = Duration::from_millis(u64::from(r.wait_ms)).min(MAX_WAIT);
         let page = self
@@ -105,6 +283,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::MissingBlobsRequest>,
     ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
+        let (_, local) = self.peer(&req, "MissingBlobs").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let blobs = r
@@ -113,8 +292,7 @@ impl Replication for ReplicationService {
             .map(|b| Ok((convert::digest(&b.digest)?, b.size)))
             .collect::<Result<Vec<_>, ReplError>>()?;
         let hold = Duration::from_millis(r.hold_ms).min(Duration::from_secs(24 * 3600));
-        let missing = self
-            .local
+        let missing = local
             .missing_blobs(&repo, &blobs, hold)
             .await
             .map_err(|e| fail("listing missing blobs", e))?;
@@ -133,6 +311,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
+        let (_, local) = self.peer(&req, "PutBlob").await?;
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
@@ -155,8 +334,7 @@ impl Replication for ReplicationService {
                 "blob stream broke off: {s}"
             ))),
         });
-        let (received, complete) = self
-            .local
+        let (received, complete) = local
             .put_blob(header, head.chain(rest))
             .await
             .map_err(|e| fail(&format!("receiving blob {digest}"), e))?;
@@ -169,6 +347,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::GetBlobRequest>,
     ) -> Result<Response<Self::GetBlobStream>, Status> {
+        self.peer(&req, "GetBlob").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let digest = convert::digest(&r.digest)?;
@@ -201,6 +380,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::Manifest>, Status> {
+        self.peer(&req, "GetManifest").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let digest = convert::digest(&r.digest)?;
@@ -222,6 +402,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::Manifest>,
     ) -> Result<Response<pb::PutManifestResponse>, Status> {
+        let (peer, local) = self.peer(&req, "PutManifest").await?;
         let m = req.into_inner();
         let repo = convert::repo(&m.repository)?;
         let digest = convert::digest(&m.digest)?;
@@ -230,8 +411,9 @@ impl Replication for ReplicationService {
                 "a replicated manifest needs its origin site",
             ));
         }
-        let stored = self
-            .local
+        self.check_origin(&local, &peer, &m.origin, None, "PutManifest")
+            .await?;
+        let stored = local
             .put_manifest(
                 &repo,
                 &digest,
@@ -250,6 +432,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::DeleteManifestRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let (peer, local) = self.peer(&req, "DeleteManifest").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let digest = convert::digest(&r.digest)?;
@@ -258,8 +441,9 @@ impl Replication for ReplicationService {
                 "a replicated delete needs its origin site",
             ));
         }
-        let applied = self
-            .local
+        self.check_origin(&local, &peer, &r.origin, None, "DeleteManifest")
+            .await?;
+        let applied = local
             .delete_manifest(&repo, &digest, &r.origin)
             .await
             .map_err(|e| fail(&format!("deleting manifest {repo}@{digest}"), e))?;
@@ -270,6 +454,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::GetTagRequest>,
     ) -> Result<Response<pb::TagState>, Status> {
+        self.peer(&req, "GetTag").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let state = self
@@ -287,14 +472,17 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::TagState>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let (peer, local) = self.peer(&req, "ApplyTag").await?;
         let t = req.into_inner();
         let repo = convert::repo(&t.repository)?;
         stowage_core::Tag::parse(&t.tag)
             .map_err(|e| Status::invalid_argument(format!("tag {:?}: {e}", t.tag)))?;
         let state = convert::tag_from_proto(&t)?
             .ok_or_else(|| Status::invalid_argument("a tag state needs a version and origin"))?;
-        let applied = self
-            .local
+        let v = state.version();
+        self.check_origin(&local, &peer, &v.origin, Some(v.ms), "ApplyTag")
+            .await?;
+        let applied = local
             .apply_tag(&repo, &t.tag, &state)
             .await
             .map_err(|e| fail(&format!("applying tag {repo}:{}", t.tag), e))?;
@@ -305,6 +493,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::RangeHashesRequest>,
     ) -> Result<Response<pb::RangeHashesResponse>, Status> {
+        self.peer(&req, "RangeHashes").await?;
         let r = req.into_inner();
         let f = filters(r.filters)?;
         if r.buckets.is_empty() {
@@ -347,6 +536,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::RepoStateRequest>,
     ) -> Result<Response<pb::RepoStateResponse>, Status> {
+        self.peer(&req, "RepoState").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let state = self
@@ -373,6 +563,7 @@ impl Replication for ReplicationService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.operator_only("Status")?;
         let (site, seq) = self.local.hello().map_err(|e| fail("status", e))?;
         Ok(Response::new(pb::StatusResponse {
             site,
@@ -389,6 +580,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::SyncRequest>,
     ) -> Result<Response<pb::SyncResponse>, Status> {
+        self.operator_only("Sync")?;
         let peer = req.into_inner().peer;
         let repl = self
             .replicator

@@ -35,7 +35,7 @@ fn chunks(data: &[u8]) -> impl futures::Stream<Item = crate::Result<Bytes>> + Un
 async fn open(dir: &std::path::Path) -> Local {
     let mut cfg = StoreConfig::new(dir);
     cfg.site = Some("here".into());
-    Local::new(Store::open(cfg).await.unwrap()).with_part_bytes(PART_BYTES)
+    Local::new(Store::open(cfg).await.unwrap().replica()).with_part_bytes(PART_BYTES)
 }
 
 async fn read_all(l: &Local, r: &RepoName, d: &Digest) -> Vec<u8> {

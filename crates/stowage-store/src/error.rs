@@ -67,6 +67,24 @@ pub enum StoreError {
     /// Refused because other content depends on the target.
     #[error("denied: {0}")]
     Conflict(String),
+    /// An account, role or other named thing does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Too many upload sessions, or too many bytes in unfinished uploads: try again later.
+    #[error("too many requests: {0}")]
+    TooManyUploads(String),
+    /// Replication asked to keep more blobs from garbage collection than the site allows.
+    #[error("too many pinned blobs: {pinned} pinned, the limit is {limit}")]
+    TooManyPins {
+        /// Blobs pinned now.
+        pinned: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A replicated change the peer may not make (an origin it may not relay, a version
+    /// from the far future).
+    #[error("replicated change refused: {0}")]
+    ReplicaRefused(String),
     /// The blob store failed.
     #[error(transparent)]
     Cas(#[from] CasError),

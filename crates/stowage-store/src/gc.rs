@@ -11,13 +11,10 @@
 //! and fails cleanly with `MANIFEST_BLOB_UNKNOWN`; one that wins leaves evidence the re-check
 //! finds. Either way no manifest ever points at bytes that are not served.
 
-use stowage_core::{Digest, RepoName};
-use stowage_index::{Batch, BlobState, EventKind, HoldKind, Quarantine, RefKind};
+use stowage_core::{Actor, Digest, RepoName};
+use stowage_index::{AuditAction, Batch, BlobState, EventKind, HoldKind, Quarantine, RefKind};
 
 use crate::{Result, Store, StoreError};
-
-/// Actor recorded in feed events written by garbage collection.
-const GC_ACTOR: &str = "gc";
 
 /// A blob link that garbage collection wants to remove, as the snapshot saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,10 +49,15 @@ pub struct PendingRepair {
 }
 
 impl Store {
-    fn gc_event(&self, kind: EventKind, repo: &RepoName, digest: &Digest) -> stowage_index::Event {
-        let mut ev = self.event(kind, repo);
+    fn gc_event(
+        &self,
+        kind: EventKind,
+        repo: &RepoName,
+        digest: &Digest,
+        actor: &Actor,
+    ) -> stowage_index::Event {
+        let mut ev = self.event(kind, repo, actor);
         ev.digest = Some(digest.clone());
-        ev.actor = Some(GC_ACTOR.to_string());
         ev
     }
 
@@ -63,14 +65,15 @@ impl Store {
     /// (`created_ms`), no tag points at it, no manifest of the repository has it as a child,
     /// and its subject (if any) is gone. Returns the document size and whether the document
     /// itself was removed (no other repository holds it), or `None` when it was kept.
-    pub async fn gc_remove_manifest(
+    pub(crate) async fn gc_remove_manifest(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         digest: &Digest,
         created_ms: u64,
     ) -> Result<Option<(u64, bool)>> {
         let mut out = self
-            .gc_remove_manifests(&[(repo.clone(), digest.clone(), created_ms)])
+            .gc_remove_manifests(actor, &[(repo.clone(), digest.clone(), created_ms)])
             .await?;
         Ok(out.pop().flatten())
     }
@@ -78,8 +81,9 @@ impl Store {
     /// [`Store::gc_remove_manifest`] for many manifests, with one index commit. None of them
     /// may depend on another (an index and its child, a subject and its referrer): the caller
     /// removes those in separate calls, parents and subjects first.
-    pub async fn gc_remove_manifests(
+    pub(crate) async fn gc_remove_manifests(
         &self,
+        actor: &Actor,
         items: &[(RepoName, Digest, u64)],
     ) -> Result<Vec<Option<(u64, bool)>>> {
         let _held = self
@@ -121,7 +125,7 @@ impl Store {
                 digest,
                 &rec,
                 crate::manifests::Author {
-                    actor: Some(GC_ACTOR),
+                    actor,
                     origin: None,
                 },
                 &removed_with,
@@ -137,7 +141,11 @@ impl Store {
 
     /// Removes a stored manifest document that no repository holds (left by an older version
     /// that did not remove documents). Returns its size, or `None` when something holds it.
-    pub async fn gc_remove_manifest_document(&self, digest: &Digest) -> Result<Option<u64>> {
+    pub(crate) async fn gc_remove_manifest_document(
+        &self,
+        actor: &Actor,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
         let _held = self.inner.locks.exclusive([digest]).await;
         let idx = &self.inner.index;
         if !idx.holders(digest, HoldKind::Manifest)?.is_empty() {
@@ -148,6 +156,11 @@ impl Store {
         };
         let mut batch = Batch::new();
         batch.delete_manifest_bytes(digest);
+        batch.audit(
+            self.audit_entry(actor, AuditAction::ManifestDelete)
+                .target(digest.to_string())
+                .detail("document no repository held"),
+        );
         self.commit_quiet(batch).await?;
         Ok(Some(bytes.len() as u64))
     }
@@ -156,8 +169,9 @@ impl Store {
     /// manifest of theirs references; then, with `quarantine_before = Some(cutoff)`, quarantines
     /// the blob if no repository holds it any more and it was last linked before `cutoff`.
     /// Everything happens in one batch under the digest's exclusive lock.
-    pub async fn gc_sweep_blob(
+    pub(crate) async fn gc_sweep_blob(
         &self,
+        actor: &Actor,
         digest: &Digest,
         links: &[LinkCandidate],
         quarantine_before: Option<u64>,
@@ -165,7 +179,7 @@ impl Store {
     ) -> Result<BlobSweep> {
         let item = (digest.clone(), links.to_vec(), quarantine_before);
         let mut out = self
-            .gc_sweep_blobs(std::slice::from_ref(&item), run_id)
+            .gc_sweep_blobs(actor, std::slice::from_ref(&item), run_id)
             .await?;
         out.pop()
             .ok_or_else(|| StoreError::Internal("sweep returned no result".into()))
@@ -174,8 +188,9 @@ impl Store {
     /// [`Store::gc_sweep_blob`] for many blobs at once: all their locks are taken (in the one
     /// global order) and all their changes go in one index commit, so a large sweep costs one
     /// synced write per batch instead of one per blob, and leaves the disk to pushes.
-    pub async fn gc_sweep_blobs(
+    pub(crate) async fn gc_sweep_blobs(
         &self,
+        actor: &Actor,
         items: &[(Digest, Vec<LinkCandidate>, Option<u64>)],
         run_id: u64,
     ) -> Result<Vec<BlobSweep>> {
@@ -190,6 +205,7 @@ impl Store {
         for (digest, links, quarantine_before) in items {
             out.push(self.sweep_blob_locked(
                 &mut batch,
+                actor,
                 digest,
                 links,
                 *quarantine_before,
@@ -203,9 +219,11 @@ impl Store {
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sweep_blob_locked(
         &self,
         batch: &mut Batch,
+        actor: &Actor,
         digest: &Digest,
         links: &[LinkCandidate],
         quarantine_before: Option<u64>,
@@ -235,7 +253,17 @@ impl Store {
                 continue;
             }
             batch.unlink_blob(&cand.repo, digest);
-            batch.event(self.gc_event(EventKind::BlobUnlinked, &cand.repo, digest));
+            batch.event(self.gc_event(EventKind::BlobUnlinked, &cand.repo, digest, actor));
+            batch.audit(
+                self.change_audit(
+                    actor,
+                    AuditAction::BlobDelete,
+                    &cand.repo,
+                    digest.to_string(),
+                    None,
+                )
+                .detail(format!("garbage collection run {run_id}")),
+            );
             out.unlinked.push(cand.repo.clone());
         }
         let rec = idx.blob(digest)?;
@@ -257,6 +285,14 @@ impl Store {
                         run_id,
                     });
                     batch.put_blob(digest, &rec);
+                    batch.audit(
+                        self.audit_entry(actor, AuditAction::GcQuarantine)
+                            .target(digest.to_string())
+                            .detail(format!(
+                                "garbage collection run {run_id}, {} bytes",
+                                rec.size
+                            )),
+                    );
                     out.quarantined_at = Some(now);
                 }
             }
@@ -267,15 +303,24 @@ impl Store {
     /// Removes a quarantined blob for good: bytes first, then the record (a crash between
     /// leaves a quarantined record without bytes, which the next purge removes). Only if it is
     /// still the quarantine the caller saw (`quarantined_at`). Returns its size.
-    pub async fn gc_purge_blob(&self, digest: &Digest, quarantined_at: u64) -> Result<Option<u64>> {
+    pub(crate) async fn gc_purge_blob(
+        &self,
+        actor: &Actor,
+        digest: &Digest,
+        quarantined_at: u64,
+    ) -> Result<Option<u64>> {
         let mut out = self
-            .gc_purge_blobs(&[(digest.clone(), quarantined_at)])
+            .gc_purge_blobs(actor, &[(digest.clone(), quarantined_at)])
             .await?;
         Ok(out.pop().flatten())
     }
 
     /// [`Store::gc_purge_blob`] for many blobs, with one index commit.
-    pub async fn gc_purge_blobs(&self, items: &[(Digest, u64)]) -> Result<Vec<Option<u64>>> {
+    pub(crate) async fn gc_purge_blobs(
+        &self,
+        actor: &Actor,
+        items: &[(Digest, u64)],
+    ) -> Result<Vec<Option<u64>>> {
         let _held = self
             .inner
             .locks
@@ -299,6 +344,11 @@ impl Store {
             };
             self.inner.cas.delete(digest).await?;
             batch.delete_blob(digest);
+            batch.audit(
+                self.audit_entry(actor, AuditAction::GcPurge)
+                    .target(digest.to_string())
+                    .detail(format!("{} bytes", rec.size)),
+            );
             out.push(Some(rec.size));
         }
         if !batch.is_empty() {
@@ -310,7 +360,11 @@ impl Store {
     /// Brings a quarantined blob back: served again and linked into the repositories that held
     /// it when it was quarantined, with fresh link times (so a new grace period). Fails when
     /// the digest is unknown, served already, or its bytes were purged.
-    pub async fn gc_restore_blob(&self, digest: &Digest) -> Result<(u64, Vec<RepoName>)> {
+    pub(crate) async fn gc_restore_blob(
+        &self,
+        actor: &Actor,
+        digest: &Digest,
+    ) -> Result<(u64, Vec<RepoName>)> {
         let _held = self.inner.locks.exclusive([digest]).await;
         let idx = &self.inner.index;
         let mut rec = match idx.blob(digest)? {
@@ -358,11 +412,22 @@ impl Store {
         for repo in &repos {
             batch.link_blob(repo, digest, now);
             self.ensure_repo(&mut batch, repo)?;
-            let mut ev = self.event(EventKind::BlobLinked, repo);
+            let mut ev = self.event(EventKind::BlobLinked, repo, actor);
             ev.digest = Some(digest.clone());
-            ev.actor = Some("gc-restore".to_string());
             batch.event(ev);
         }
+        batch.audit(
+            self.audit_entry(actor, AuditAction::GcRestore)
+                .target(digest.to_string())
+                .detail(format!(
+                    "linked back into {}",
+                    repos
+                        .iter()
+                        .map(RepoName::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+        );
         self.commit_quiet(batch).await?;
         Ok((rec.size, repos))
     }
@@ -382,7 +447,7 @@ impl Store {
         let in_memory: Vec<_> = self
             .sessions()
             .iter()
-            .map(|(id, s)| (id.clone(), s.clone()))
+            .map(|(id, s)| (id.clone(), s.session.clone()))
             .collect();
         for (id, session) in in_memory {
             match session.try_lock() {
@@ -400,13 +465,18 @@ impl Store {
 
     /// Removes upload session `id` with its staged bytes if it is still idle since before
     /// `idle_before_ms`. Returns the bytes removed, or `None` when it was kept or is gone.
-    pub async fn expire_upload(&self, id: &str, idle_before_ms: u64) -> Result<Option<u64>> {
-        let in_memory = self.sessions().get(id).cloned();
+    pub(crate) async fn expire_upload(
+        &self,
+        actor: &Actor,
+        id: &str,
+        idle_before_ms: u64,
+    ) -> Result<Option<u64>> {
+        let in_memory = self.sessions().get(id).map(|s| s.session.clone());
         let session = match in_memory {
             Some(s) => s,
             None => match self.inner.index.upload(id)? {
                 Some(rec) => match RepoName::parse(&rec.repo) {
-                    Ok(repo) => self.session(&repo, id)?,
+                    Ok(repo) => self.session(&repo, id)?.session,
                     Err(e) => {
                         tracing::warn!(upload = %id, error = %e, "upload record names a bad repository; removing it");
                         let mut batch = Batch::new();
@@ -429,7 +499,16 @@ impl Store {
         }
         let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
         let bytes = s.record.parts.iter().sum::<u64>();
-        self.end_session(id, &parts, s.recorded).await?;
+        self.end_session(id, &parts, bytes, s.recorded).await?;
+        let mut audit = self
+            .audit_entry(actor, AuditAction::UploadExpire)
+            .repo(s.record.repo.as_str())
+            .target(id)
+            .detail(format!("{bytes} bytes staged"));
+        if let Some(owner) = &s.record.owner {
+            audit = audit.detail(format!("{bytes} bytes staged, opened by {owner}"));
+        }
+        self.auditor().record(audit).await;
         Ok(Some(bytes))
     }
 

@@ -8,10 +8,20 @@
 //! * a manifest is accepted only if everything it references is present in the repository, and
 //!   the check and the index write happen under shared per-digest locks that any remover must
 //!   take exclusively ([`locks`]);
-//! * every index change is written together with its change-feed entry in one batch.
+//! * every index change is written together with its change-feed entry and its audit entry
+//!   in one batch.
+//!
+//! The store never authenticates: every mutating call carries the [`Actor`] the edge that
+//! received the request decided on, and its surface is split by capability ([`handles`]): the
+//! HTTP layer holds a [`ClientStore`], garbage collection a [`GcStore`], replication a
+//! [`ReplicaStore`], access control an [`AccountStore`]; only the binary that wires them holds
+//! the whole [`Store`].
 
+mod accounts;
+mod audit;
 pub mod error;
 mod gc;
+pub mod handles;
 pub mod locks;
 mod manifests;
 mod replica;
@@ -25,11 +35,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::Stream;
 use stowage_cas::{Backend, BlobStream, Cas, CasOptions};
-use stowage_core::{Clock, Digest, RepoName, SystemClock};
-use stowage_index::{Event, EventKind, Index, IndexOptions};
+use stowage_core::{Actor, Clock, Digest, RepoName, SystemClock};
+use stowage_index::{AuditAction, AuditEntry, Event, EventKind, Index, IndexOptions};
 
+pub use accounts::{check_project_name, check_user_name};
+pub use audit::{AuditStats, Auditor};
 pub use error::{Result, StoreError};
 pub use gc::{BlobSweep, LinkCandidate, PendingRepair};
+pub use handles::{AccountStore, ClientStore, GcStore, ReplicaStore};
 pub use manifests::{ManifestContent, PutManifestOutcome};
 pub use replica::{TagState, TagVersion};
 pub use uploads::UploadStatus;
@@ -53,6 +66,34 @@ pub struct StoreConfig {
     pub sync_index: bool,
     /// This site's name, recorded as the origin of feed events.
     pub site: Option<String>,
+    /// Bounds on upload sessions, so that no one client can exhaust the daemon.
+    pub limits: StoreLimits,
+}
+
+/// Bounds that keep one client or peer from exhausting the daemon. Beyond one, the request is
+/// refused ([`StoreError::TooManyUploads`], [`StoreError::TooManyPins`]) and nothing stored
+/// changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Open upload sessions, all actors together.
+    pub max_sessions: usize,
+    /// Open upload sessions of one actor.
+    pub max_sessions_per_actor: usize,
+    /// Bytes staged in unfinished uploads, all together.
+    pub max_staged_bytes: u64,
+    /// Blobs replication may keep from garbage collection at once.
+    pub max_pins: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 10_000,
+            max_sessions_per_actor: 1_000,
+            max_staged_bytes: 64 << 30,
+            max_pins: 100_000,
+        }
+    }
 }
 
 impl StoreConfig {
@@ -66,6 +107,7 @@ impl StoreConfig {
             max_blob_size: 1 << 40,
             sync_index: true,
             site: None,
+            limits: StoreLimits::default(),
         }
     }
 }
@@ -104,7 +146,13 @@ struct Inner {
     index: Index,
     clock: Arc<dyn Clock>,
     locks: locks::DigestLocks,
-    sessions: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<uploads::Session>>>>,
+    sessions: std::sync::Mutex<HashMap<String, uploads::Slot>>,
+    /// Bytes held by unfinished uploads (staged parts), for [`StoreLimits::max_staged_bytes`].
+    staged_bytes: std::sync::atomic::AtomicU64,
+    /// The writer of audit entries that record no change.
+    auditor: audit::Writer,
+    /// Serialises account changes (read-check-write of users, robots, grants).
+    account_lock: tokio::sync::Mutex<()>,
     /// Index commits made for clients (pushes, tags, deletes) since start; background work
     /// (garbage collection) watches it to back off while clients are writing.
     client_commits: std::sync::atomic::AtomicU64,
@@ -153,6 +201,12 @@ impl Store {
                 .map_err(|e| StoreError::Internal(format!("index open task: {e}")))??
         };
         let (feed_tx, _) = tokio::sync::watch::channel(index.last_seq()?);
+        let staged: u64 = index
+            .uploads()?
+            .iter()
+            .map(|(_, r)| r.parts.iter().sum::<u64>())
+            .sum();
+        let (auditor, audit_rx) = audit::Writer::new();
         let store = Store {
             inner: Arc::new(Inner {
                 cas,
@@ -160,6 +214,9 @@ impl Store {
                 clock,
                 locks: locks::DigestLocks::default(),
                 sessions: std::sync::Mutex::new(HashMap::new()),
+                staged_bytes: std::sync::atomic::AtomicU64::new(staged),
+                auditor,
+                account_lock: tokio::sync::Mutex::new(()),
                 client_commits: std::sync::atomic::AtomicU64::new(0),
                 feed_tx,
                 pins: std::sync::Mutex::new(HashMap::new()),
@@ -169,8 +226,39 @@ impl Store {
                 config,
             }),
         };
+        audit::Writer::start(Arc::downgrade(&store.inner), audit_rx);
         store.recover().await?;
         Ok(store)
+    }
+
+    /// The handle the OCI API gets: client operations only.
+    pub fn client(&self) -> ClientStore {
+        ClientStore(self.clone())
+    }
+
+    /// The handle garbage collection gets.
+    pub fn gc_ops(&self) -> GcStore {
+        GcStore(self.clone())
+    }
+
+    /// The handle replication gets.
+    pub fn replica(&self) -> ReplicaStore {
+        ReplicaStore(self.clone())
+    }
+
+    /// The handle access control and the admin service get: users, robots, roles, projects.
+    pub fn accounts(&self) -> AccountStore {
+        AccountStore(self.clone())
+    }
+
+    /// The writer of audit entries that record no change (logins, refused requests, pulls).
+    pub fn auditor(&self) -> Auditor {
+        Auditor(self.clone())
+    }
+
+    /// An audit entry for `action` by `actor`, stamped with the store's clock.
+    pub fn audit_entry(&self, actor: &Actor, action: AuditAction) -> AuditEntry {
+        AuditEntry::new(self.now_ms(), actor.to_string(), action).addr(actor.addr_text())
     }
 
     /// Start-up repair: staging without a session record is removed (a crash between writing
@@ -227,24 +315,50 @@ impl Store {
         self.inner.clock.now_millis()
     }
 
-    /// Builds a feed event stamped with the clock and this site.
-    fn event(&self, kind: EventKind, repo: &RepoName) -> Event {
-        self.event_from(kind, repo, None)
+    /// Builds a feed event by `actor`, stamped with the clock and this site.
+    fn event(&self, kind: EventKind, repo: &RepoName, actor: &Actor) -> Event {
+        self.event_from(kind, repo, actor, None)
     }
 
-    /// Builds a feed event for a change that originated at site `origin` (replicated content),
-    /// or at this site when `None`.
-    fn event_from(&self, kind: EventKind, repo: &RepoName, origin: Option<&str>) -> Event {
+    /// Builds a feed event by `actor` for a change that originated at site `origin`
+    /// (replicated content), or at this site when `None`.
+    fn event_from(
+        &self,
+        kind: EventKind,
+        repo: &RepoName,
+        actor: &Actor,
+        origin: Option<&str>,
+    ) -> Event {
         Event {
             kind,
             repo: repo.to_string(),
             digest: None,
             tag: None,
             ts_ms: self.now_ms(),
-            actor: None,
+            actor: Some(actor.to_string()),
             origin: origin
                 .map(str::to_string)
                 .or_else(|| self.inner.config.site.clone()),
+        }
+    }
+
+    /// An audit entry for a change in `repo`, with the origin site as its detail when the
+    /// change came from another site.
+    fn change_audit(
+        &self,
+        actor: &Actor,
+        action: AuditAction,
+        repo: &RepoName,
+        target: impl Into<String>,
+        origin: Option<&str>,
+    ) -> AuditEntry {
+        let e = self
+            .audit_entry(actor, action)
+            .repo(repo.as_str())
+            .target(target);
+        match origin {
+            Some(o) => e.detail(format!("origin {o}")),
+            None => e,
         }
     }
 
@@ -351,8 +465,9 @@ impl Store {
     /// Links an existing blob from repository `from` into `repo` (cross-repository mount, no
     /// copy). Returns `None` when `from` does not hold the blob (the caller then starts a normal
     /// upload).
-    pub async fn mount_blob(
+    pub(crate) async fn mount_blob(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         from: &RepoName,
         digest: &Digest,
@@ -363,19 +478,37 @@ impl Store {
             Err(StoreError::BlobUnknown(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        self.link_present_blob(stowage_index::Batch::new(), repo, digest, info.size)
-            .await?;
+        let audit = self
+            .change_audit(
+                actor,
+                AuditAction::BlobMount,
+                repo,
+                digest.to_string(),
+                None,
+            )
+            .detail(format!("from {from}"));
+        self.link_present_blob(
+            stowage_index::Batch::new(),
+            actor,
+            repo,
+            digest,
+            info.size,
+            audit,
+        )
+        .await?;
         Ok(Some(info))
     }
 
     /// Records that `repo` holds blob `digest`, which is present, together with whatever
-    /// `batch` already holds. Caller holds the digest's stripe (shared).
+    /// `batch` already holds, and `audit` for it. Caller holds the digest's stripe (shared).
     async fn link_present_blob(
         &self,
         mut batch: stowage_index::Batch,
+        actor: &Actor,
         repo: &RepoName,
         digest: &Digest,
         size: u64,
+        audit: AuditEntry,
     ) -> Result<()> {
         let idx = &self.inner.index;
         let now = self.now_ms();
@@ -384,9 +517,9 @@ impl Store {
             // client that uploads or mounts a blob again gets a fresh grace period against
             // garbage collection before its manifest arrives.
             if now.saturating_sub(linked) < LINK_REFRESH_MS {
-                if !batch.is_empty() {
-                    self.commit(batch).await?;
-                }
+                // Nothing changes in the index, but the client did push or mount: say so.
+                batch.audit(audit.detail("already linked"));
+                self.commit(batch).await?;
                 return Ok(());
             }
         }
@@ -397,9 +530,10 @@ impl Store {
             batch.put_blob(digest, &rec);
         }
         self.ensure_repo(&mut batch, repo)?;
-        let mut ev = self.event(EventKind::BlobLinked, repo);
+        let mut ev = self.event(EventKind::BlobLinked, repo, actor);
         ev.digest = Some(digest.clone());
         batch.event(ev);
+        batch.audit(audit);
         self.commit(batch).await?;
         Ok(())
     }
@@ -419,7 +553,12 @@ impl Store {
     /// Unlinks a blob from `repo` (OCI blob DELETE). Refused while a manifest of the repository
     /// references it, so no manifest ever points at a blob its repository cannot serve. The
     /// bytes stay until garbage collection finds nothing else holds them.
-    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+    pub(crate) async fn delete_blob(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<()> {
         let _held = self.inner.locks.exclusive([digest]).await;
         let idx = &self.inner.index;
         if !idx.repo_has_blob(repo, digest)? {
@@ -436,9 +575,16 @@ impl Store {
         }
         let mut batch = stowage_index::Batch::new();
         batch.unlink_blob(repo, digest);
-        let mut ev = self.event(EventKind::BlobUnlinked, repo);
+        let mut ev = self.event(EventKind::BlobUnlinked, repo, actor);
         ev.digest = Some(digest.clone());
         batch.event(ev);
+        batch.audit(self.change_audit(
+            actor,
+            AuditAction::BlobDelete,
+            repo,
+            digest.to_string(),
+            None,
+        ));
         self.commit(batch).await?;
         Ok(())
     }
@@ -485,8 +631,9 @@ impl Store {
     }
 
     /// Uploads a whole blob in one call (monolithic push): start, write, verify, commit.
-    pub async fn put_blob<S, E>(
+    pub(crate) async fn put_blob<S, E>(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         digest: &Digest,
         body: S,
@@ -497,8 +644,9 @@ impl Store {
     {
         // A monolithic push needs no durable session: its id is never handed out, so after a
         // crash nobody can resume it and start-up recovery removes its staging.
-        let id = self.open_session(repo, false);
-        self.finish_upload(repo, &id, digest, Some(body)).await
+        let id = self.open_session(actor, repo, false)?;
+        self.finish_upload(actor, repo, &id, digest, Some(body))
+            .await
     }
 }
 

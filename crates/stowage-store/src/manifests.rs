@@ -1,7 +1,7 @@
 //! Manifests and tags: put (with the reference check), get, delete, untag.
 
-use stowage_core::{parse_manifest, Descriptor, Digest, ManifestError, Reference, RepoName};
-use stowage_index::{Batch, BlobState, EventKind, ManifestRecord, RefKind, TagRecord};
+use stowage_core::{parse_manifest, Actor, Descriptor, Digest, ManifestError, Reference, RepoName};
+use stowage_index::{AuditAction, Batch, BlobState, EventKind, ManifestRecord, RefKind, TagRecord};
 
 use crate::{Result, Store, StoreError};
 
@@ -25,11 +25,11 @@ pub struct PutManifestOutcome {
     pub subject: Option<Digest>,
 }
 
-/// Who made a change recorded in the feed: an actor (`gc`, ...) and the site it originated at
+/// Who made a change recorded in the feed and the audit log, and the site it originated at
 /// (`None`: this site).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Author<'a> {
-    pub(crate) actor: Option<&'a str>,
+    pub(crate) actor: &'a Actor,
     pub(crate) origin: Option<&'a str>,
 }
 
@@ -49,27 +49,38 @@ impl Store {
     /// check and the index write happen under the shared locks of all referenced digests, so a
     /// concurrent deletion either completes before (and the put fails with
     /// [`StoreError::ManifestBlobUnknown`]) or waits until the references are recorded.
-    pub async fn put_manifest(
+    pub(crate) async fn put_manifest(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Vec<u8>,
     ) -> Result<PutManifestOutcome> {
-        self.put_manifest_from(repo, reference, content_type, bytes, None)
-            .await
+        self.put_manifest_from(
+            Author {
+                actor,
+                origin: None,
+            },
+            repo,
+            reference,
+            content_type,
+            bytes,
+        )
+        .await
     }
 
     /// [`Store::put_manifest`] for a change that originated at site `origin` (replication),
     /// or at this site when `None`.
     pub(crate) async fn put_manifest_from(
         &self,
+        by: Author<'_>,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Vec<u8>,
-        origin: Option<&str>,
     ) -> Result<PutManifestOutcome> {
+        let (actor, origin) = (by.actor, by.origin);
         let parsed = parse_manifest(content_type, &bytes).map_err(map_manifest_error)?;
         let digest = match reference {
             Reference::Digest(d) => {
@@ -160,9 +171,22 @@ impl Store {
                 };
                 batch.put_referrer(repo, subject, &digest, &desc);
             }
-            let mut ev = self.event_from(EventKind::ManifestPut, repo, origin);
+            let mut ev = self.event_from(EventKind::ManifestPut, repo, actor, origin);
             ev.digest = Some(digest.clone());
             batch.event(ev);
+            batch.audit(
+                self.change_audit(
+                    actor,
+                    AuditAction::ManifestPush,
+                    repo,
+                    digest.to_string(),
+                    origin,
+                )
+                .detail(match origin {
+                    Some(o) => format!("{}, {} bytes, origin {o}", record.media_type, record.size),
+                    None => format!("{}, {} bytes", record.media_type, record.size),
+                }),
+            );
         }
         let _tag_held;
         if let Reference::Tag(tag) = reference {
@@ -180,10 +204,17 @@ impl Store {
                     },
                 );
                 batch.delete_meta(&crate::replica::tombstone_key(repo, tag.as_str()));
-                let mut ev = self.event(EventKind::TagSet, repo);
+                let mut ev = self.event(EventKind::TagSet, repo, actor);
                 ev.digest = Some(digest.clone());
                 ev.tag = Some(tag.to_string());
                 batch.event(ev);
+                batch.audit(
+                    self.change_audit(actor, AuditAction::TagSet, repo, tag.as_str(), None)
+                        .detail(match &current {
+                            Some(old) => format!("{} (was {})", digest, old.digest),
+                            None => digest.to_string(),
+                        }),
+                );
             }
         }
         if !batch.is_empty() {
@@ -238,15 +269,20 @@ impl Store {
     /// Deletes by reference: a tag is removed (the manifest stays); a digest removes the
     /// manifest from the repository with every tag that points at it. Refused while an index in
     /// the repository references the manifest.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+    pub(crate) async fn delete_manifest(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<()> {
         match reference {
-            Reference::Tag(tag) => self.untag(repo, tag.as_str()).await,
-            Reference::Digest(digest) => self.delete_manifest_digest(repo, digest).await,
+            Reference::Tag(tag) => self.untag(actor, repo, tag.as_str()).await,
+            Reference::Digest(digest) => self.delete_manifest_digest(actor, repo, digest).await,
         }
     }
 
     /// Removes a tag.
-    pub async fn untag(&self, repo: &RepoName, tag: &str) -> Result<()> {
+    pub(crate) async fn untag(&self, actor: &Actor, repo: &RepoName, tag: &str) -> Result<()> {
         let _tag_held = self.lock_tag(repo, tag).await;
         let idx = &self.inner.index;
         let current = idx
@@ -256,15 +292,24 @@ impl Store {
         batch.delete_tag(repo, tag);
         let version = self.next_tag_version(repo, tag, Some(&current))?;
         self.put_tombstone(&mut batch, repo, tag, &version);
-        let mut ev = self.event(EventKind::TagDeleted, repo);
+        let mut ev = self.event(EventKind::TagDeleted, repo, actor);
         ev.tag = Some(tag.to_string());
-        ev.digest = Some(current.digest);
+        ev.digest = Some(current.digest.clone());
         batch.event(ev);
+        batch.audit(
+            self.change_audit(actor, AuditAction::TagDelete, repo, tag, None)
+                .detail(format!("was {}", current.digest)),
+        );
         self.commit(batch).await?;
         Ok(())
     }
 
-    async fn delete_manifest_digest(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+    async fn delete_manifest_digest(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<()> {
         let _held = self.inner.locks.exclusive([digest]).await;
         let idx = &self.inner.index;
         let rec = idx
@@ -292,12 +337,26 @@ impl Store {
             let version = self.next_tag_version(repo, &tag, current.as_ref())?;
             self.put_tombstone(&mut batch, repo, &tag, &version);
             batch.delete_tag(repo, &tag);
-            let mut ev = self.event(EventKind::TagDeleted, repo);
+            batch.audit(
+                self.change_audit(actor, AuditAction::TagDelete, repo, tag.as_str(), None)
+                    .detail(format!("was {digest}, deleted with it")),
+            );
+            let mut ev = self.event(EventKind::TagDeleted, repo, actor);
             ev.tag = Some(tag);
             ev.digest = Some(digest.clone());
             batch.event(ev);
         }
-        self.remove_manifest(&mut batch, repo, digest, &rec, Author::default(), &[])?;
+        self.remove_manifest(
+            &mut batch,
+            repo,
+            digest,
+            &rec,
+            Author {
+                actor,
+                origin: None,
+            },
+            &[],
+        )?;
         self.put_manifest_tombstone(&mut batch, repo, digest);
         self.commit(batch).await?;
         Ok(())
@@ -336,10 +395,16 @@ impl Store {
         if !others {
             batch.delete_manifest_bytes(digest);
         }
-        let mut ev = self.event_from(EventKind::ManifestDeleted, repo, by.origin);
+        let mut ev = self.event_from(EventKind::ManifestDeleted, repo, by.actor, by.origin);
         ev.digest = Some(digest.clone());
-        ev.actor = by.actor.map(str::to_string);
         batch.event(ev);
+        batch.audit(self.change_audit(
+            by.actor,
+            AuditAction::ManifestDelete,
+            repo,
+            digest.to_string(),
+            by.origin,
+        ));
         Ok(!others)
     }
 }

@@ -11,8 +11,8 @@
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
-use stowage_core::{Digest, Reference, RepoName};
-use stowage_index::{keys, Batch, BlobState, EventKind, RefKind, TagRecord};
+use stowage_core::{Actor, Digest, Reference, RepoName};
+use stowage_index::{keys, AuditAction, Batch, BlobState, EventKind, RefKind, TagRecord};
 
 use crate::manifests::Author;
 use crate::{Result, Store, StoreError};
@@ -260,8 +260,9 @@ impl Store {
     /// Stores a manifest received from a peer, recording `origin` as where it came from.
     /// Returns whether it was new here. Fails like a push would when something it references
     /// is missing ([`StoreError::ManifestBlobUnknown`]).
-    pub async fn replica_put_manifest(
+    pub(crate) async fn replica_put_manifest(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         digest: &Digest,
         media_type: &str,
@@ -273,11 +274,14 @@ impl Store {
         }
         let content_type = (!media_type.is_empty()).then_some(media_type);
         self.put_manifest_from(
+            Author {
+                actor,
+                origin: Some(origin),
+            },
             repo,
             &Reference::Digest(digest.clone()),
             content_type,
             bytes,
-            Some(origin),
         )
         .await?;
         Ok(true)
@@ -286,8 +290,9 @@ impl Store {
     /// Applies a tag state received from a peer if it is newer than the state here. Returns
     /// whether it changed anything. A set needs its manifest present in `repo`
     /// ([`StoreError::ManifestUnknown`] otherwise).
-    pub async fn replica_apply_tag(
+    pub(crate) async fn replica_apply_tag(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         tag: &str,
         state: &TagState,
@@ -319,10 +324,17 @@ impl Store {
                     },
                 );
                 batch.delete_meta(&tombstone_key(repo, tag));
-                let mut ev = self.event_from(EventKind::TagSet, repo, Some(&version.origin));
+                let mut ev = self.event_from(EventKind::TagSet, repo, actor, Some(&version.origin));
                 ev.digest = Some(digest.clone());
                 ev.tag = Some(tag.to_string());
                 batch.event(ev);
+                batch.audit(
+                    self.change_audit(actor, AuditAction::TagSet, repo, tag, None)
+                        .detail(format!(
+                            "{digest}, version {} from origin {}",
+                            version.ms, version.origin
+                        )),
+                );
                 self.commit(batch).await?;
                 Ok(true)
             }
@@ -338,13 +350,21 @@ impl Store {
                 self.put_tombstone(&mut batch, repo, tag, version);
                 // The event goes out even when there was no tag here: sites further down a
                 // chain need the tombstone too.
-                let mut ev = self.event_from(EventKind::TagDeleted, repo, Some(&version.origin));
+                let mut ev =
+                    self.event_from(EventKind::TagDeleted, repo, actor, Some(&version.origin));
                 ev.tag = Some(tag.to_string());
                 if let Some(TagState::Set { digest, .. }) = current {
                     batch.delete_tag(repo, tag);
                     ev.digest = Some(digest);
                 }
                 batch.event(ev);
+                batch.audit(
+                    self.change_audit(actor, AuditAction::TagDelete, repo, tag, None)
+                        .detail(format!(
+                            "version {} from origin {}",
+                            version.ms, version.origin
+                        )),
+                );
                 self.commit(batch).await?;
                 Ok(true)
             }
@@ -354,8 +374,9 @@ impl Store {
     /// Removes a manifest because its origin deleted it. Conservative: nothing happens (false)
     /// when the manifest is absent, still tagged here, or the child of an index here; a tag
     /// here may be a newer change that the delete must not undo.
-    pub async fn replica_delete_manifest(
+    pub(crate) async fn replica_delete_manifest(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         digest: &Digest,
         origin: &str,
@@ -377,7 +398,7 @@ impl Store {
         }
         let mut batch = Batch::new();
         let by = Author {
-            actor: Some("replication"),
+            actor,
             origin: Some(origin),
         };
         self.remove_manifest(&mut batch, repo, digest, &rec, by, &[])?;
@@ -389,11 +410,25 @@ impl Store {
     /// Links a blob this site already stores into `repo` (replication's dedup: the peer had
     /// the bytes under another repository). Returns its size, or `None` when the site does not
     /// have it.
-    pub async fn replica_link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+    pub(crate) async fn replica_link_blob(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
         let _held = self.inner.locks.shared([digest]).await;
         match self.inner.index.blob(digest)? {
             Some(rec) if rec.state == BlobState::Present => {
-                self.link_present_blob(Batch::new(), repo, digest, rec.size)
+                let audit = self
+                    .change_audit(
+                        actor,
+                        AuditAction::BlobMount,
+                        repo,
+                        digest.to_string(),
+                        None,
+                    )
+                    .detail("stored here already; linked for replication");
+                self.link_present_blob(Batch::new(), actor, repo, digest, rec.size, audit)
                     .await?;
                 Ok(Some(rec.size))
             }
@@ -402,13 +437,32 @@ impl Store {
     }
 
     /// Keeps `digests` from garbage collection until `until_ms` (extends, never shortens).
-    pub fn pin_blobs<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>, until_ms: u64) {
+    /// Refused ([`StoreError::TooManyPins`]) when the pins would exceed `max_pins`, so a peer
+    /// cannot make the site keep everything; expired pins are dropped first.
+    pub(crate) fn pin_blobs<'a>(
+        &self,
+        digests: impl IntoIterator<Item = &'a Digest>,
+        until_ms: u64,
+        max_pins: usize,
+    ) -> Result<()> {
         let now = self.now_ms();
+        let digests: Vec<&Digest> = digests.into_iter().collect();
         let mut pins = self
             .inner
             .pins
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let new = digests.iter().filter(|d| !pins.contains_key(**d)).count();
+        if pins.len() + new > max_pins {
+            pins.retain(|_, until| *until > now);
+            let new = digests.iter().filter(|d| !pins.contains_key(**d)).count();
+            if pins.len() + new > max_pins {
+                return Err(StoreError::TooManyPins {
+                    pinned: pins.len(),
+                    limit: max_pins,
+                });
+            }
+        }
         for d in digests {
             let e = pins.entry(d.clone()).or_insert(until_ms);
             *e = (*e).max(until_ms);
@@ -416,6 +470,19 @@ impl Store {
         if pins.len() > 4096 {
             pins.retain(|_, until| *until > now);
         }
+        Ok(())
+    }
+
+    /// Blobs pinned now (for metrics).
+    pub fn pinned_count(&self) -> usize {
+        let now = self.now_ms();
+        self.inner
+            .pins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .filter(|until| **until > now)
+            .count()
     }
 
     /// Whether `digest` is pinned at `now_ms`.

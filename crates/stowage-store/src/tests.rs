@@ -6,6 +6,11 @@ use super::*;
 use futures::TryStreamExt;
 use stowage_core::{Reference, Tag};
 
+/// The actor of the tests' requests.
+pub(crate) fn actor() -> Actor {
+    Actor::user("tester")
+}
+
 pub(crate) fn body(
     data: &[u8],
 ) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> + Unpin + Send {
@@ -65,7 +70,10 @@ async fn push_pull_dedup_and_mount() {
     let store = open(dir.path()).await;
     let data = b"hello layer".repeat(1000);
     let d = Digest::sha256(&data);
-    let info = store.put_blob(&repo("a"), &d, body(&data)).await.unwrap();
+    let info = store
+        .put_blob(&actor(), &repo("a"), &d, body(&data))
+        .await
+        .unwrap();
     assert_eq!(info.size, data.len() as u64);
     assert_eq!(read(&store, &repo("a"), &d).await.unwrap(), data);
     // Not visible in another repository until pushed or mounted there.
@@ -74,18 +82,24 @@ async fn push_pull_dedup_and_mount() {
         Err(StoreError::BlobUnknown(_))
     ));
     // Mount: no copy, same bytes.
-    let m = store.mount_blob(&repo("b"), &repo("a"), &d).await.unwrap();
+    let m = store
+        .mount_blob(&actor(), &repo("b"), &repo("a"), &d)
+        .await
+        .unwrap();
     assert_eq!(m.unwrap().size, info.size);
     assert_eq!(read(&store, &repo("b"), &d).await.unwrap(), data);
     // Mount from a repository that lacks it: None.
     let other = Digest::sha256(b"other");
     assert!(store
-        .mount_blob(&repo("c"), &repo("a"), &other)
+        .mount_blob(&actor(), &repo("c"), &repo("a"), &other)
         .await
         .unwrap()
         .is_none());
     // Second push to another repo deduplicates: one object on disk.
-    store.put_blob(&repo("c"), &d, body(&data)).await.unwrap();
+    store
+        .put_blob(&actor(), &repo("c"), &d, body(&data))
+        .await
+        .unwrap();
     let blob_file = dir
         .path()
         .join("cas")
@@ -116,14 +130,26 @@ async fn chunked_upload_checks_offsets_and_survives_reopen() {
     let d = Digest::sha256(&data);
     let id = {
         let store = open(dir.path()).await;
-        let st = store.start_upload(&repo("x")).await.unwrap();
+        let st = store.start_upload(&actor(), &repo("x")).await.unwrap();
         let st = store
-            .append_upload(&repo("x"), &st.id, Some(0), body(&data[..100_000]))
+            .append_upload(
+                &actor(),
+                &repo("x"),
+                &st.id,
+                Some(0),
+                body(&data[..100_000]),
+            )
             .await
             .unwrap();
         assert_eq!(st.size, 100_000);
         let err = store
-            .append_upload(&repo("x"), &st.id, Some(5), body(&data[100_000..]))
+            .append_upload(
+                &actor(),
+                &repo("x"),
+                &st.id,
+                Some(5),
+                body(&data[100_000..]),
+            )
             .await
             .unwrap_err();
         assert!(matches!(
@@ -135,7 +161,7 @@ async fn chunked_upload_checks_offsets_and_survives_reopen() {
         ));
         // Wrong repository: unknown session.
         assert!(matches!(
-            store.upload_status(&repo("y"), &st.id).await,
+            store.upload_status(&actor(), &repo("y"), &st.id).await,
             Err(StoreError::BlobUploadUnknown(_))
         ));
         st.id
@@ -143,11 +169,16 @@ async fn chunked_upload_checks_offsets_and_survives_reopen() {
     // Restart: the session and its bytes persist; the hash is rebuilt from storage.
     let store = open(dir.path()).await;
     assert_eq!(
-        store.upload_status(&repo("x"), &id).await.unwrap().size,
+        store
+            .upload_status(&actor(), &repo("x"), &id)
+            .await
+            .unwrap()
+            .size,
         100_000
     );
     store
         .append_upload(
+            &actor(),
             &repo("x"),
             &id,
             Some(100_000),
@@ -156,13 +187,13 @@ async fn chunked_upload_checks_offsets_and_survives_reopen() {
         .await
         .unwrap();
     let info = store
-        .finish_upload(&repo("x"), &id, &d, Some(body(&data[200_000..])))
+        .finish_upload(&actor(), &repo("x"), &id, &d, Some(body(&data[200_000..])))
         .await
         .unwrap();
     assert_eq!(info.size, data.len() as u64);
     assert_eq!(read(&store, &repo("x"), &d).await.unwrap(), data);
     assert!(matches!(
-        store.upload_status(&repo("x"), &id).await,
+        store.upload_status(&actor(), &repo("x"), &id).await,
         Err(StoreError::BlobUploadUnknown(_))
     ));
 }
@@ -173,10 +204,13 @@ async fn digest_mismatch_discards_upload_and_keeps_existing() {
     let store = open(dir.path()).await;
     let good = b"good".to_vec();
     let gd = Digest::sha256(&good);
-    store.put_blob(&repo("r"), &gd, body(&good)).await.unwrap();
-    let st = store.start_upload(&repo("r")).await.unwrap();
+    store
+        .put_blob(&actor(), &repo("r"), &gd, body(&good))
+        .await
+        .unwrap();
+    let st = store.start_upload(&actor(), &repo("r")).await.unwrap();
     let err = store
-        .finish_upload(&repo("r"), &st.id, &gd, Some(body(b"evil")))
+        .finish_upload(&actor(), &repo("r"), &st.id, &gd, Some(body(b"evil")))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::DigestInvalid(_)), "{err}");
@@ -197,7 +231,7 @@ async fn digest_mismatch_discards_upload_and_keeps_existing() {
     // sha512 digests are verified with sha512.
     let d512 = stowage_core::Digest::compute(stowage_core::Algorithm::Sha512, &good);
     store
-        .put_blob(&repo("r"), &d512, body(&good))
+        .put_blob(&actor(), &repo("r"), &d512, body(&good))
         .await
         .unwrap();
     assert_eq!(read(&store, &repo("r"), &d512).await.unwrap(), good);
@@ -211,9 +245,12 @@ async fn manifest_requires_references_and_serves_exact_bytes() {
     let layer = b"layer-bytes".to_vec();
     let (cd, ld) = (Digest::sha256(&cfg), Digest::sha256(&layer));
     let m = image((&cd, cfg.len() as u64), &[(&ld, layer.len() as u64)]);
-    store.put_blob(&repo("app"), &cd, body(&cfg)).await.unwrap();
+    store
+        .put_blob(&actor(), &repo("app"), &cd, body(&cfg))
+        .await
+        .unwrap();
     let err = store
-        .put_manifest(&repo("app"), &tag("v1"), None, m.clone())
+        .put_manifest(&actor(), &repo("app"), &tag("v1"), None, m.clone())
         .await
         .unwrap_err();
     assert!(
@@ -221,19 +258,19 @@ async fn manifest_requires_references_and_serves_exact_bytes() {
         "{err}"
     );
     store
-        .put_blob(&repo("app"), &ld, body(&layer))
+        .put_blob(&actor(), &repo("app"), &ld, body(&layer))
         .await
         .unwrap();
     // A wrong size in the descriptor is refused.
     let bad = image((&cd, 99), &[(&ld, layer.len() as u64)]);
     assert!(matches!(
         store
-            .put_manifest(&repo("app"), &tag("v1"), None, bad)
+            .put_manifest(&actor(), &repo("app"), &tag("v1"), None, bad)
             .await,
         Err(StoreError::ManifestInvalid(_))
     ));
     let out = store
-        .put_manifest(&repo("app"), &tag("v1"), None, m.clone())
+        .put_manifest(&actor(), &repo("app"), &tag("v1"), None, m.clone())
         .await
         .unwrap();
     assert_eq!(out.digest, Digest::sha256(&m));
@@ -246,29 +283,33 @@ async fn manifest_requires_references_and_serves_exact_bytes() {
     assert_eq!(by_digest.bytes, m);
     // A layer a manifest references cannot be deleted from under it.
     assert!(matches!(
-        store.delete_blob(&repo("app"), &ld).await,
+        store.delete_blob(&actor(), &repo("app"), &ld).await,
         Err(StoreError::Conflict(_))
     ));
     // Pushing by digest checks the digest.
     let wrong = Reference::Digest(Digest::sha256(b"not it"));
     assert!(matches!(
         store
-            .put_manifest(&repo("app"), &wrong, None, m.clone())
+            .put_manifest(&actor(), &repo("app"), &wrong, None, m.clone())
             .await,
         Err(StoreError::DigestInvalid(_))
     ));
     // Untag keeps the manifest; delete by digest removes it and its tags.
     store
-        .put_manifest(&repo("app"), &tag("v2"), None, m.clone())
+        .put_manifest(&actor(), &repo("app"), &tag("v2"), None, m.clone())
         .await
         .unwrap();
     store
-        .delete_manifest(&repo("app"), &tag("v1"))
+        .delete_manifest(&actor(), &repo("app"), &tag("v1"))
         .await
         .unwrap();
     assert_eq!(store.tags(&repo("app"), None, 10).unwrap(), ["v2"]);
     store
-        .delete_manifest(&repo("app"), &Reference::Digest(out.digest.clone()))
+        .delete_manifest(
+            &actor(),
+            &repo("app"),
+            &Reference::Digest(out.digest.clone()),
+        )
         .await
         .unwrap();
     assert!(store.tags(&repo("app"), None, 10).unwrap().is_empty());
@@ -277,7 +318,10 @@ async fn manifest_requires_references_and_serves_exact_bytes() {
         Err(StoreError::ManifestUnknown(_))
     ));
     // Now the layer may be unlinked.
-    store.delete_blob(&repo("app"), &ld).await.unwrap();
+    store
+        .delete_blob(&actor(), &repo("app"), &ld)
+        .await
+        .unwrap();
     assert!(matches!(
         store.stat_blob(&repo("app"), &ld),
         Err(StoreError::BlobUnknown(_))
@@ -297,10 +341,11 @@ async fn index_children_and_referrers() {
     let r = repo("multi");
     let cfg = b"{\"c\":1}".to_vec();
     let cd = Digest::sha256(&cfg);
-    store.put_blob(&r, &cd, body(&cfg)).await.unwrap();
+    store.put_blob(&actor(), &r, &cd, body(&cfg)).await.unwrap();
     let child = image((&cd, cfg.len() as u64), &[]);
     let child_d = store
         .put_manifest(
+            &actor(),
             &r,
             &Reference::Digest(Digest::sha256(&child)),
             None,
@@ -326,19 +371,19 @@ async fn index_children_and_referrers() {
     .unwrap();
     assert!(matches!(
         store
-            .put_manifest(&r, &tag("bad"), None, missing_child)
+            .put_manifest(&actor(), &r, &tag("bad"), None, missing_child)
             .await,
         Err(StoreError::ManifestBlobUnknown(_))
     ));
     let idx_d = store
-        .put_manifest(&r, &tag("latest"), None, index)
+        .put_manifest(&actor(), &r, &tag("latest"), None, index)
         .await
         .unwrap()
         .digest;
     // The child cannot be deleted while the index holds it.
     assert!(matches!(
         store
-            .delete_manifest(&r, &Reference::Digest(child_d.clone()))
+            .delete_manifest(&actor(), &r, &Reference::Digest(child_d.clone()))
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -356,7 +401,13 @@ async fn index_children_and_referrers() {
     }))
     .unwrap();
     let out = store
-        .put_manifest(&r, &Reference::Digest(Digest::sha256(&sig)), None, sig)
+        .put_manifest(
+            &actor(),
+            &r,
+            &Reference::Digest(Digest::sha256(&sig)),
+            None,
+            sig,
+        )
         .await
         .unwrap();
     assert_eq!(out.subject.as_ref(), Some(&child_d));
@@ -372,11 +423,11 @@ async fn index_children_and_referrers() {
         .unwrap()
         .is_empty());
     store
-        .delete_manifest(&r, &Reference::Digest(idx_d))
+        .delete_manifest(&actor(), &r, &Reference::Digest(idx_d))
         .await
         .unwrap();
     store
-        .delete_manifest(&r, &Reference::Digest(child_d))
+        .delete_manifest(&actor(), &r, &Reference::Digest(child_d))
         .await
         .unwrap();
 }
@@ -385,28 +436,34 @@ async fn index_children_and_referrers() {
 async fn no_body_finish_and_cancel() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
-    let st = store.start_upload(&repo("z")).await.unwrap();
+    let st = store.start_upload(&actor(), &repo("z")).await.unwrap();
     store
-        .append_upload(&repo("z"), &st.id, None, body(b"abc"))
+        .append_upload(&actor(), &repo("z"), &st.id, None, body(b"abc"))
         .await
         .unwrap();
     let d = Digest::sha256(b"abc");
     store
-        .finish_upload(&repo("z"), &st.id, &d, no_body())
+        .finish_upload(&actor(), &repo("z"), &st.id, &d, no_body())
         .await
         .unwrap();
     assert_eq!(read(&store, &repo("z"), &d).await.unwrap(), b"abc");
-    let st = store.start_upload(&repo("z")).await.unwrap();
-    store.cancel_upload(&repo("z"), &st.id).await.unwrap();
+    let st = store.start_upload(&actor(), &repo("z")).await.unwrap();
+    store
+        .cancel_upload(&actor(), &repo("z"), &st.id)
+        .await
+        .unwrap();
     assert!(matches!(
         store
-            .append_upload(&repo("z"), &st.id, None, body(b"x"))
+            .append_upload(&actor(), &repo("z"), &st.id, None, body(b"x"))
             .await,
         Err(StoreError::BlobUploadUnknown(_))
     ));
     // Empty blob.
     let e = Digest::sha256(b"");
-    store.put_blob(&repo("z"), &e, body(b"")).await.unwrap();
+    store
+        .put_blob(&actor(), &repo("z"), &e, body(b""))
+        .await
+        .unwrap();
     assert_eq!(read(&store, &repo("z"), &e).await.unwrap(), b"");
 }
 
@@ -419,17 +476,21 @@ async fn manifest_put_races_blob_delete() {
     let r = repo("race");
     let cfg = b"{}".to_vec();
     let cd = Digest::sha256(&cfg);
-    store.put_blob(&r, &cd, body(&cfg)).await.unwrap();
+    store.put_blob(&actor(), &r, &cd, body(&cfg)).await.unwrap();
     for round in 0..40u32 {
         let layer = format!("layer {round}").into_bytes();
         let ld = Digest::sha256(&layer);
-        store.put_blob(&r, &ld, body(&layer)).await.unwrap();
+        store
+            .put_blob(&actor(), &r, &ld, body(&layer))
+            .await
+            .unwrap();
         let m = image((&cd, cfg.len() as u64), &[(&ld, layer.len() as u64)]);
         let (s1, s2) = (store.clone(), store.clone());
         let (r1, r2) = (r.clone(), r.clone());
         let ld2 = ld.clone();
-        let put = tokio::spawn(async move { s1.put_manifest(&r1, &tag("t"), None, m).await });
-        let del = tokio::spawn(async move { s2.delete_blob(&r2, &ld2).await });
+        let put =
+            tokio::spawn(async move { s1.put_manifest(&actor(), &r1, &tag("t"), None, m).await });
+        let del = tokio::spawn(async move { s2.delete_blob(&actor(), &r2, &ld2).await });
         let (put, del) = (put.await.unwrap(), del.await.unwrap());
         match (&put, &del) {
             (Ok(_), Err(StoreError::Conflict(_))) => {
@@ -460,7 +521,7 @@ async fn foreign_layers_need_no_bytes() {
     let r = repo("win");
     let cfg = b"{\"os\":\"windows\"}".to_vec();
     let cd = Digest::sha256(&cfg);
-    store.put_blob(&r, &cd, body(&cfg)).await.unwrap();
+    store.put_blob(&actor(), &r, &cd, body(&cfg)).await.unwrap();
     let foreign = Digest::sha256(b"base layer hosted elsewhere");
     let m = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
@@ -473,7 +534,7 @@ async fn foreign_layers_need_no_bytes() {
     }))
     .unwrap();
     let out = store
-        .put_manifest(&r, &tag("ltsc"), None, m.clone())
+        .put_manifest(&actor(), &r, &tag("ltsc"), None, m.clone())
         .await
         .unwrap();
     assert_eq!(store.get_manifest(&r, &tag("ltsc")).unwrap().bytes, m);
@@ -492,16 +553,16 @@ async fn recorded_checksum_catches_corruption_on_read() {
     let d = Digest::sha256(&data);
     {
         let store = open(dir.path()).await;
-        let id = store.start_upload(&repo("a")).await.unwrap().id;
+        let id = store.start_upload(&actor(), &repo("a")).await.unwrap().id;
         let half = data.len() / 2;
         store
-            .append_upload(&repo("a"), &id, Some(0), body(&data[..half]))
+            .append_upload(&actor(), &repo("a"), &id, Some(0), body(&data[..half]))
             .await
             .unwrap();
         drop(store);
         let store = open(dir.path()).await;
         store
-            .finish_upload(&repo("a"), &id, &d, Some(body(&data[half..])))
+            .finish_upload(&actor(), &repo("a"), &id, &d, Some(body(&data[half..])))
             .await
             .unwrap();
         let info = store.stat_blob(&repo("a"), &d).unwrap();
@@ -537,12 +598,18 @@ async fn replica_env(
         let config = format!("{{\"n\":{n}}}").into_bytes();
         let layer = vec![n; 100];
         let (cd, ld) = (Digest::sha256(&config), Digest::sha256(&layer));
-        store.put_blob(r, &cd, body(&config)).await.unwrap();
-        store.put_blob(r, &ld, body(&layer)).await.unwrap();
+        store
+            .put_blob(&actor(), r, &cd, body(&config))
+            .await
+            .unwrap();
+        store
+            .put_blob(&actor(), r, &ld, body(&layer))
+            .await
+            .unwrap();
         let m = image((&cd, config.len() as u64), &[(&ld, 100)]);
         let d = Digest::sha256(&m);
         store
-            .put_manifest(r, &Reference::Digest(d.clone()), None, m)
+            .put_manifest(&actor(), r, &Reference::Digest(d.clone()), None, m)
             .await
             .unwrap();
         out.push(d);
@@ -556,7 +623,10 @@ async fn tag_to(store: &Store, r: &RepoName, t: &str, m: &Digest) {
         .get_manifest(r, &Reference::Digest(m.clone()))
         .unwrap()
         .bytes;
-    store.put_manifest(r, &tag(t), None, bytes).await.unwrap();
+    store
+        .put_manifest(&actor(), r, &tag(t), None, bytes)
+        .await
+        .unwrap();
 }
 
 fn set(d: &Digest, ms: u64, origin: &str) -> TagState {
@@ -582,15 +652,15 @@ async fn replicated_tag_states_apply_only_when_newer() {
     );
     // Same time, larger origin: wins. Older: loses. The same state again: no change.
     assert!(store
-        .replica_apply_tag(&r, "t", &set(&m2, 1_000_000, "b"))
+        .replica_apply_tag(&actor(), &r, "t", &set(&m2, 1_000_000, "b"))
         .await
         .unwrap());
     assert!(!store
-        .replica_apply_tag(&r, "t", &set(&m1, 999_999, "z"))
+        .replica_apply_tag(&actor(), &r, "t", &set(&m1, 999_999, "z"))
         .await
         .unwrap());
     assert!(!store
-        .replica_apply_tag(&r, "t", &set(&m2, 1_000_000, "b"))
+        .replica_apply_tag(&actor(), &r, "t", &set(&m2, 1_000_000, "b"))
         .await
         .unwrap());
     assert_eq!(
@@ -604,11 +674,14 @@ async fn replicated_tag_states_apply_only_when_newer() {
             origin: "b".into(),
         },
     };
-    assert!(store.replica_apply_tag(&r, "t", &del).await.unwrap());
+    assert!(store
+        .replica_apply_tag(&actor(), &r, "t", &del)
+        .await
+        .unwrap());
     assert_eq!(store.tag_state(&r, "t").unwrap(), Some(del.clone()));
     assert!(store.index().tag(&r, "t").unwrap().is_none());
     assert!(!store
-        .replica_apply_tag(&r, "t", &set(&m1, 1_000_003, "c"))
+        .replica_apply_tag(&actor(), &r, "t", &set(&m1, 1_000_003, "c"))
         .await
         .unwrap());
     assert!(store.index().tag(&r, "t").unwrap().is_none());
@@ -618,7 +691,7 @@ async fn replicated_tag_states_apply_only_when_newer() {
         store.tag_state(&r, "t").unwrap(),
         Some(set(&m1, 1_000_006, "a"))
     );
-    store.untag(&r, "t").await.unwrap();
+    store.untag(&actor(), &r, "t").await.unwrap();
     assert_eq!(
         store.tag_state(&r, "t").unwrap(),
         Some(TagState::Deleted {
@@ -630,7 +703,7 @@ async fn replicated_tag_states_apply_only_when_newer() {
     );
     // Every state is listed, tombstones included.
     assert!(store
-        .replica_apply_tag(&r, "u", &set(&m2, 5, "b"))
+        .replica_apply_tag(&actor(), &r, "u", &set(&m2, 5, "b"))
         .await
         .unwrap());
     let states = store.tag_states(&r).unwrap();
@@ -642,7 +715,7 @@ async fn replicated_tag_states_apply_only_when_newer() {
     let missing = Digest::sha256(b"not a manifest here");
     assert!(matches!(
         store
-            .replica_apply_tag(&r, "v", &set(&missing, 9_999_999, "b"))
+            .replica_apply_tag(&actor(), &r, "v", &set(&missing, 9_999_999, "b"))
             .await,
         Err(StoreError::ManifestUnknown(_))
     ));
@@ -676,32 +749,49 @@ async fn replicated_manifest_puts_and_deletes() {
         .unwrap();
     // Already there: nothing new. Into another repository: refused until its blobs are linked.
     assert!(!store
-        .replica_put_manifest(&r, &m1, &doc.media_type, doc.bytes.clone(), "a")
+        .replica_put_manifest(&actor(), &r, &m1, &doc.media_type, doc.bytes.clone(), "a")
         .await
         .unwrap());
     let other = repo("other");
     assert!(matches!(
         store
-            .replica_put_manifest(&other, &m1, &doc.media_type, doc.bytes.clone(), "a")
+            .replica_put_manifest(
+                &actor(),
+                &other,
+                &m1,
+                &doc.media_type,
+                doc.bytes.clone(),
+                "a"
+            )
             .await,
         Err(StoreError::ManifestBlobUnknown(_))
     ));
     let parsed = stowage_core::parse_manifest(Some(&doc.media_type), &doc.bytes).unwrap();
     for b in parsed.blob_references() {
         assert_eq!(
-            store.replica_link_blob(&other, &b.digest).await.unwrap(),
+            store
+                .replica_link_blob(&actor(), &other, &b.digest)
+                .await
+                .unwrap(),
             Some(b.size)
         );
     }
     assert_eq!(
         store
-            .replica_link_blob(&other, &Digest::sha256(b"absent"))
+            .replica_link_blob(&actor(), &other, &Digest::sha256(b"absent"))
             .await
             .unwrap(),
         None
     );
     assert!(store
-        .replica_put_manifest(&other, &m1, &doc.media_type, doc.bytes.clone(), "a")
+        .replica_put_manifest(
+            &actor(),
+            &other,
+            &m1,
+            &doc.media_type,
+            doc.bytes.clone(),
+            "a"
+        )
         .await
         .unwrap());
     let last = store.index().feed(0, 1000).unwrap().pop().unwrap().1;
@@ -711,15 +801,24 @@ async fn replicated_manifest_puts_and_deletes() {
     );
     // A replicated delete never removes a manifest this site still tags.
     assert!(store
-        .replica_apply_tag(&r, "keep", &set(&m2, 1, "a"))
+        .replica_apply_tag(&actor(), &r, "keep", &set(&m2, 1, "a"))
         .await
         .unwrap());
-    assert!(!store.replica_delete_manifest(&r, &m2, "a").await.unwrap());
+    assert!(!store
+        .replica_delete_manifest(&actor(), &r, &m2, "a")
+        .await
+        .unwrap());
     assert!(store.index().manifest(&r, &m2).unwrap().is_some());
-    assert!(store.replica_delete_manifest(&r, &m1, "a").await.unwrap());
+    assert!(store
+        .replica_delete_manifest(&actor(), &r, &m1, "a")
+        .await
+        .unwrap());
     assert!(store.index().manifest(&r, &m1).unwrap().is_none());
     assert!(
-        !store.replica_delete_manifest(&r, &m1, "a").await.unwrap(),
+        !store
+            .replica_delete_manifest(&actor(), &r, &m1, "a")
+            .await
+            .unwrap(),
         "idempotent"
     );
     let last = store.index().feed(0, 1000).unwrap().pop().unwrap().1;
@@ -734,13 +833,13 @@ async fn replicated_manifest_puts_and_deletes() {
     );
     assert!(store.deleted_manifests(&other).unwrap().is_empty());
     assert!(store
-        .replica_put_manifest(&r, &m1, &doc.media_type, doc.bytes.clone(), "a")
+        .replica_put_manifest(&actor(), &r, &m1, &doc.media_type, doc.bytes.clone(), "a")
         .await
         .unwrap());
     assert!(store.deleted_manifests(&r).unwrap().is_empty());
     // A client's delete by digest leaves one too.
     store
-        .delete_manifest(&r, &Reference::Digest(m1.clone()))
+        .delete_manifest(&actor(), &r, &Reference::Digest(m1.clone()))
         .await
         .unwrap();
     assert_eq!(store.deleted_manifests(&r).unwrap(), [m1]);
@@ -753,7 +852,10 @@ async fn the_feed_watch_follows_commits() {
     let mut w = store.feed_watch();
     let before = *w.borrow_and_update();
     let d = Digest::sha256(b"x");
-    store.put_blob(&repo("a"), &d, body(b"x")).await.unwrap();
+    store
+        .put_blob(&actor(), &repo("a"), &d, body(b"x"))
+        .await
+        .unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(5), w.changed())
         .await
         .unwrap()
@@ -785,7 +887,10 @@ async fn a_failed_store_write_indexes_nothing_and_the_next_push_works() {
         }
         let data = vec![i as u8 + 1; 300_000];
         let d = Digest::sha256(&data);
-        let err = store.put_blob(&r, &d, body(&data)).await.unwrap_err();
+        let err = store
+            .put_blob(&actor(), &r, &d, body(&data))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Cas(_)), "{what}: {err:?}");
         assert!(store.index().blob(&d).unwrap().is_none(), "{what}: indexed");
         assert!(
@@ -797,7 +902,7 @@ async fn a_failed_store_write_indexes_nothing_and_the_next_push_works() {
         store.repair_pending(u64::MAX).await.unwrap();
         assert!(store.index().pending().unwrap().is_empty(), "{what}");
         // The store works again: the same blob goes in and reads back.
-        store.put_blob(&r, &d, body(&data)).await.unwrap();
+        store.put_blob(&actor(), &r, &d, body(&data)).await.unwrap();
         assert_eq!(read(&store, &r, &d).await.unwrap(), data, "{what}");
     }
     assert_eq!(faults.injected(), 1 + 5 + 1);
@@ -815,7 +920,7 @@ async fn slow_store_concurrent_pushes_of_one_blob_end_as_one() {
         let (store, data, d) = (store.clone(), data.clone(), d.clone());
         tasks.push(tokio::spawn(async move {
             let r = repo(&format!("app{i}"));
-            store.put_blob(&r, &d, body(&data)).await.unwrap();
+            store.put_blob(&actor(), &r, &d, body(&data)).await.unwrap();
             r
         }));
     }
@@ -837,16 +942,16 @@ async fn a_finish_dropped_mid_commit_still_commits() {
     let r = repo("app");
     let data = vec![7u8; 300_000];
     let d = Digest::sha256(&data);
-    let st = store.start_upload(&r).await.unwrap();
+    let st = store.start_upload(&actor(), &r).await.unwrap();
     store
-        .append_upload(&r, &st.id, Some(0), body(&data))
+        .append_upload(&actor(), &r, &st.id, Some(0), body(&data))
         .await
         .unwrap();
     // Every store request now takes 300 ms: the publish is under way when the caller gives up.
     faults.set_latency(std::time::Duration::from_millis(300));
     let dropped = tokio::time::timeout(
         std::time::Duration::from_millis(100),
-        store.finish_upload(&r, &st.id, &d, no_body()),
+        store.finish_upload(&actor(), &r, &st.id, &d, no_body()),
     )
     .await;
     assert!(dropped.is_err(), "the finish should still be committing");
@@ -860,7 +965,7 @@ async fn a_finish_dropped_mid_commit_still_commits() {
     // The session ended with the commit (its record is removed in the same batch).
     wait_until("the session ends", || async {
         matches!(
-            store.upload_status(&r, &st.id).await,
+            store.upload_status(&actor(), &r, &st.id).await,
             Err(StoreError::BlobUploadUnknown(_))
         )
     })
@@ -882,4 +987,92 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Replication may keep only `max_pins` blobs from collection at once; expired pins make
+/// room, renewing a pin costs none.
+#[tokio::test]
+async fn replication_pins_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = stowage_core::ManualClock::new(1_000_000);
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.limits.max_pins = 3;
+    let store = Store::open_with_clock(cfg, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let r = store.replica();
+    let ds: Vec<Digest> = (0..5u8).map(|i| Digest::sha256(&[i])).collect();
+    r.pin_blobs(ds[..3].iter(), 1_001_000).unwrap();
+    assert!(matches!(
+        r.pin_blobs([&ds[3]], 1_001_000),
+        Err(StoreError::TooManyPins {
+            pinned: 3,
+            limit: 3
+        })
+    ));
+    assert!(!store.is_pinned(&ds[3], 1_000_000));
+    r.pin_blobs([&ds[0]], 1_002_000).unwrap();
+    assert_eq!(r.pinned_count(), 3);
+    // Once one expires (ds[1]; ds[0] and ds[2] were renewed), one more fits, and no more.
+    r.pin_blobs([&ds[2]], 1_002_000).unwrap();
+    clock.advance(1_500);
+    r.pin_blobs([&ds[3]], 1_010_000).unwrap();
+    assert_eq!(r.pinned_count(), 3);
+    assert!(r.pin_blobs([&ds[4]], 1_010_000).is_err());
+    assert!(store.is_pinned(&ds[3], clock.now_millis()));
+}
+
+/// Every change's audit entry is in the change's own batch: after a push, a tag move and a
+/// delete, the log holds them with their actor, chained, and verifies.
+#[tokio::test]
+async fn changes_carry_their_audit_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    let r = RepoName::parse("team/app").unwrap();
+    let alice = Actor::new(
+        stowage_core::Principal::User("alice".into()),
+        Some("10.0.0.7:4444".parse().unwrap()),
+    );
+    let data = b"layer".to_vec();
+    let d = Digest::sha256(&data);
+    store.put_blob(&alice, &r, &d, body(&data)).await.unwrap();
+    store.delete_blob(&alice, &r, &d).await.unwrap();
+    let recs = store
+        .index()
+        .audit_query(&stowage_index::AuditFilter::default())
+        .unwrap();
+    let rows: Vec<_> = recs
+        .iter()
+        .map(|x| {
+            (
+                x.entry.actor.as_str(),
+                x.entry.action,
+                x.entry.addr.as_deref(),
+                x.entry.target.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "user:alice",
+                stowage_index::AuditAction::BlobPush,
+                Some("10.0.0.7:4444"),
+                Some(d.to_string())
+            ),
+            (
+                "user:alice",
+                stowage_index::AuditAction::BlobDelete,
+                Some("10.0.0.7:4444"),
+                Some(d.to_string())
+            ),
+        ]
+    );
+    // The feed events carry the actor too.
+    let feed = store.index().feed(0, 10).unwrap();
+    assert!(feed
+        .iter()
+        .all(|(_, e)| e.actor.as_deref() == Some("user:alice")));
+    assert!(store.index().audit_verify().unwrap().problems.is_empty());
 }

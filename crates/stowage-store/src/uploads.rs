@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
+use std::sync::atomic::Ordering;
 use stowage_cas::{CasError, CommitOutcome};
-use stowage_core::{Algorithm, Digest, Hasher, RepoName};
-use stowage_index::{Batch, BlobRecord, BlobState, EventKind, UploadRecord};
+
+use stowage_core::{Actor, Algorithm, Digest, Hasher, RepoName};
+use stowage_index::{AuditAction, Batch, BlobRecord, BlobState, EventKind, UploadRecord};
 
 use crate::{BlobInfo, Result, Store, StoreError};
 
@@ -24,6 +26,15 @@ pub struct UploadStatus {
     pub id: String,
     /// Bytes received so far.
     pub size: u64,
+}
+
+/// A session in the store's map: who owns it (read without locking the session) and its state.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    /// The principal that opened it (`Principal`'s text form); only it may use the session.
+    /// `None` for sessions recorded before owners were (any actor allowed on the repository).
+    pub(crate) owner: Option<String>,
+    pub(crate) session: Arc<tokio::sync::Mutex<Session>>,
 }
 
 /// In-memory state of a session.
@@ -55,16 +66,27 @@ fn map_cas(e: CasError) -> StoreError {
 }
 
 impl Store {
-    /// Starts an upload session in `repo`.
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
-        let id = self.open_session(repo, true);
+    /// Starts an upload session in `repo`, owned by `actor`.
+    pub(crate) async fn start_upload(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+    ) -> Result<UploadStatus> {
+        let id = self.open_session(actor, repo, true)?;
         Ok(UploadStatus { id, size: 0 })
     }
 
     /// Creates a session in memory; it is recorded in the index with its first stored chunk.
-    pub(crate) fn open_session(&self, repo: &RepoName, resumable: bool) -> String {
+    /// Refused when the session limits are reached.
+    pub(crate) fn open_session(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        resumable: bool,
+    ) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now_ms();
+        let owner = actor.principal.to_string();
         let session = Session {
             repo: repo.clone(),
             record: UploadRecord {
@@ -72,22 +94,52 @@ impl Store {
                 created_ms: now,
                 updated_ms: now,
                 parts: Vec::new(),
+                owner: Some(owner.clone()),
             },
             hasher: Some(Hasher::new(Algorithm::Sha256)),
             recorded: false,
             resumable,
         };
-        self.sessions()
-            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
-        id
+        let limits = &self.inner.config.limits;
+        let mut sessions = self.sessions();
+        if sessions.len() >= limits.max_sessions {
+            return Err(StoreError::TooManyUploads(format!(
+                "{} upload sessions are open, the limit is {}",
+                sessions.len(),
+                limits.max_sessions
+            )));
+        }
+        let mine = sessions
+            .values()
+            .filter(|s| s.owner.as_deref() == Some(owner.as_str()))
+            .count();
+        if mine >= limits.max_sessions_per_actor {
+            return Err(StoreError::TooManyUploads(format!(
+                "{actor} has {mine} upload sessions open, the limit is {}",
+                limits.max_sessions_per_actor
+            )));
+        }
+        sessions.insert(
+            id.clone(),
+            Slot {
+                owner: Some(owner),
+                session: Arc::new(tokio::sync::Mutex::new(session)),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Open upload sessions (in memory) and bytes staged by unfinished uploads.
+    pub fn upload_usage(&self) -> (usize, u64) {
+        (
+            self.sessions().len(),
+            self.inner.staged_bytes.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn sessions(
         &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, Arc<tokio::sync::Mutex<Session>>>,
-    > {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Slot>> {
         // Only map inserts and removes happen under this lock; a panic cannot leave it torn.
         self.inner
             .sessions
@@ -96,11 +148,7 @@ impl Store {
     }
 
     /// Finds a session of `repo`, loading it from the index after a restart.
-    pub(crate) fn session(
-        &self,
-        repo: &RepoName,
-        id: &str,
-    ) -> Result<Arc<tokio::sync::Mutex<Session>>> {
+    pub(crate) fn session(&self, repo: &RepoName, id: &str) -> Result<Slot> {
         if let Some(s) = self.sessions().get(id) {
             return Ok(s.clone());
         }
@@ -112,27 +160,38 @@ impl Store {
         if record.repo != repo.as_str() {
             return Err(StoreError::BlobUploadUnknown(id.to_string()));
         }
-        let session = Arc::new(tokio::sync::Mutex::new(Session {
-            repo: repo.clone(),
-            record,
-            hasher: None,
-            recorded: true,
-            resumable: true,
-        }));
+        let slot = Slot {
+            owner: record.owner.clone(),
+            session: Arc::new(tokio::sync::Mutex::new(Session {
+                repo: repo.clone(),
+                record,
+                hasher: None,
+                recorded: true,
+                resumable: true,
+            })),
+        };
         Ok(self
             .sessions()
             .entry(id.to_string())
-            .or_insert(session)
+            .or_insert(slot)
             .clone())
     }
 
-    /// Locks a live session, checking it belongs to `repo`.
+    /// Locks a live session, checking it belongs to `repo` and to `actor`. A session of
+    /// another actor is answered exactly like one that does not exist.
     async fn live_session(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         id: &str,
     ) -> Result<tokio::sync::OwnedMutexGuard<Session>> {
-        let session = self.session(repo, id)?.lock_owned().await;
+        let slot = self.session(repo, id)?;
+        if let Some(owner) = &slot.owner {
+            if *owner != actor.principal.to_string() {
+                return Err(StoreError::BlobUploadUnknown(id.to_string()));
+            }
+        }
+        let session = slot.session.lock_owned().await;
         if &session.repo != repo {
             return Err(StoreError::BlobUploadUnknown(id.to_string()));
         }
@@ -144,8 +203,13 @@ impl Store {
     }
 
     /// Bytes received by an upload.
-    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
-        let s = self.live_session(repo, id).await?;
+    pub(crate) async fn upload_status(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<UploadStatus> {
+        let s = self.live_session(actor, repo, id).await?;
         Ok(UploadStatus {
             id: id.to_string(),
             size: s.size(),
@@ -154,8 +218,9 @@ impl Store {
 
     /// Appends `body` to an upload. With `start`, the chunk must begin exactly where the upload
     /// ends (else [`StoreError::RangeInvalid`] and nothing is written).
-    pub async fn append_upload<S, E>(
+    pub(crate) async fn append_upload<S, E>(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         id: &str,
         start: Option<u64>,
@@ -165,7 +230,7 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let mut s = self.live_session(repo, id).await?;
+        let mut s = self.live_session(actor, repo, id).await?;
         self.append_locked(&mut s, id, start, body, true).await?;
         Ok(UploadStatus {
             id: id.to_string(),
@@ -194,6 +259,13 @@ impl Store {
                 });
             }
         }
+        let staged = self.inner.staged_bytes.load(Ordering::Relaxed);
+        let max_staged = self.inner.config.limits.max_staged_bytes;
+        if staged >= max_staged {
+            return Err(StoreError::TooManyUploads(format!(
+                "unfinished uploads hold {staged} bytes, the limit is {max_staged}"
+            )));
+        }
         self.ensure_hasher(s, id).await?;
         let limit = self.inner.config.max_blob_size.saturating_sub(size);
         let part = s.record.parts.len() as u32;
@@ -217,6 +289,7 @@ impl Store {
             Ok(n) => {
                 s.hasher = Some(hasher);
                 s.record.parts.push(n);
+                self.inner.staged_bytes.fetch_add(n, Ordering::Relaxed);
                 s.record.updated_ms = self.now_ms();
                 // The final body of a finish is committed at once; recording it as a part
                 // first would only cost a synced write.
@@ -257,8 +330,9 @@ impl Store {
 
     /// Appends the optional final `body`, checks the content against `digest`, and commits the
     /// blob into `repo`. On a digest mismatch the session and its bytes are removed.
-    pub async fn finish_upload<S, E>(
+    pub(crate) async fn finish_upload<S, E>(
         &self,
+        actor: &Actor,
         repo: &RepoName,
         id: &str,
         digest: &Digest,
@@ -268,13 +342,13 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let mut s = self.live_session(repo, id).await?;
+        let mut s = self.live_session(actor, repo, id).await?;
         if let Some(body) = body {
             if let Err(e) = self.append_locked(&mut s, id, None, body, false).await {
                 if !s.resumable {
                     // Nobody can resume a monolithic upload: drop it now.
                     let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
-                    self.end_session(id, &parts, s.recorded).await?;
+                    self.end_session(id, &parts, s.size(), s.recorded).await?;
                 }
                 return Err(e);
             }
@@ -292,7 +366,7 @@ impl Store {
         let crc = hasher.checksum();
         let actual = hasher.finish();
         if &actual != digest {
-            self.end_session(id, &parts, s.recorded).await?;
+            self.end_session(id, &parts, size, s.recorded).await?;
             return Err(StoreError::DigestInvalid(format!(
                 "content of upload {id} hashes to {actual}, not {digest}"
             )));
@@ -308,6 +382,7 @@ impl Store {
         // indexed, and the session naming staged parts that the publish consumed, so that the
         // next finish of it fails. The task finishes the commit whether or not anyone waits.
         let store = self.clone();
+        let actor = actor.clone();
         let (repo, id, digest) = (repo.clone(), id.to_string(), digest.clone());
         let info = BlobInfo {
             digest: digest.clone(),
@@ -317,14 +392,14 @@ impl Store {
         crate::task::spawn_named("blob_commit", async move {
             let recorded = s.recorded;
             let result = store
-                .commit_blob(batch, &repo, &id, &parts, &digest, size, crc)
+                .commit_blob(batch, &actor, &repo, &id, &parts, &digest, size, crc)
                 .await;
             // A successful commit consumed the staged parts; a failed one leaves them to remove.
             let (record_left, staged) = match &result {
                 Ok(()) => (false, &[][..]),
                 Err(_) => (recorded, &parts[..]),
             };
-            let ended = store.end_session(&id, staged, record_left).await;
+            let ended = store.end_session(&id, staged, size, record_left).await;
             drop(s);
             ended?;
             result
@@ -339,6 +414,7 @@ impl Store {
     async fn commit_blob(
         &self,
         mut batch: Batch,
+        actor: &Actor,
         repo: &RepoName,
         id: &str,
         parts: &[u32],
@@ -353,7 +429,12 @@ impl Store {
             if rec.state == BlobState::Present {
                 // Deduplicated: the bytes are already stored.
                 self.inner.cas.abort(id, parts).await;
-                return self.link_present_blob(batch, repo, digest, size).await;
+                let audit = self
+                    .change_audit(actor, AuditAction::BlobPush, repo, digest.to_string(), None)
+                    .detail(format!("{size} bytes, already stored"));
+                return self
+                    .link_present_blob(batch, actor, repo, digest, size, audit)
+                    .await;
             }
         }
         // Publish intent: if the process dies after the bytes are published but before the
@@ -380,19 +461,25 @@ impl Store {
         );
         batch.link_blob(repo, digest, now);
         self.ensure_repo(&mut batch, repo)?;
-        let mut ev = self.event(EventKind::BlobPut, repo);
+        let mut ev = self.event(EventKind::BlobPut, repo, actor);
         ev.digest = Some(digest.clone());
         batch.event(ev);
+        batch.audit(
+            self.change_audit(actor, AuditAction::BlobPush, repo, digest.to_string(), None)
+                .detail(format!("{size} bytes")),
+        );
         self.commit(batch).await?;
         Ok(())
     }
 
     /// Removes a session's in-memory state and staging, and its index record when
     /// `delete_record` (callers that already removed it in another batch pass false).
+    /// `size` is what the session held: no longer counted as staged.
     pub(crate) async fn end_session(
         &self,
         id: &str,
         parts: &[u32],
+        size: u64,
         delete_record: bool,
     ) -> Result<()> {
         if delete_record {
@@ -400,7 +487,14 @@ impl Store {
             batch.delete_upload(id);
             self.commit(batch).await?;
         }
-        self.sessions().remove(id);
+        if self.sessions().remove(id).is_some() || delete_record {
+            let _ =
+                self.inner
+                    .staged_bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_sub(size))
+                    });
+        }
         if !parts.is_empty() {
             self.inner.cas.abort(id, parts).await;
         }
@@ -408,9 +502,14 @@ impl Store {
     }
 
     /// Cancels an upload and removes its bytes.
-    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
-        let s = self.live_session(repo, id).await?;
+    pub(crate) async fn cancel_upload(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<()> {
+        let s = self.live_session(actor, repo, id).await?;
         let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
-        self.end_session(id, &parts, s.recorded).await
+        self.end_session(id, &parts, s.size(), s.recorded).await
     }
 }

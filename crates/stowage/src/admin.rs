@@ -13,11 +13,10 @@ use stowage_rpc::v1::admin_client::AdminClient;
 use stowage_rpc::v1::admin_server::{Admin, AdminServer};
 use stowage_rpc::v1::{GetInfoRequest, GetInfoResponse};
 use stowage_store::Store;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::client::{AdminChannel, ClientArgs};
 use crate::config::Settings;
 use crate::gc_rpc::{progress_to_proto, report_to_proto};
 
@@ -162,6 +161,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::StartGcRequest>,
     ) -> Result<Response<pb::StartGcResponse>, Status> {
+        let actor = crate::admin_auth::actor_of(&req);
         let req = req.into_inner();
         if req.trigger.len() > MAX_TRIGGER_LEN {
             return Err(Status::invalid_argument(format!(
@@ -180,6 +180,7 @@ impl Admin for AdminService {
             quarantine: req.quarantine_ms.map(Duration::from_millis),
             upload_expiry: req.upload_expiry_ms.map(Duration::from_millis),
             trigger,
+            actor: Some(actor),
         };
         let log = opts.clone();
         let run_id = self
@@ -281,12 +282,13 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RestoreBlobRequest>,
     ) -> Result<Response<pb::RestoreBlobResponse>, Status> {
+        let actor = crate::admin_auth::actor_of(&req);
         let text = req.into_inner().digest;
         let digest = Digest::parse(text.trim())
             .map_err(|e| Status::invalid_argument(format!("restoring a quarantined blob: {e}")))?;
         let restored = self
             .gc
-            .restore(&digest)
+            .restore(&actor, &digest)
             .await
             .map_err(|e| gc_status(&format!("restoring quarantined blob {digest}"), e))?;
         tracing::info!(
@@ -303,45 +305,73 @@ impl Admin for AdminService {
     }
 }
 
-/// Starts the admin server on `listener`; it stops when `stop` turns true.
+/// HTTP/2 settings of the gRPC servers. Replication streams blobs: windows larger than
+/// HTTP/2's 64 KiB default keep a stream from stalling on its peer's acknowledgements.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+/// Starts the admin server on `listener`: GC and info (`Admin`), accounts and the audit log
+/// (`Access`) and the operator's replication calls, each behind the admin gate; the health
+/// check is open. It stops when `stop` turns true.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    listener: TcpListener,
+    listener: stowage_auth::net::Listener,
     store: Store,
     gc: Collector,
     repl: stowage_repl::ReplicationService,
+    access: crate::access_rpc::AccessService,
+    gate: std::sync::Arc<crate::admin_auth::AdminGate>,
     settings: Settings,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, String> {
+    use crate::admin_auth::Gated;
     let svc = AdminService {
         store,
         data_dir: settings.data_dir.display().to_string(),
         gc,
         stop: stop.clone(),
     };
-    let mut stop = stop;
+    let mut done = stop.clone();
     Ok(stowage_store::task::spawn_named("admin-grpc", async move {
         // The overall status ("") starts as SERVING; the Admin service is reported by name too.
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<AdminServer<AdminService>>().await;
-        // Replication streams blobs through this server: windows larger than HTTP/2's 64 KiB
-        // default keep a stream from stalling on its peer's acknowledgements, and
-        // TCP_NODELAY keeps small replies (a tag applied, a manifest stored) from waiting
-        // for delayed ACKs, about 40 ms each.
-        tonic::transport::Server::builder()
-            .initial_stream_window_size(4 << 20)
-            .initial_connection_window_size(16 << 20)
-            .max_frame_size(1 << 20)
+        grpc_server()
             .add_service(health)
-            .add_service(AdminServer::new(svc))
-            .add_service(repl.into_server())
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stop.wait_for(|v| *v).await;
-                },
-            )
+            .add_service(Gated::new(AdminServer::new(svc), gate.clone()))
+            .add_service(Gated::new(access.into_server(), gate.clone()))
+            .add_service(Gated::new(repl.into_server(), gate))
+            .serve_with_incoming_shutdown(stowage_auth::net::incoming(listener, stop), async move {
+                let _ = done.wait_for(|v| *v).await;
+            })
             .await
     }))
+}
+
+/// Starts the replication server for peers on `listener` (mutual TLS unless it is a plain
+/// loopback listener); it stops when `stop` turns true.
+pub fn spawn_replication(
+    listener: stowage_auth::net::Listener,
+    repl: stowage_repl::ReplicationService,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let mut done = stop.clone();
+    stowage_store::task::spawn_named("replication-grpc", async move {
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        grpc_server()
+            .add_service(health)
+            .add_service(repl.into_server())
+            .serve_with_incoming_shutdown(stowage_auth::net::incoming(listener, stop), async move {
+                let _ = done.wait_for(|v| *v).await;
+            })
+            .await
+    })
 }
 
 /// `error: source: source...`, skipping a source whose text the outer message already holds.
@@ -359,7 +389,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// `http://ADDR` for an `--server` value given as `ADDR` or as a URL.
+/// `http://ADDR` for an `--server` value given as `ADDR` or as a URL (for messages; the
+/// connection itself uses [`ClientArgs::url`]).
 pub fn endpoint_url(server: &str) -> String {
     if server.contains("://") {
         server.to_string()
@@ -368,19 +399,9 @@ pub fn endpoint_url(server: &str) -> String {
     }
 }
 
-/// Connects to the admin service at `server` (`--server`).
-pub async fn connect(server: &str) -> Result<AdminClient<Channel>, String> {
-    let url = endpoint_url(server);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("admin service address {server:?}: {}", error_chain(&e)))?
-        .connect_timeout(Duration::from_secs(10));
-    let channel = endpoint.connect().await.map_err(|e| {
-        format!(
-            "connecting to the admin service at {url}: {} (is the daemon running, and is --server / STOWAGE_SERVER its --admin-listen address?)",
-            error_chain(&e)
-        )
-    })?;
-    Ok(AdminClient::new(channel))
+/// Connects to the admin service (`--server`, TLS and identity options).
+pub async fn connect(conn: &ClientArgs) -> Result<AdminClient<AdminChannel>, String> {
+    Ok(AdminClient::new(conn.channel().await?))
 }
 
 /// What a failed RPC means, for a person: `doing` at `server`, then the server's message. The
@@ -427,10 +448,11 @@ pub fn cli_runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// `stowage info`.
-pub fn info_command(server: &str, json: bool) -> Result<(), String> {
+pub fn info_command(conn: &ClientArgs, json: bool) -> Result<(), String> {
+    let server = conn.server.as_str();
     let rt = cli_runtime()?;
     let info = rt.block_on(async {
-        let mut client = connect(server).await?;
+        let mut client = connect(conn).await?;
         client
             .get_info(GetInfoRequest {})
             .await
@@ -471,7 +493,7 @@ mod tests {
 
     async fn service(dir: &std::path::Path) -> (AdminService, watch::Sender<bool>) {
         let store = Store::open(StoreConfig::new(dir)).await.unwrap();
-        let gc = Collector::new(store.clone(), GcConfig::default());
+        let gc = Collector::new(store.gc_ops(), GcConfig::default());
         let (stop_tx, stop) = watch::channel(false);
         let svc = AdminService {
             store,

@@ -8,12 +8,12 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::client::AdminChannel;
 use clap::{Args, Subcommand};
 use stowage_core::Digest;
 use stowage_gc::{Phase, Progress, Report, RunStatus};
 use stowage_rpc::v1 as pb;
 use stowage_rpc::v1::admin_client::AdminClient;
-use tonic::transport::Channel;
 
 use crate::admin::{cli_runtime, connect, emit, endpoint_url, rpc_error};
 use crate::config::parse_duration;
@@ -44,17 +44,8 @@ enum GcCommand {
     Restore(RestoreArgs),
 }
 
-#[derive(Args, Debug)]
-struct ServerArg {
-    /// Admin address of the daemon (its --admin-listen).
-    #[arg(
-        long,
-        env = "STOWAGE_SERVER",
-        default_value = "127.0.0.1:5001",
-        value_name = "ADDR"
-    )]
-    server: String,
-}
+/// Where the daemon is and how to authenticate to it.
+type ServerArg = crate::client::ClientArgs;
 
 #[derive(Args, Debug)]
 struct RunArgs {
@@ -159,7 +150,7 @@ fn decode_report(r: pb::GcReport, server: &str) -> Result<Report, String> {
 
 async fn run(a: RunArgs) -> Result<(), String> {
     let server = a.server.server.as_str();
-    let mut client = connect(server).await?;
+    let mut client = connect(&a.server).await?;
     let req = pb::StartGcRequest {
         dry_run: a.dry_run,
         grace_ms: a.grace.map(millis),
@@ -211,7 +202,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
 
 /// Streams `WatchGc` for `run_id`, drawing progress on stderr, and returns the final report.
 async fn follow(
-    client: &mut AdminClient<Channel>,
+    client: &mut AdminClient<AdminChannel>,
     server: &str,
     run_id: u64,
 ) -> Result<Report, String> {
@@ -335,7 +326,7 @@ fn progress_text(p: &Progress, bar: bool) -> String {
 
 async fn status(a: StatusArgs) -> Result<(), String> {
     let server = a.server.server.as_str();
-    let mut client = connect(server).await?;
+    let mut client = connect(&a.server).await?;
     let st = client
         .get_gc_status(pb::GetGcStatusRequest {})
         .await
@@ -403,7 +394,7 @@ fn render_status(running: Option<u64>, latest: Option<&Progress>) -> String {
 
 async fn history(a: HistoryArgs) -> Result<(), String> {
     let server = a.server.server.as_str();
-    let mut client = connect(server).await?;
+    let mut client = connect(&a.server).await?;
     let runs = client
         .list_gc_runs(pb::ListGcRunsRequest { limit: a.limit })
         .await
@@ -463,7 +454,7 @@ fn render_history(runs: &[Report]) -> String {
 
 async fn show(a: ShowArgs) -> Result<(), String> {
     let server = a.server.server.as_str();
-    let mut client = connect(server).await?;
+    let mut client = connect(&a.server).await?;
     let report = client
         .get_gc_run(pb::GetGcRunRequest { run_id: a.run_id })
         .await
@@ -488,7 +479,7 @@ async fn restore(a: RestoreArgs) -> Result<(), String> {
     // Refuse a malformed digest before any network round trip.
     let digest =
         Digest::parse(a.digest.trim()).map_err(|e| format!("restoring {:?}: {e}", a.digest))?;
-    let mut client = connect(server).await?;
+    let mut client = connect(&a.server).await?;
     let r = client
         .restore_blob(pb::RestoreBlobRequest {
             digest: digest.to_string(),
@@ -525,7 +516,7 @@ fn status_str(s: RunStatus) -> &'static str {
 }
 
 /// `2024-05-01T12:00:00Z`, or `-` for 0.
-fn timestamp(ms: u64) -> String {
+pub(crate) fn timestamp(ms: u64) -> String {
     if ms == 0 {
         return "-".to_string();
     }

@@ -1,6 +1,11 @@
 //! `stowage`: the daemon (`stowage serve`) and the operator's command line.
 
+mod access_cli;
+mod access_rpc;
 mod admin;
+mod admin_auth;
+mod audit_tasks;
+mod client;
 mod config;
 mod gc_cli;
 mod gc_rpc;
@@ -34,9 +39,8 @@ enum Command {
     Serve(config::ServeArgs),
     /// Ask a running daemon for its identity and index figures (admin gRPC).
     Info {
-        /// Admin address of the daemon.
-        #[arg(long, env = "STOWAGE_SERVER", default_value = "127.0.0.1:5001")]
-        server: String,
+        #[command(flatten)]
+        conn: client::ClientArgs,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -46,15 +50,31 @@ enum Command {
     Gc(gc_cli::GcArgs),
     /// Replication on a running daemon (gRPC): per-peer status and on-demand anti-entropy.
     Repl(repl_cli::ReplArgs),
+    /// Users: add, change passwords, grant roles in projects, remove.
+    User(access_cli::UserArgs),
+    /// Robot accounts: machine credentials bound to one project.
+    Robot(access_cli::RobotArgs),
+    /// Project settings: public (anyone may pull) or private.
+    Project(access_cli::ProjectArgs),
+    /// The audit log: query it (by time, actor, repository, action), export it as JSON lines,
+    /// and verify its hash chain.
+    Audit(access_cli::AuditArgs),
+    /// Get a bearer token from a registry's token service (for --token, or curl).
+    Token(access_cli::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Info { server, json } => admin::info_command(&server, json),
+        Command::Info { conn, json } => admin::info_command(&conn, json),
         Command::Gc(args) => gc_cli::command(args),
         Command::Repl(args) => repl_cli::command(args),
+        Command::User(args) => access_cli::user(args),
+        Command::Robot(args) => access_cli::robot(args),
+        Command::Project(args) => access_cli::project(args),
+        Command::Audit(args) => access_cli::audit(args),
+        Command::Token(args) => access_cli::token(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,29 +3,103 @@
 
 use std::fmt::Write as _;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use stowage_auth::net::ConnStats;
 use stowage_gc::{Collector, Counts, Metrics};
 
+/// What the limit and audit series are read from.
+#[derive(Debug)]
+pub struct LimitSources {
+    /// Each listener's connection counters, by name.
+    pub listeners: Vec<(&'static str, ConnStats)>,
+    /// The store (upload sessions, staged bytes, pins, the audit writer).
+    pub store: stowage_store::Store,
+    /// The API's rate limit.
+    pub api: Arc<stowage_oci::Limits>,
+    /// The configured limits.
+    pub limits: crate::config::security::LimitSettings,
+    /// Who may read the metrics when authentication is on: loopback clients and system
+    /// admins (Basic credentials or a token), so that peer names and activity figures are not
+    /// served to anyone on the network.
+    pub authority: Arc<stowage_auth::authority::Authority>,
+}
+
+type State = (
+    Collector,
+    Option<stowage_repl::Replicator>,
+    Arc<LimitSources>,
+);
+
 /// The `/metrics` route, to merge into the API router.
-pub fn router(gc: Collector, repl: Option<stowage_repl::Replicator>) -> Router {
+pub fn router(
+    gc: Collector,
+    repl: Option<stowage_repl::Replicator>,
+    limits: Arc<LimitSources>,
+) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
-        .with_state((gc, repl))
+        .with_state((gc, repl, limits))
+}
+
+/// Whether the request may read the metrics (see [`LimitSources::authority`]).
+async fn may_read(
+    l: &LimitSources,
+    headers: &axum::http::HeaderMap,
+    conn: Option<stowage_auth::net::ConnInfo>,
+) -> bool {
+    use stowage_auth::authority::Mode;
+    if l.authority.mode() == Mode::Open {
+        return true;
+    }
+    if conn.as_ref().is_none_or(|c| c.remote.ip().is_loopback()) {
+        return true;
+    }
+    let addr = conn.map(|c| c.remote);
+    let caller = match headers
+        .get(header::AUTHORIZATION)
+        .map(stowage_auth::challenge::parse_authorization)
+    {
+        Some(Ok(stowage_auth::challenge::Credentials::Basic { user, password })) => {
+            l.authority.check_password(&user, &password).await.ok()
+        }
+        Some(Ok(stowage_auth::challenge::Credentials::Bearer(t))) => {
+            l.authority.check_bearer(&t).ok()
+        }
+        _ => None,
+    };
+    match caller {
+        Some(caller) => l
+            .authority
+            .is_system_admin(&stowage_auth::authority::Identity { caller, addr })
+            .unwrap_or(false),
+        None => false,
+    }
 }
 
 async fn serve_metrics(
-    axum::extract::State((gc, repl)): axum::extract::State<(
-        Collector,
-        Option<stowage_repl::Replicator>,
-    )>,
-) -> impl IntoResponse {
+    axum::extract::State((gc, repl, limits)): axum::extract::State<State>,
+    headers: axum::http::HeaderMap,
+    conn: Option<axum::Extension<stowage_auth::net::ConnInfo>>,
+) -> axum::response::Response {
+    if !may_read(&limits, &headers, conn.map(|axum::Extension(c)| c)).await {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"stowage metrics\"")],
+            "metrics are for system admins and loopback clients\n",
+        )
+            .into_response();
+    }
     let mut body = render(&gc.metrics(), gc.running().is_some());
     if let Some(r) = repl {
         body.push_str(&render_replication(&r.status()));
     }
+    body.push_str(&render_limits(&limits));
     (
         [(
             header::CONTENT_TYPE,
@@ -33,6 +107,176 @@ async fn serve_metrics(
         )],
         body,
     )
+        .into_response()
+}
+
+/// Connection, upload, pin, rate and audit figures with their limits. Never a secret, a
+/// token or an account name: only counts.
+pub fn render_limits(l: &LimitSources) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP stowage_{name} {help}");
+        let _ = writeln!(out, "# TYPE stowage_{name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "stowage_{name}{labels} {v}");
+        }
+    };
+    let per = |f: &dyn Fn(&ConnStats) -> u64| -> Vec<(String, u64)> {
+        l.listeners
+            .iter()
+            .map(|(n, s)| (format!("{{listener=\"{n}\"}}"), f(s)))
+            .collect()
+    };
+    family(
+        "connections_open",
+        "gauge",
+        "Open connections.",
+        &per(&|s| s.open()),
+    );
+    family(
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        &per(&|s| s.accepted()),
+    );
+    family(
+        "connections_refused_total",
+        "counter",
+        "Connections refused because the listener was at max_connections.",
+        &per(&|s| s.refused_over_limit()),
+    );
+    family(
+        "tls_handshakes_failed_total",
+        "counter",
+        "TLS handshakes that failed or timed out.",
+        &per(&|s| s.handshake_failed()),
+    );
+    family(
+        "connections_header_timeouts_total",
+        "counter",
+        "Connections closed because a request head did not arrive within header_read_timeout.",
+        &per(&|s| s.timed_out_header()),
+    );
+    family(
+        "connections_idle_timeouts_total",
+        "counter",
+        "Keep-alive connections closed after idle_timeout without a request.",
+        &per(&|s| s.timed_out_idle()),
+    );
+    let one = |v: u64| vec![(String::new(), v)];
+    let lim = &l.limits;
+    family(
+        "connections_limit",
+        "gauge",
+        "Most connections per listener (max_connections).",
+        &one(lim.net.max_connections as u64),
+    );
+    let (sessions, staged) = l.store.upload_usage();
+    family(
+        "upload_sessions",
+        "gauge",
+        "Open upload sessions.",
+        &one(sessions as u64),
+    );
+    family(
+        "upload_sessions_limit",
+        "gauge",
+        "Most open upload sessions (max_uploads).",
+        &one(lim.store.max_sessions as u64),
+    );
+    family(
+        "upload_sessions_per_actor_limit",
+        "gauge",
+        "Most open upload sessions of one actor (max_uploads_per_actor).",
+        &one(lim.store.max_sessions_per_actor as u64),
+    );
+    family(
+        "staged_bytes",
+        "gauge",
+        "Bytes held by unfinished uploads.",
+        &one(staged),
+    );
+    family(
+        "staged_bytes_limit",
+        "gauge",
+        "Most bytes held by unfinished uploads (max_staged_bytes).",
+        &one(lim.store.max_staged_bytes),
+    );
+    family(
+        "replication_pins",
+        "gauge",
+        "Blobs kept from garbage collection for replication transfers.",
+        &one(l.store.replica().pinned_count() as u64),
+    );
+    family(
+        "replication_pins_limit",
+        "gauge",
+        "Most blobs replication may pin (max_pins).",
+        &one(lim.store.max_pins as u64),
+    );
+    family(
+        "request_header_bytes_limit",
+        "gauge",
+        "Largest request head accepted (max_header_bytes).",
+        &one(lim.net.max_header_bytes as u64),
+    );
+    family(
+        "request_headers_limit",
+        "gauge",
+        "Most request headers accepted (max_headers).",
+        &one(lim.net.max_headers as u64),
+    );
+    family(
+        "header_read_timeout_seconds",
+        "gauge",
+        "How long a request head may take to arrive.",
+        &one(lim.net.header_read_timeout.as_secs()),
+    );
+    family(
+        "idle_timeout_seconds",
+        "gauge",
+        "How long a keep-alive connection may stay without a request.",
+        &one(lim.net.idle_timeout.as_secs()),
+    );
+    family(
+        "body_timeout_seconds",
+        "gauge",
+        "How long a request body may send nothing.",
+        &one(lim.body_timeout.as_secs()),
+    );
+    family(
+        "rate_limit_per_second",
+        "gauge",
+        "Requests per second allowed per actor (0: off).",
+        &one(lim.rate.map(|(r, _)| u64::from(r)).unwrap_or(0)),
+    );
+    family(
+        "requests_rate_limited_total",
+        "counter",
+        "Requests refused with 429 for going over the per-actor rate.",
+        &one(l.api.rate_refused()),
+    );
+    let a = l.store.auditor();
+    let st = a.stats();
+    family(
+        "audit_entries_written_total",
+        "counter",
+        "Audit entries without a change written by the audit writer.",
+        &one(st.written.load(Ordering::Relaxed)),
+    );
+    family(
+        "audit_entries_dropped_total",
+        "counter",
+        "Audit entries without a change dropped because the queue stayed full.",
+        &one(st.dropped.load(Ordering::Relaxed)),
+    );
+    family(
+        "audit_write_failures_total",
+        "counter",
+        "Audit writer commits that failed.",
+        &one(st.failed.load(Ordering::Relaxed)),
+    );
+    out
 }
 
 /// Each [`Counts`] field as a counter: name (without `stowage_gc_` and `_total`), help, value.

@@ -1,24 +1,13 @@
 //! `stowage repl`: replication status and on-demand anti-entropy of a running daemon.
 
-use std::time::Duration;
-
+use crate::admin::{cli_runtime, emit, rpc_error};
+use crate::client::{AdminChannel, ClientArgs};
 use clap::{Args, Subcommand};
 use stowage_rpc::v1 as pb;
 use stowage_rpc::v1::replication_client::ReplicationClient;
-use tonic::transport::{Channel, Endpoint};
-
-use crate::admin::{cli_runtime, emit, endpoint_url, error_chain, rpc_error};
 
 #[derive(Args, Debug)]
 pub struct ReplArgs {
-    /// Admin address of the daemon.
-    #[arg(
-        long,
-        env = "STOWAGE_SERVER",
-        default_value = "127.0.0.1:5001",
-        global = true
-    )]
-    server: String,
     #[command(subcommand)]
     command: ReplCommand,
 }
@@ -30,6 +19,8 @@ enum ReplCommand {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: ClientArgs,
     },
     /// Compare this site with a peer now (hashes over the index) and repair what the target
     /// lacks.
@@ -39,23 +30,13 @@ enum ReplCommand {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: ClientArgs,
     },
 }
 
-async fn connect(server: &str) -> Result<ReplicationClient<Channel>, String> {
-    let url = endpoint_url(server);
-    let channel = Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("admin service address {server:?}: {}", error_chain(&e)))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| {
-            format!(
-                "connecting to the admin service at {url}: {} (is the daemon running, and is --server / STOWAGE_SERVER its --admin-listen address?)",
-                error_chain(&e)
-            )
-        })?;
-    Ok(ReplicationClient::new(channel))
+async fn connect(conn: &ClientArgs) -> Result<ReplicationClient<AdminChannel>, String> {
+    Ok(ReplicationClient::new(conn.channel().await?))
 }
 
 /// One peer as JSON.
@@ -134,11 +115,11 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
 /// Runs `stowage repl ...`.
 pub fn command(args: ReplArgs) -> Result<(), String> {
     let rt = cli_runtime()?;
-    let server = args.server;
     match args.command {
-        ReplCommand::Status { json } => {
+        ReplCommand::Status { json, conn } => {
+            let server = conn.server.clone();
             let s = rt.block_on(async {
-                connect(&server)
+                connect(&conn)
                     .await?
                     .status(pb::StatusRequest {})
                     .await
@@ -156,9 +137,10 @@ pub fn command(args: ReplArgs) -> Result<(), String> {
                 emit(&status_text(&s))
             }
         }
-        ReplCommand::Sync { peer, json } => {
+        ReplCommand::Sync { peer, json, conn } => {
+            let server = conn.server.clone();
             let r = rt.block_on(async {
-                connect(&server)
+                connect(&conn)
                     .await?
                     .sync(pb::SyncRequest { peer: peer.clone() })
                     .await

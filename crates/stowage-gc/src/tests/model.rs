@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
+
+use crate::tests::actor;
 use rand::{Rng, SeedableRng};
 use stowage_core::{Digest, ManualClock, Reference};
 
@@ -78,7 +80,8 @@ async fn push_blob(e: &Env, m: &mut Model, r: &str, i: usize) {
     let data = data_of(i);
     let d = Digest::sha256(&data);
     e.store
-        .put_blob(&repo(r), &d, super::body(&data))
+        .client()
+        .put_blob(&actor(), &repo(r), &d, super::body(&data))
         .await
         .unwrap();
     let now = e.clock.now_ms();
@@ -221,7 +224,8 @@ async fn scenario(seed: u64, steps: usize) {
                 let bytes = manifest_bytes(&blobs);
                 let out = e
                     .store
-                    .put_manifest(&repo(r), &super::tag(t), None, bytes)
+                    .client()
+                    .put_manifest(&actor(), &repo(r), &super::tag(t), None, bytes)
                     .await
                     .unwrap();
                 let now = e.clock.now_ms();
@@ -242,7 +246,12 @@ async fn scenario(seed: u64, steps: usize) {
                 let i = rng.random_range(0..BLOBS);
                 let d = Digest::sha256(&data_of(i));
                 let served = e.served(from, &d);
-                let mounted = e.store.mount_blob(&repo(r), &repo(from), &d).await.unwrap();
+                let mounted = e
+                    .store
+                    .client()
+                    .mount_blob(&actor(), &repo(r), &repo(from), &d)
+                    .await
+                    .unwrap();
                 assert_eq!(mounted.is_some(), served);
                 if mounted.is_some() {
                     let now = e.clock.now_ms();
@@ -270,7 +279,14 @@ async fn scenario(seed: u64, steps: usize) {
                 };
                 let t = TAGS[rng.random_range(0..TAGS.len())];
                 e.store
-                    .put_manifest(&repo(r), &super::tag(t), None, manifest_bytes(&blobs))
+                    .client()
+                    .put_manifest(
+                        &actor(),
+                        &repo(r),
+                        &super::tag(t),
+                        None,
+                        manifest_bytes(&blobs),
+                    )
                     .await
                     .unwrap();
                 rm.tags.insert(t.to_string(), d);
@@ -282,7 +298,7 @@ async fn scenario(seed: u64, steps: usize) {
                 };
                 let t = TAGS[rng.random_range(0..TAGS.len())];
                 if rm.tags.remove(t).is_some() {
-                    e.store.untag(&repo(r), t).await.unwrap();
+                    e.store.client().untag(&actor(), &repo(r), t).await.unwrap();
                 }
             }
             // Delete a manifest by digest (with its tags).
@@ -299,7 +315,8 @@ async fn scenario(seed: u64, steps: usize) {
                     continue;
                 };
                 e.store
-                    .delete_manifest(&repo(r), &Reference::Digest(d.clone()))
+                    .client()
+                    .delete_manifest(&actor(), &repo(r), &Reference::Digest(d.clone()))
                     .await
                     .unwrap();
                 rm.manifests.remove(&d);

@@ -81,7 +81,12 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) {
     match *op {
         Op::Push(r, b) => {
             store
-                .put_blob(&repo(REPOS[r]), &blob_digest(b), body(&blob_data(b)))
+                .put_blob(
+                    &actor(),
+                    &repo(REPOS[r]),
+                    &blob_digest(b),
+                    body(&blob_data(b)),
+                )
                 .await
                 .unwrap();
             model.repos.insert(r);
@@ -89,7 +94,12 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) {
         }
         Op::Mount(to, from, b) => {
             let got = store
-                .mount_blob(&repo(REPOS[to]), &repo(REPOS[from]), &blob_digest(b))
+                .mount_blob(
+                    &actor(),
+                    &repo(REPOS[to]),
+                    &repo(REPOS[from]),
+                    &blob_digest(b),
+                )
                 .await
                 .unwrap();
             assert_eq!(got.is_some(), model.linked(from, b), "{op:?}");
@@ -100,7 +110,13 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) {
         }
         Op::PutManifest(r, t, mask) => {
             let res = store
-                .put_manifest(&repo(REPOS[r]), &tag(TAGS[t]), None, manifest_bytes(mask))
+                .put_manifest(
+                    &actor(),
+                    &repo(REPOS[r]),
+                    &tag(TAGS[t]),
+                    None,
+                    manifest_bytes(mask),
+                )
                 .await;
             let missing = mask_blobs(mask).into_iter().find(|b| !model.linked(r, *b));
             match (res, missing) {
@@ -119,7 +135,9 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) {
             }
         }
         Op::Untag(r, t) => {
-            let res = store.delete_manifest(&repo(REPOS[r]), &tag(TAGS[t])).await;
+            let res = store
+                .delete_manifest(&actor(), &repo(REPOS[r]), &tag(TAGS[t]))
+                .await;
             let had = model.tags.get_mut(&r).and_then(|m| m.remove(&t));
             match (res, had) {
                 (Ok(()), Some(_)) | (Err(StoreError::ManifestUnknown(_)), None) => {}
@@ -129,7 +147,7 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) {
         Op::DeleteManifest(r, mask) => {
             let d = Digest::sha256(&manifest_bytes(mask));
             let res = store
-                .delete_manifest(&repo(REPOS[r]), &Reference::Digest(d))
+                .delete_manifest(&actor(), &repo(REPOS[r]), &Reference::Digest(d))
                 .await;
             let had = model.manifests.get_mut(&r).is_some_and(|m| m.remove(&mask));
             match (res, had) {
@@ -143,7 +161,9 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) {
             }
         }
         Op::DeleteBlob(r, b) => {
-            let res = store.delete_blob(&repo(REPOS[r]), &blob_digest(b)).await;
+            let res = store
+                .delete_blob(&actor(), &repo(REPOS[r]), &blob_digest(b))
+                .await;
             let referenced = model
                 .manifests
                 .get(&r)

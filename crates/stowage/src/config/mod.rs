@@ -2,6 +2,9 @@
 //!
 //! Precedence, highest first: flag, environment variable, config file, built-in default. Every
 //! option has all three forms: `--max-blob-size` / `STOWAGE_MAX_BLOB_SIZE` / `max_blob_size`.
+//! Security settings (TLS, authentication, audit, limits) are in [`security`].
+
+pub mod security;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,9 +39,40 @@ pub struct ServeArgs {
     /// Default: 127.0.0.1:5000
     #[arg(long, env = "STOWAGE_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Address of the admin gRPC service (info, health). Default: 127.0.0.1:5001
+    /// Address of the admin gRPC service (info, GC, accounts, audit, health).
+    /// Default: 127.0.0.1:5001
     #[arg(long, env = "STOWAGE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Address of the replication gRPC service that peers connect to (`listen` in
+    /// `[replication]`). Default: 127.0.0.1:5002
+    #[arg(long, env = "STOWAGE_REPL_LISTEN", value_name = "ADDR")]
+    pub repl_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) of the OCI API (`[tls] cert`).
+    #[arg(long, env = "STOWAGE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the OCI API (`[tls] key`).
+    #[arg(long, env = "STOWAGE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle client certificates of the OCI API are checked against (`[tls] client_ca`).
+    #[arg(long, env = "STOWAGE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Client certificates on the OCI API: none, optional or required (`[tls] client_auth`).
+    #[arg(long, env = "STOWAGE_TLS_CLIENT_AUTH", value_name = "MODE")]
+    pub tls_client_auth: Option<String>,
+    /// Accept plain HTTP on non-loopback addresses (`allow_insecure`). Default: false
+    #[arg(long, env = "STOWAGE_ALLOW_INSECURE", value_name = "BOOL")]
+    pub allow_insecure: Option<bool>,
+    /// Authentication of the OCI API: none, basic, token or external (`[auth] mode`).
+    /// Default: none, which is only accepted on loopback addresses
+    #[arg(long, env = "STOWAGE_AUTH_MODE", value_name = "MODE")]
+    pub auth_mode: Option<String>,
+    /// An htpasswd file (bcrypt) whose users may log in (`[auth] htpasswd`).
+    #[arg(long, env = "STOWAGE_AUTH_HTPASSWD", value_name = "FILE")]
+    pub auth_htpasswd: Option<PathBuf>,
+    /// The token realm clients are sent to (`[auth] realm`). Default: this server's token
+    /// path, at the host and scheme the client used
+    #[arg(long, env = "STOWAGE_AUTH_REALM", value_name = "URL")]
+    pub auth_realm: Option<String>,
     /// This site's name, recorded as the origin of every change. Default: the host name
     #[arg(long, env = "STOWAGE_SITE", value_name = "NAME")]
     pub site: Option<String>,
@@ -142,6 +176,12 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    allow_insecure: Option<bool>,
+    tls: Option<security::TlsFile>,
+    auth: Option<security::AuthFile>,
+    admin: Option<security::AdminFile>,
+    audit: Option<security::AuditFile>,
+    limits: Option<security::LimitsFile>,
     site: Option<SiteFile>,
     max_blob_size: Option<toml::Value>,
     verify_reads: Option<bool>,
@@ -172,6 +212,12 @@ struct SiteTable {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplicationFile {
+    /// Address of the replication listener.
+    listen: Option<SocketAddr>,
+    /// Its TLS (mutual: peers present certificates from `client_ca`).
+    tls: Option<security::TlsFile>,
+    /// A replicated tag version further than this in the future is refused.
+    max_clock_skew: Option<String>,
     #[serde(default)]
     peers: Vec<PeerFile>,
 }
@@ -180,8 +226,17 @@ struct ReplicationFile {
 #[serde(deny_unknown_fields)]
 struct PeerFile {
     name: String,
-    endpoint: String,
-    direction: String,
+    /// Where to reach it (needed to push to or pull from it).
+    endpoint: Option<String>,
+    /// push, pull, or absent: this site only serves the peer.
+    direction: Option<String>,
+    /// The identity its certificate carries (a DNS or URI SAN).
+    identity: Option<String>,
+    /// Its `[site] name`, when it differs from `name`.
+    site: Option<String>,
+    /// Other sites whose changes it may relay to this one (a chain's middle site).
+    #[serde(default)]
+    origins: Vec<String>,
     #[serde(default)]
     repositories: Vec<String>,
     #[serde(default)]
@@ -211,6 +266,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    pub repl_listen: SocketAddr,
     pub site: String,
     pub max_blob_size: u64,
     pub verify_reads: bool,
@@ -223,15 +279,28 @@ pub struct Settings {
     pub gc_interval: Option<Duration>,
     /// Collector settings.
     pub gc: GcConfig,
-    /// Replication peers (`[[replication.peers]]`).
+    /// Replication peers this site pushes to or pulls from (`[[replication.peers]]` with a
+    /// direction).
     pub peers: Vec<stowage_repl::PeerConfig>,
+    /// Every configured peer: who may connect to the replication listener, and what it may
+    /// relay.
+    pub peer_access: Vec<stowage_repl::PeerAccess>,
     /// Where blobs live (`[storage]`).
     pub storage: stowage_cas::StorageConfig,
     /// Part size of large blob writes, if set.
     pub part_size: Option<u64>,
+    /// TLS, authentication, audit and limits.
+    pub security: security::Security,
+    /// A replicated tag version further than this in the future is refused.
+    pub max_clock_skew: Duration,
 }
 
-fn peer_settings(p: PeerFile, file: &Path) -> Result<stowage_repl::PeerConfig, String> {
+/// A peer's settings: how to replicate with it (when it has a direction) and what it may do
+/// when it connects here.
+fn peer_settings(
+    p: PeerFile,
+    file: &Path,
+) -> Result<(Option<stowage_repl::PeerConfig>, stowage_repl::PeerAccess), String> {
     let at = |key: &str, e: String| {
         format!(
             "config file {}: [[replication.peers]] {:?}: {key}: {e}",
@@ -246,25 +315,54 @@ fn peer_settings(p: PeerFile, file: &Path) -> Result<stowage_repl::PeerConfig, S
     if !name_ok {
         return Err(at("name", "use letters, digits, '-', '_' or '.'".into()));
     }
-    let direction = match p.direction.as_str() {
-        "push" => stowage_repl::Direction::Push,
-        "pull" => stowage_repl::Direction::Pull,
-        other => {
+    let direction = match p.direction.as_deref() {
+        Some("push") => Some(stowage_repl::Direction::Push),
+        Some("pull") => Some(stowage_repl::Direction::Pull),
+        None => None,
+        Some(other) => {
             return Err(at(
                 "direction",
-                format!("{other:?} is not \"push\" or \"pull\""),
+                format!(
+                    "{other:?} is not \"push\" or \"pull\" (leave it out to only serve the peer)"
+                ),
             ))
         }
     };
-    if !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://")) {
+    let endpoint = p.endpoint.clone().unwrap_or_default();
+    if direction.is_some() && endpoint.is_empty() {
         return Err(at(
             "endpoint",
-            format!("{:?} must start with http:// or https://", p.endpoint),
+            "needed to push to or pull from the peer".into(),
+        ));
+    }
+    if !(endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err(at(
+            "endpoint",
+            format!("{endpoint:?} must start with http:// or https://"),
         ));
     }
     stowage_repl::glob::check_patterns(&p.repositories).map_err(|e| at("repositories", e))?;
     stowage_repl::glob::check_patterns(&p.tags).map_err(|e| at("tags", e))?;
-    let mut peer = stowage_repl::PeerConfig::new(&p.name, &p.endpoint, direction);
+    let identity = p.identity.clone().filter(|i| !i.is_empty());
+    if endpoint.starts_with("https://") && identity.is_none() {
+        return Err(at(
+            "identity",
+            "an https peer needs the certificate identity it must present (a DNS or URI SAN)"
+                .into(),
+        ));
+    }
+    let access = stowage_repl::PeerAccess {
+        name: p.name.clone(),
+        site: p.site.clone().unwrap_or_else(|| p.name.clone()),
+        identity: identity.clone(),
+        origins: p.origins.clone(),
+    };
+    let Some(direction) = direction else {
+        return Ok((None, access));
+    };
+    let mut peer = stowage_repl::PeerConfig::new(&p.name, &endpoint, direction);
+    peer.identity = identity;
     peer.filters = stowage_repl::Filters {
         repositories: p.repositories.clone(),
         tags: p.tags.clone(),
@@ -291,7 +389,7 @@ fn peer_settings(p: PeerFile, file: &Path) -> Result<stowage_repl::PeerConfig, S
         let d = parse_duration(t).map_err(|e| at("anti_entropy_interval", e))?;
         peer.anti_entropy_interval = (!d.is_zero()).then_some(d);
     }
-    Ok(peer)
+    Ok((Some(peer), access))
 }
 
 /// Parses sizes like `1024`, `512K`, `10G`, `1TiB`.
@@ -377,19 +475,30 @@ impl ServeArgs {
             gc_duration(self.gc_interval, "interval", gc_file.interval)?.filter(|d| !d.is_zero());
         let file_path = self.config.clone().unwrap_or_default();
         let mut peers = Vec::new();
-        for p in file.replication.map(|r| r.peers).unwrap_or_default() {
-            let peer = peer_settings(p, &file_path)?;
-            if peers
-                .iter()
-                .any(|q: &stowage_repl::PeerConfig| q.name == peer.name)
-            {
+        let repl_file = file.replication.unwrap_or_default();
+        let repl_listen = self
+            .repl_listen
+            .or(repl_file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5002)));
+        let max_clock_skew = match &repl_file.max_clock_skew {
+            Some(t) => {
+                parse_duration(t).map_err(|e| format!("[replication] max_clock_skew: {e}"))?
+            }
+            None => Duration::from_secs(300),
+        };
+        let repl_tls = repl_file.tls;
+        let mut peer_access: Vec<stowage_repl::PeerAccess> = Vec::new();
+        for p in repl_file.peers {
+            let (peer, access) = peer_settings(p, &file_path)?;
+            if peer_access.iter().any(|q| q.name == access.name) {
                 return Err(format!(
                     "config file {}: peer {:?} is configured twice",
                     file_path.display(),
-                    peer.name
+                    access.name
                 ));
             }
-            peers.push(peer);
+            peer_access.push(access);
+            peers.extend(peer);
         }
         let sf = file.storage.unwrap_or_default();
         let kind: stowage_cas::StorageKind = match self.storage_backend.or(sf.backend) {
@@ -440,11 +549,38 @@ impl ServeArgs {
             })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "stowage".to_string());
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("stowage-data"));
+        let security = security::resolve(
+            security::SecurityFlags {
+                tls_cert: self.tls_cert,
+                tls_key: self.tls_key,
+                tls_client_ca: self.tls_client_ca,
+                tls_client_auth: self.tls_client_auth,
+                allow_insecure: self.allow_insecure,
+                auth_mode: self.auth_mode,
+                auth_htpasswd: self.auth_htpasswd,
+                auth_realm: self.auth_realm,
+            },
+            security::SecurityFile {
+                tls: file.tls,
+                allow_insecure: file.allow_insecure,
+                auth: file.auth,
+                admin: file.admin,
+                repl_tls,
+                audit: file.audit,
+                limits: file.limits,
+            },
+            &data_dir,
+        )
+        .map_err(|e| match &self.config {
+            Some(p) => format!("config file {}: {e}", p.display()),
+            None => e,
+        })?;
         Ok(Settings {
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("stowage-data")),
+            data_dir,
             listen: self
                 .listen
                 .or(file.listen)
@@ -467,11 +603,15 @@ impl ServeArgs {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
+            repl_listen,
             gc_interval,
             gc,
             peers,
+            peer_access,
             storage,
             part_size,
+            security,
+            max_clock_skew,
         })
     }
 }
@@ -656,7 +796,7 @@ mod tests {
 
     #[test]
     fn deploy_example_config_parses() {
-        let s = resolve_file(include_str!("../../../deploy/stowage.toml")).unwrap();
+        let s = resolve_file(include_str!("../../../../deploy/stowage.toml")).unwrap();
         assert_eq!(s.gc_interval, None);
         assert_eq!(s.gc, GcConfig::default());
     }
@@ -707,12 +847,12 @@ mod tests {
     #[test]
     fn the_two_site_examples_parse() {
         let private =
-            resolve_file(include_str!("../../../deploy/two-sites/private-dc.toml")).unwrap();
+            resolve_file(include_str!("../../../../deploy/two-sites/private-dc.toml")).unwrap();
         assert_eq!(private.site, "private-dc");
         assert_eq!(private.peers.len(), 2);
         assert_eq!(private.peers[1].direction, stowage_repl::Direction::Pull);
         assert_eq!(private.peers[0].bandwidth, Some(200 << 20));
-        let cloud = resolve_file(include_str!("../../../deploy/two-sites/cloud.toml")).unwrap();
+        let cloud = resolve_file(include_str!("../../../../deploy/two-sites/cloud.toml")).unwrap();
         assert_eq!(cloud.site, "cloud");
         assert!(cloud.peers.is_empty());
     }
