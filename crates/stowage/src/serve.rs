@@ -44,27 +44,36 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     result
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+/// The signals the daemon acts on, registered before it announces its listeners: a SIGTERM
+/// or SIGHUP sent right after the start lines must be handled, not kill the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let reg = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| format!("listening for {name}: {e}"))
+        };
+        Ok(Signals {
+            term: reg(SignalKind::terminate(), "SIGTERM")?,
+            int: reg(SignalKind::interrupt(), "SIGINT")?,
+            hup: reg(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
-        _ = term => tracing::info!("SIGTERM received, shutting down"),
-        r = tokio::signal::ctrl_c() => {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "cannot listen for Ctrl-C");
-                std::future::pending::<()>().await;
-            }
-            tracing::info!("interrupt received, shutting down");
-        }
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("interrupt received, shutting down"),
     }
 }
 
@@ -125,6 +134,7 @@ fn peer_tls(s: &Settings, peers: &mut [stowage_repl::PeerConfig]) -> Result<(), 
 
 async fn serve(s: Settings) -> Result<(), String> {
     crate::config::security::check_exposure(&s.security, s.listen, s.admin_listen, s.repl_listen)?;
+    let signals = Signals::register()?;
     match stowage_auth::net::raise_nofile_limit() {
         Ok((old, new)) if old != new => {
             tracing::info!(old, new, "raised the open-file limit to its hard limit")
@@ -231,7 +241,12 @@ async fn serve(s: Settings) -> Result<(), String> {
     for t in &tls_all {
         background.push(t.spawn_watcher(Duration::from_secs(5), stop_rx.clone()));
     }
-    background.push(spawn_sighup(tls_all, authority.clone(), stop_rx.clone()));
+    background.push(spawn_sighup(
+        signals.hup,
+        tls_all,
+        authority.clone(),
+        stop_rx.clone(),
+    ));
 
     let local = stowage_repl::Local::new(store.replica());
     let mut peers = s.peers.clone();
@@ -336,7 +351,7 @@ async fn serve(s: Settings) -> Result<(), String> {
     )?;
     let repl_task = crate::admin::spawn_replication(repl, peer_service, stop_rx.clone());
 
-    shutdown_signal().await;
+    shutdown_signal(signals.term, signals.int).await;
     let _ = stop_tx.send(true);
     let drain = async {
         if let Ok(Err(e)) = api_task.await {
@@ -381,18 +396,12 @@ async fn serve(s: Settings) -> Result<(), String> {
 
 /// Reloads every listener's certificate and the htpasswd file on SIGHUP.
 fn spawn_sighup(
+    mut hup: tokio::signal::unix::Signal,
     tls: Vec<ReloadableTls>,
     authority: Arc<Authority>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     stowage_store::task::spawn_named("sighup", async move {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP");
-                return;
-            }
-        };
         loop {
             tokio::select! {
                 got = hup.recv() => {
