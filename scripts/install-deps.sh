@@ -5,15 +5,16 @@
 #   scripts/install-deps.sh          build dependencies (libclang for RocksDB's bindings, a C++
 #                                    compiler for RocksDB itself)
 #   scripts/install-deps.sh --test   plus the real clients and peers the tests start:
-#                                    skopeo, umoci, docker-registry (CNCF Distribution), and
-#                                    moto's S3 server in $HOME/.cache/stowage/venv, and the
+#                                    skopeo, umoci, podman, buildah, docker-registry (CNCF
+#                                    Distribution), and moto's S3 server and the oras client
+#                                    (oras-py) in $HOME/.cache/stowage/venv, and the
 #                                    Azurite Azure Blob emulator (from npm; needs node and npm)
 #                                    in $HOME/.cache/stowage/azurite
 set -euo pipefail
 
 want=(libclang-dev clang g++ make)
 if [[ "${1:-}" == "--test" ]]; then
-    want+=(skopeo umoci docker-registry)
+    want+=(skopeo umoci podman buildah docker-registry)
     # moto's S3 server (from PyPI) in a virtualenv: the S3 backend's tests start it.
     if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
         want+=(python3-venv)
@@ -28,12 +29,17 @@ for p in "${want[@]}"; do
 done
 install_moto() {
     local venv="$HOME/.cache/stowage/venv"
-    if [[ -x "$venv/bin/moto_server" ]]; then
-        return 0
+    if [[ ! -x "$venv/bin/moto_server" ]]; then
+        echo "installing moto's S3 server into $venv" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "moto[server]==5.*" >&2
     fi
-    echo "installing moto's S3 server into $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "moto[server]==5.*" >&2
+    # oras-py (an OCI artifact client with registry logins): tests/e2e_clients_auth.rs drives
+    # it through tests/clients/oras_client.py.
+    if ! "$venv/bin/python" -c "import oras.client" 2>/dev/null; then
+        echo "installing oras-py into $venv" >&2
+        "$venv/bin/pip" install -q "oras==0.2.*" >&2
+    fi
 }
 # Azurite's blob server (from npm): the Azure backend's tests start it.
 install_azurite() {

@@ -317,3 +317,96 @@ async fn two_sites_replicate_over_mutual_tls_and_refuse_impostors() {
             .is_err());
     }
 }
+
+/// The OCI API over TLS: a new certificate written over the files and announced with SIGHUP
+/// is served to new connections, while a connection opened before goes on.
+#[tokio::test]
+async fn api_certificate_reloads_on_sighup_without_dropping_connections() {
+    use tower::Service as _;
+    let root = tempfile::tempdir().unwrap();
+    let pki = root.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = Ca::new(&pki, "api");
+    let first = ca.leaf(&pki, "first", "spiffe://stowage/api-1");
+    let second = ca.leaf(&pki, "second", "spiffe://stowage/api-2");
+    let cert = pki.join("live.pem");
+    let key = pki.join("live.key");
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let d = Daemon::start_with(
+        &root.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(d.base.starts_with("https://"));
+    // Which certificate a new connection is served.
+    let served = || async {
+        let cfg =
+            stowage_auth::tls::client_config(&ca.cert, None, None, stowage_auth::tls::alpn_http())
+                .unwrap();
+        let mut conn = stowage_auth::tls::PeerConnector::new(cfg);
+        let io = conn
+            .call(
+                d.base
+                    .replace("https://127.0.0.1", "https://localhost")
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let (_, session) = io.inner().get_ref();
+        session.peer_certificates().unwrap()[0].to_vec()
+    };
+    let der_of = |pem: &Path| {
+        use base64::Engine as _;
+        let text = std::fs::read_to_string(pem).unwrap();
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    };
+    assert_eq!(served().await, der_of(&first.cert));
+    let ca_pem = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
+    let kept = reqwest::Client::builder()
+        .add_root_certificate(ca_pem)
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let base = d.base.replace("127.0.0.1", "localhost");
+    assert_eq!(
+        kept.get(format!("{base}/v2/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        reqwest::StatusCode::OK
+    );
+    std::fs::copy(&second.cert, &cert).unwrap();
+    std::fs::copy(&second.key, &key).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served().await != der_of(&second.cert) {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The connection opened before the reload still serves requests.
+    assert_eq!(
+        kept.get(format!("{base}/v2/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        reqwest::StatusCode::OK
+    );
+}
