@@ -22,6 +22,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::auth::{admin_cli, start_with_admin};
+use common::layout::{layout_blobs, umoci_image};
 use common::pki::Ca;
 use common::{require_tool, run, sha256, Daemon};
 
@@ -313,50 +314,6 @@ const DENIED: &[&str] = &["unauthorized", "denied"];
 // ---------------------------------------------------------------------------------------------
 // Images (OCI layouts built with umoci), as in tests/e2e_clients.rs
 
-/// Builds `layout:tag` with umoci: one layer per entry of `layers` (file name -> contents).
-fn umoci_image(layout: &Path, tag: &str, layers: &[(&str, Vec<u8>)]) {
-    if !layout.join("index.json").exists() {
-        run(Command::new("umoci").args(["init", "--layout"]).arg(layout));
-    }
-    let image = format!("{}:{tag}", layout.display());
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--architecture",
-        "amd64",
-        "--os",
-        "linux",
-        "--config.cmd",
-        "/bin/true",
-    ]));
-    for (i, (name, contents)) in layers.iter().enumerate() {
-        let bundle = layout.with_extension(format!("bundle-{tag}-{i}"));
-        run(Command::new("umoci")
-            .args(["unpack", "--rootless", "--image", &image])
-            .arg(&bundle));
-        std::fs::write(bundle.join("rootfs").join(name), contents).unwrap();
-        run(Command::new("umoci")
-            .args(["repack", "--image", &image])
-            .arg(&bundle));
-        std::fs::remove_dir_all(&bundle).unwrap();
-    }
-}
-
-/// All blobs of an OCI layout: digest -> bytes.
-fn layout_blobs(layout: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
-        let e = e.unwrap();
-        let bytes = std::fs::read(e.path()).unwrap();
-        let name = format!("sha256:{}", e.file_name().to_string_lossy());
-        assert_eq!(sha256(&bytes), name, "layout blob does not match its name");
-        out.insert(name, bytes);
-    }
-    out
-}
-
 /// The manifest digest tagged `tag` in a layout's index.json.
 fn layout_digest(layout: &Path, tag: &str) -> String {
     let index: serde_json::Value =
@@ -544,6 +501,7 @@ fn token_mode_skopeo_login_copy_refusals_and_anonymous_public_pull() {
     umoci_image(
         &src,
         "v1",
+        "amd64",
         &[
             ("hello.txt", b"hello from skopeo\n".to_vec()),
             ("big.bin", common::data(3 << 20, 11)),
@@ -786,6 +744,7 @@ fn basic_mode_skopeo_login_copy_and_wrong_password() {
     umoci_image(
         &src,
         "v1",
+        "amd64",
         &[
             ("basic.txt", b"basic mode\n".to_vec()),
             ("big.bin", common::data(2 << 20, 12)),
@@ -896,7 +855,7 @@ fn tls_token_mode_skopeo_and_podman_trust_the_ca_through_cert_dir() {
         ("tls.txt", b"over TLS\n".to_vec()),
         ("big.bin", common::data(2 << 20, 13)),
     ];
-    umoci_image(&src, "v1", &files);
+    umoci_image(&src, "v1", "amd64", &files);
     let app1 = format!("docker://{host}/team/app:1");
     ok(
         "skopeo copy in over TLS",

@@ -13,6 +13,7 @@ pub mod auth;
 #[path = "../../crates/stowage-cas/src/azurite.rs"]
 pub mod azurite;
 pub mod image;
+pub mod layout;
 #[path = "../../crates/stowage-cas/src/moto.rs"]
 pub mod moto;
 pub mod pki;

@@ -323,22 +323,17 @@ mod tests {
         m
     }
 
+    /// The header wrapper: no header is no range, a parsed one passes through, and a bad
+    /// one is 416 with the blob's size (the grammar itself is tested in `stowage_core::range`).
     #[test]
-    fn ranges() {
+    fn range_header_maps_to_http() {
         assert_eq!(parse_range(&HeaderMap::new(), 10).unwrap(), None);
         assert_eq!(parse_range(&h("bytes=0-4"), 10).unwrap(), Some(0..5));
-        assert_eq!(parse_range(&h("bytes=5-"), 10).unwrap(), Some(5..10));
-        assert_eq!(parse_range(&h("bytes=-3"), 10).unwrap(), Some(7..10));
-        assert_eq!(parse_range(&h("bytes=8-100"), 10).unwrap(), Some(8..10));
-        for bad in [
-            "bytes=10-",
-            "bytes=5-2",
-            "bytes=x-1",
-            "items=0-1",
-            "bytes=-0",
-        ] {
-            let e = parse_range(&h(bad), 10).unwrap_err();
-            assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
-        }
+        let e = parse_range(&h("bytes=10-"), 10).unwrap_err();
+        assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert!(e
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "content-range" && v == "bytes */10"));
     }
 }

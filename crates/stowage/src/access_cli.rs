@@ -16,7 +16,7 @@ use stowage_rpc::v1 as pb;
 use stowage_rpc::v1::access_client::AccessClient;
 use stowage_store::{Store, StoreConfig};
 
-use crate::access_rpc::{filter_of, verify_to_proto};
+use crate::access_rpc::{filter_of, record_to_proto, verify_to_proto};
 use crate::admin::{cli_runtime, emit, rpc_error};
 use crate::client::{read_password, AdminChannel, ClientArgs};
 
@@ -845,22 +845,7 @@ async fn query(q: AuditQuery) -> Result<(), String> {
                 .audit_query(&filter)
                 .map_err(|e| format!("reading the audit log: {e}"))?
                 .into_iter()
-                .map(|r| {
-                    let e = r.entry;
-                    pb::AuditRecord {
-                        seq: r.seq,
-                        ts_ms: e.ts_ms,
-                        actor: e.actor,
-                        addr: e.addr.unwrap_or_default(),
-                        action: e.action.as_str().into(),
-                        repository: e.repo.unwrap_or_default(),
-                        target: e.target.unwrap_or_default(),
-                        outcome: e.outcome.as_str().into(),
-                        detail: e.detail.unwrap_or_default(),
-                        prev_hash: hex::encode(r.prev),
-                        hash: hex::encode(r.hash),
-                    }
-                })
+                .map(record_to_proto)
                 .collect()
         }
     };

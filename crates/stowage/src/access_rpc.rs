@@ -110,7 +110,8 @@ impl AccessService {
 
 type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
 
-fn record_to_proto(r: stowage_index::AuditRecord) -> pb::AuditRecord {
+/// An audit record as the RPC returns it (shared with the offline CLI).
+pub fn record_to_proto(r: stowage_index::AuditRecord) -> pb::AuditRecord {
     let e = r.entry;
     pb::AuditRecord {
         seq: r.seq,
