@@ -105,7 +105,7 @@ async fn two_sites_replicate_over_mutual_tls_and_refuse_impostors() {
         root.path(),
         "site-b",
         &format!(
-            "{}\n[[replication.peers]]\nname = \"site-a\"\nidentity = \"{SITE_A}\"\n",
+            "{}\n[[replication.peers]]\nname = \"site-a\"\nidentity = \"{SITE_A}\"\ndirection = \"receive\"\nrepositories = [\"team/**\"]\n",
             tls_table(&b_cert, &ca)
         ),
     );
@@ -263,7 +263,8 @@ async fn two_sites_replicate_over_mutual_tls_and_refuse_impostors() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("ahead"), "{e:?}");
     // Nothing changed, and every refusal is in B's audit log.
     let after = c
         .get(b.url("/v2/team/app/manifests/v1"))
@@ -303,6 +304,60 @@ async fn two_sites_replicate_over_mutual_tls_and_refuse_impostors() {
         ),
         "{refusals:#?}"
     );
+    // A's grant at B is `receive` for `team/**`: it may not read B's content, nor write
+    // elsewhere, nor link a blob it cannot reach into a repository it may write.
+    let e = peer_a
+        .read_feed(pb::ReadFeedRequest {
+            from_sequence: 1,
+            limit: 10,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = peer_a
+        .get_blob(pb::GetBlobRequest {
+            repository: "team/app".into(),
+            digest: common::sha256(&im.blobs[1]),
+            offset: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = peer_a
+        .put_manifest(pb::Manifest {
+            repository: "prod/app".into(),
+            digest: digest.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            content: im.manifest.clone(),
+            origin: "site-a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let secret = image(vec![data(4000, 77)]);
+    push_image(&c, &b.base, "hr/payroll", "v1", &secret).await;
+    let secret_layer = common::sha256(&secret.blobs[1]);
+    let missing = peer_a
+        .missing_blobs(pb::MissingBlobsRequest {
+            repository: "team/leak".into(),
+            blobs: vec![pb::BlobRef {
+                digest: secret_layer.clone(),
+                size: secret.blobs[1].len() as u64,
+            }],
+            hold_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(missing.missing.len(), 1, "a blob A cannot reach was linked");
+    let r = c
+        .get(b.url(&format!("/v2/team/leak/blobs/{secret_layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+
     // A plain-text client gets nowhere on the TLS listener.
     let plain = tonic::transport::Endpoint::from_shared(b.repl.replace("https://", "http://"))
         .unwrap()

@@ -312,7 +312,12 @@ async fn both_ways_no_loops_and_conflicting_tags_converge() {
         "dc-a",
         &[
             Peer("b-out", &b.repl, "push", "anti_entropy_interval = \"0s\""),
-            Peer("b-in", &b.repl, "pull", "anti_entropy_interval = \"0s\""),
+            Peer(
+                "b-in",
+                &b.repl,
+                "pull",
+                "site = \"dc-b\"\nanti_entropy_interval = \"0s\"",
+            ),
         ],
     );
     let c = client();

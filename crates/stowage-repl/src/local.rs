@@ -17,6 +17,7 @@ use stowage_store::{ReplicaStore, StoreError, TagState};
 
 use crate::error::{ReplError, Result};
 use crate::glob::Filters;
+use crate::policy::PeerPolicy;
 
 /// Bytes a receiver stores as one durable part of a transfer (each part is fsynced and
 /// recorded): what a transfer can lose when the receiving daemon dies.
@@ -96,8 +97,11 @@ struct SessionRef {
 #[derive(Clone, Debug)]
 pub struct Local {
     store: ReplicaStore,
-    /// Who the changes made through this value are recorded as.
+    /// Who changes made through this value are recorded as.
     actor: Actor,
+    /// What that actor may do; `None`: anything (this site's own replicator as a source, or
+    /// a trusted loopback peer in development).
+    policy: Option<Arc<PeerPolicy>>,
     part_bytes: usize,
     /// Digests being received right now (one transfer per digest at a time).
     receiving: Arc<Mutex<HashSet<Digest>>>,
@@ -198,9 +202,98 @@ impl Local {
         Self {
             store,
             actor: Actor::system("replication"),
+            policy: None,
             part_bytes: PART_BYTES,
             receiving: Arc::default(),
         }
+    }
+
+    /// The same site, bounded by `policy` (see [`crate::policy`]).
+    pub fn with_policy(&self, policy: Option<Arc<PeerPolicy>>) -> Self {
+        Self {
+            policy,
+            ..self.clone()
+        }
+    }
+
+    /// Refuses, audits the refusal (the actor, what and why) and returns the error.
+    async fn refuse(&self, what: &str, why: String) -> ReplError {
+        self.store
+            .auditor()
+            .record(
+                self.store
+                    .audit_entry(&self.actor, stowage_index::AuditAction::Replication)
+                    .target(what)
+                    .outcome(stowage_index::AuditOutcome::Denied)
+                    .detail(why.clone()),
+            )
+            .await;
+        ReplError::Refused(why)
+    }
+
+    /// Refused unless the peer may read `repo`'s content.
+    pub(crate) async fn may_read(&self, what: &str, repo: &RepoName) -> Result<()> {
+        match &self.policy {
+            Some(p) if !p.reads(repo.as_str()) => Err(self
+                .refuse(what, format!("peer {} may not read {repo}", p.name))
+                .await),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refused unless the peer may read `repo`'s state.
+    pub(crate) async fn may_see(&self, what: &str, repo: &RepoName) -> Result<()> {
+        match &self.policy {
+            Some(p) if !p.sees(repo.as_str()) => Err(self
+                .refuse(what, format!("peer {} may not see {repo}", p.name))
+                .await),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refused unless the peer may write in `repo`.
+    async fn may_write(&self, what: &str, repo: &RepoName) -> Result<()> {
+        match &self.policy {
+            Some(p) if !p.writes(repo.as_str()) => Err(self
+                .refuse(what, format!("peer {} may not write in {repo}", p.name))
+                .await),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refused unless the peer may relay changes from `origin`.
+    async fn may_relay(&self, what: &str, origin: &str) -> Result<()> {
+        // A change that originated here, coming back (a peer that holds it replicates it
+        // again): it gives the peer no more than its own origin would.
+        let own = self.store.site() == Some(origin);
+        match &self.policy {
+            Some(p) if !own && !p.relays(origin) => Err(self
+                .refuse(
+                    what,
+                    format!(
+                        "peer {} may not apply changes that originated at {origin:?}",
+                        p.name
+                    ),
+                )
+                .await),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a blob this site stores may be linked into a repository for this peer without
+    /// it sending the bytes: only when the peer could already reach the blob (it is held by a
+    /// repository the peer may read or write). Otherwise the peer proves it has the bytes by
+    /// sending them.
+    fn may_link(&self, digest: &Digest) -> Result<bool> {
+        let Some(p) = &self.policy else {
+            return Ok(true);
+        };
+        let holders = self
+            .store
+            .index()
+            .holders(digest, stowage_index::HoldKind::Link)
+            .map_err(StoreError::from)?;
+        Ok(holders.iter().any(|(r, _)| p.sees(r.as_str())))
     }
 
     /// The same site, recording its changes as made by `actor` (transfers in progress are
@@ -246,9 +339,20 @@ impl Local {
         }
         let idx = self.store.index();
         let last = idx.last_seq().map_err(StoreError::from)?;
-        let events = idx.feed(from, limit).map_err(StoreError::from)?;
+        let mut events = idx.feed(from, limit).map_err(StoreError::from)?;
+        let scanned_to = events.last().map(|(s, _)| *s);
+        if let Some(p) = &self.policy {
+            if p.read.is_empty() {
+                return Err(self
+                    .refuse("ReadFeed", format!("peer {} may not read this site", p.name))
+                    .await);
+            }
+            // Entries of repositories the peer may not read are skipped (the page still says
+            // how far it got, so the peer's cursor moves past them).
+            events.retain(|(_, e)| p.reads(&e.repo));
+        }
         Ok(FeedPage {
-            scanned_to: events.last().map(|(s, _)| *s),
+            scanned_to,
             events,
             last,
         })
@@ -298,12 +402,18 @@ impl Local {
         blobs: &[(Digest, u64)],
         hold: Duration,
     ) -> Result<Vec<(Digest, u64)>> {
+        self.may_write("MissingBlobs", repo).await?;
         let until = self.store.now_ms() + hold.as_millis() as u64;
         self.store.pin_blobs(blobs.iter().map(|(d, _)| d), until)?;
         let mut out = Vec::new();
         for (digest, size) in blobs {
             // Refuse a size disagreement before linking anything.
             self.check_size(digest, *size)?;
+            if !self.may_link(digest)? {
+                let held = self.session(digest).await?.map(|(_, _, n)| n).unwrap_or(0);
+                out.push((digest.clone(), held));
+                continue;
+            }
             match self.store.link_blob(&self.actor, repo, digest).await? {
                 Some(have) if have == *size => {}
                 Some(have) => {
@@ -348,13 +458,16 @@ impl Local {
     where
         S: Stream<Item = Result<Bytes>> + Unpin + Send,
     {
+        self.may_write("PutBlob", &h.repo).await?;
         self.check_size(&h.digest, h.size)?;
-        if let Some(size) = self
-            .store
-            .link_blob(&self.actor, &h.repo, &h.digest)
-            .await?
-        {
-            return Ok((size, true));
+        if self.may_link(&h.digest)? {
+            if let Some(size) = self
+                .store
+                .link_blob(&self.actor, &h.repo, &h.digest)
+                .await?
+            {
+                return Ok((size, true));
+            }
         }
         self.hold(&h.digest)?;
         if !self
@@ -513,6 +626,8 @@ impl Local {
         doc: ManifestDoc,
         origin: &str,
     ) -> Result<bool> {
+        self.may_write("PutManifest", repo).await?;
+        self.may_relay("PutManifest", origin).await?;
         Ok(self
             .store
             .put_manifest(
@@ -533,6 +648,17 @@ impl Local {
         digest: &Digest,
         origin: &str,
     ) -> Result<bool> {
+        if let Some(p) = &self.policy {
+            if !p.deletes(repo) {
+                return Err(self
+                    .refuse(
+                        "DeleteManifest",
+                        format!("peer {} may not delete in {repo}", p.name),
+                    )
+                    .await);
+            }
+        }
+        self.may_relay("DeleteManifest", origin).await?;
         Ok(self
             .store
             .delete_manifest(&self.actor, repo, digest, origin)
@@ -546,6 +672,39 @@ impl Local {
 
     /// Applies a tag state if newer; whether it changed anything.
     pub async fn apply_tag(&self, repo: &RepoName, tag: &str, state: &TagState) -> Result<bool> {
+        if let Some(p) = &self.policy {
+            let delete = matches!(state, TagState::Deleted { .. });
+            if !p.writes_tag(repo, tag, delete) {
+                return Err(self
+                    .refuse(
+                        "ApplyTag",
+                        format!(
+                            "peer {} may not {} tag {repo}:{tag}",
+                            p.name,
+                            if delete { "delete" } else { "set" }
+                        ),
+                    )
+                    .await);
+            }
+            let v = state.version();
+            if !p.relays(&v.origin) {
+                self.may_relay("ApplyTag", &v.origin).await?;
+            }
+            let now = self.store.now_ms();
+            if v.ms > now.saturating_add(p.max_skew_ms) {
+                return Err(self
+                    .refuse(
+                        "ApplyTag",
+                        format!(
+                            "tag version {} is {} ms ahead of this site's clock, more than the allowed skew of {} ms",
+                            v.ms,
+                            v.ms - now,
+                            p.max_skew_ms
+                        ),
+                    )
+                    .await);
+            }
+        }
         Ok(self.store.apply_tag(&self.actor, repo, tag, state).await?)
     }
 
@@ -584,7 +743,10 @@ impl Local {
             let page = idx.repos(last.as_deref(), 1000).map_err(StoreError::from)?;
             let n = page.len();
             last = page.last().map(|r| r.to_string());
-            out.extend(page.into_iter().filter(|r| filters.repo_ok(r.as_str())));
+            let policy = self.policy.as_deref();
+            out.extend(page.into_iter().filter(|r| {
+                filters.repo_ok(r.as_str()) && policy.is_none_or(|p| p.sees(r.as_str()))
+            }));
             if n < 1000 {
                 return Ok(out);
             }

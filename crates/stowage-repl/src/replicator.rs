@@ -82,9 +82,26 @@ pub struct PeerConfig {
     /// certificate as client certificate, the peers' CA, and `identity` checked instead of the
     /// host name).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The peer's site name (what changes pulled from it may have originated at, with
+    /// `origins`); empty: `name`.
+    pub site: String,
+    /// Other sites whose changes it may relay to this one when pulled from.
+    pub origins: Vec<String>,
+    /// How far ahead of this site's clock a pulled tag version may be.
+    pub max_clock_skew: Duration,
 }
 
-/// What a configured peer may do when it connects to this site's replication listener.
+/// What a peer connecting to this site's replication listener was granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerRole {
+    /// It pushes to this site: it may write (and read the state a pusher compares) within
+    /// its filters.
+    Receive,
+    /// It pulls from this site: it may read the feed, blobs and manifests within its filters.
+    Serve,
+}
+
+/// One grant to a peer that connects to this site (a `receive` or `serve` entry).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerAccess {
     /// Its name in this site's configuration.
@@ -95,13 +112,12 @@ pub struct PeerAccess {
     pub identity: Option<String>,
     /// Other sites whose changes it may relay here.
     pub origins: Vec<String>,
-}
-
-impl PeerAccess {
-    /// Whether the peer may apply a change that originated at `origin`.
-    pub fn may_relay(&self, origin: &str) -> bool {
-        origin == self.site || self.origins.iter().any(|o| o == origin)
-    }
+    /// What it may do.
+    pub role: PeerRole,
+    /// Where.
+    pub filters: Filters,
+    /// Whether its deletes are applied (receive).
+    pub replicate_deletes: bool,
 }
 
 impl PeerConfig {
@@ -119,6 +135,9 @@ impl PeerConfig {
             anti_entropy_interval: Some(Duration::from_secs(600)),
             identity: None,
             tls: None,
+            site: String::new(),
+            origins: Vec::new(),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -354,13 +373,44 @@ impl Replicator {
             )));
         }
         peer.update(|s| s.peer_site = peer_site.clone());
-        // Changes this replicator applies locally are recorded as made by the peer they came
-        // from.
-        let local = Site::Local(
-            self.inner
-                .local
-                .acting_for(stowage_core::Actor::peer(&peer.cfg.name, None)),
-        );
+        let expected = if peer.cfg.site.is_empty() {
+            &peer.cfg.name
+        } else {
+            &peer.cfg.site
+        };
+        if peer.cfg.direction == Direction::Pull && &peer_site != expected {
+            // What is pulled from a peer must have originated at the site it is configured
+            // as (or at its listed origins): a peer that names itself otherwise is refused
+            // rather than trusted under a name it chose.
+            return Err(ReplError::Refused(format!(
+                "peer {} calls itself {peer_site:?}, but its configuration expects site {expected:?} (set `site`)",
+                peer.cfg.name
+            )));
+        }
+        // Changes this replicator applies locally (pull) are recorded as made by the peer
+        // they came from, and bounded like a push from it would be: its filters, its deletes
+        // setting, the origins it may relay and the clock skew.
+        let cfg = &peer.cfg;
+        let pull_policy = crate::policy::PeerPolicy {
+            name: cfg.name.clone(),
+            origins: std::iter::once(expected.clone())
+                .chain(cfg.origins.iter().cloned())
+                .collect(),
+            read: Vec::new(),
+            write: vec![crate::policy::Grant {
+                filters: cfg.filters.clone(),
+                deletes: cfg.replicate_deletes,
+            }],
+            max_skew_ms: u64::try_from(cfg.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+        };
+        let acting = self
+            .inner
+            .local
+            .acting_for(stowage_core::Actor::peer(&cfg.name, None));
+        let local = Site::Local(match cfg.direction {
+            Direction::Pull => acting.with_policy(Some(Arc::new(pull_policy))),
+            Direction::Push => acting,
+        });
         let remote = Site::Remote(peer.remote.clone());
         Ok(match peer.cfg.direction {
             Direction::Push => (

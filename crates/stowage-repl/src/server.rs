@@ -29,7 +29,8 @@ use crate::error::ReplError;
 use crate::glob::Filters;
 use crate::local::{BlobHeader, Local};
 use crate::remote::{rechunk, CHUNK, MAX_MESSAGE};
-use crate::replicator::{sync_to_proto, PeerAccess, Replicator};
+use crate::policy::{Grant, PeerPolicy};
+use crate::replicator::{sync_to_proto, PeerAccess, PeerRole, Replicator};
 
 /// Longest long poll a reader may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -43,70 +44,75 @@ pub enum Role {
     Operator,
 }
 
-/// Who may call the replication listener, and what they may apply.
+/// Who may call the replication listener, and with what rights (see [`crate::policy`]).
 #[derive(Debug)]
 pub struct PeerGate {
-    peers: Vec<PeerAccess>,
-    /// The listener is plain HTTP on loopback: callers without a certificate are trusted as
-    /// a peer that may relay any origin (development and tests only; the daemon refuses a
-    /// plain replication listener anywhere else).
+    grants: Vec<PeerAccess>,
+    /// The listener is plain HTTP on loopback and authentication is off: callers without a
+    /// certificate are trusted as a peer with every right (development and tests only; anyone
+    /// on loopback can already do everything through the unauthenticated API then).
     trust_loopback: bool,
     /// A replicated tag version more than this far ahead of this site's clock is refused.
     max_skew_ms: u64,
 }
 
 impl PeerGate {
-    /// A gate for `peers`.
-    pub fn new(peers: Vec<PeerAccess>, trust_loopback: bool, max_skew: Duration) -> Self {
+    /// A gate for the peers `grants` name.
+    pub fn new(grants: Vec<PeerAccess>, trust_loopback: bool, max_skew: Duration) -> Self {
         Self {
-            peers,
+            grants,
             trust_loopback,
             max_skew_ms: u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
-    /// The peer behind a request: the configured peer whose identity its verified client
-    /// certificate carries.
-    fn identify<T>(&self, req: &Request<T>) -> Result<(PeerAccess, Actor), Status> {
+    /// The peer behind a request and its rights: every grant whose identity its verified
+    /// client certificate carries (`None` rights: a trusted loopback caller).
+    fn identify<T>(&self, req: &Request<T>) -> Result<(Option<Arc<PeerPolicy>>, Actor), Status> {
         let info = req.extensions().get::<ConnInfo>();
         let addr = info.map(|c| c.remote);
         if let Some(cert) = info.and_then(|c| c.client_cert.as_ref()) {
-            // One site may have several entries (a push and a pull with different filters):
-            // it may relay what any of them allows.
-            let mut found = self.peers.iter().filter(|p| {
-                p.identity
-                    .as_deref()
-                    .is_some_and(|expected| cert.matches(expected))
-            });
-            let Some(first) = found.next() else {
+            let found: Vec<&PeerAccess> = self
+                .grants
+                .iter()
+                .filter(|p| {
+                    p.identity
+                        .as_deref()
+                        .is_some_and(|expected| cert.matches(expected))
+                })
+                .collect();
+            let Some(first) = found.first() else {
                 return Err(Status::permission_denied(format!(
                     "certificate {cert} is not a configured replication peer"
                 )));
             };
-            let mut peer = first.clone();
-            for other in found {
-                peer.origins.push(other.site.clone());
-                peer.origins.extend(other.origins.iter().cloned());
+            let mut policy = PeerPolicy {
+                name: first.name.clone(),
+                origins: Vec::new(),
+                read: Vec::new(),
+                write: Vec::new(),
+                max_skew_ms: self.max_skew_ms,
+            };
+            for g in &found {
+                policy.origins.push(g.site.clone());
+                policy.origins.extend(g.origins.iter().cloned());
+                let grant = Grant {
+                    filters: g.filters.clone(),
+                    deletes: g.replicate_deletes,
+                };
+                match g.role {
+                    PeerRole::Serve => policy.read.push(grant),
+                    PeerRole::Receive => policy.write.push(grant),
+                }
             }
-            return Ok((peer.clone(), Actor::peer(&peer.name, addr)));
+            return Ok((Some(Arc::new(policy)), Actor::peer(&first.name, addr)));
         }
         if self.trust_loopback && addr.is_none_or(|a| a.ip().is_loopback()) {
-            let p = PeerAccess {
-                name: "loopback".into(),
-                site: String::new(),
-                identity: None,
-                origins: Vec::new(),
-            };
-            return Ok((p, Actor::peer("loopback", addr)));
+            return Ok((None, Actor::peer("loopback", addr)));
         }
         Err(Status::unauthenticated(
             "replication needs a client certificate of a configured peer",
         ))
-    }
-
-    fn may_relay(&self, peer: &PeerAccess, origin: &str) -> bool {
-        (self.trust_loopback && peer.identity.is_none() && peer.name == "loopback")
-            || peer.may_relay(origin)
     }
 }
 
@@ -152,9 +158,9 @@ impl ReplicationService {
         }
     }
 
-    /// The peer behind a peer call, and the local site acting for it. Refused in the
-    /// operator role and for callers that are not configured peers (audited).
-    async fn peer<T>(&self, req: &Request<T>, what: &str) -> Result<(PeerAccess, Local), Status> {
+    /// The local site acting for (and bounded by the rights of) the peer behind a call.
+    /// Refused in the operator role and for callers that are not configured peers (audited).
+    async fn peer<T>(&self, req: &Request<T>, what: &str) -> Result<Local, Status> {
         let gate = match &self.role {
             Role::Peers(g) => g,
             Role::Operator => {
@@ -164,7 +170,7 @@ impl ReplicationService {
             }
         };
         match gate.identify(req) {
-            Ok((peer, actor)) => Ok((peer, self.local.acting_for(actor))),
+            Ok((policy, actor)) => Ok(self.local.acting_for(actor).with_policy(policy)),
             Err(status) => {
                 let addr = req.extensions().get::<ConnInfo>().map(|c| c.remote);
                 self.refused(&Actor::anonymous(addr), what, status.message())
@@ -172,41 +178,6 @@ impl ReplicationService {
                 Err(status)
             }
         }
-    }
-
-    /// Refuses `origin` unless the peer may relay it, or a tag version from the far future.
-    async fn check_origin(
-        &self,
-        local: &Local,
-        peer: &PeerAccess,
-        origin: &str,
-        version_ms: Option<u64>,
-        what: &str,
-    ) -> Result<(), Status> {
-        let Role::Peers(gate) = &self.role else {
-            return Ok(());
-        };
-        if !gate.may_relay(peer, origin) {
-            let msg = format!(
-                "peer {} may not apply changes that originated at {origin:?}",
-                peer.name
-            );
-            self.refused(local.actor(), what, &msg).await;
-            return Err(Status::permission_denied(msg));
-        }
-        if let Some(ms) = version_ms {
-            let now = local.store().now_ms();
-            if ms > now.saturating_add(gate.max_skew_ms) {
-                let msg = format!(
-                    "tag version {ms} is {} ms ahead of this site's clock, more than the allowed skew of {} ms",
-                    ms - now,
-                    gate.max_skew_ms
-                );
-                self.refused(local.actor(), what, &msg).await;
-                return Err(Status::failed_precondition(msg));
-            }
-        }
-        Ok(())
     }
 
     async fn refused(&self, actor: &Actor, what: &str, why: &str) {
@@ -260,14 +231,15 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::ReadFeedRequest>,
     ) -> Result<Response<pb::ReadFeedResponse>, Status> {
-        self.peer(&req, "ReadFeed").await?;
+        let local = self.peer(&req, "ReadFeed").await?;
         let r = req.into_inner();
         let wait = Duration::from_millis(u64::from(r.wait_ms)).min(MAX_WAIT);
-        let page = self
-            .local
+        let page = local
             .feed(r.from_sequence, r.limit as usize, wait)
             .await
             .map_err(|e| fail("reading the feed", e))?;
+        // A peer that may not read everything learns how far the page went but not the
+        // site's whole feed length beyond it.
         let last = page.last;
         Ok(Response::new(pb::ReadFeedResponse {
             events: page
@@ -283,7 +255,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::MissingBlobsRequest>,
     ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
-        let (_, local) = self.peer(&req, "MissingBlobs").await?;
+        let local = self.peer(&req, "MissingBlobs").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let blobs = r
@@ -311,7 +283,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
-        let (_, local) = self.peer(&req, "PutBlob").await?;
+        let local = self.peer(&req, "PutBlob").await?;
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
@@ -347,12 +319,12 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::GetBlobRequest>,
     ) -> Result<Response<Self::GetBlobStream>, Status> {
-        self.peer(&req, "GetBlob").await?;
+        let local = self.peer(&req, "GetBlob").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let digest = convert::digest(&r.digest)?;
-        let (size, data) = self
-            .local
+        local.may_read("GetBlob", &repo).await?;
+        let (size, data) = local
             .read_blob(&repo, &digest, r.offset)
             .await
             .map_err(|e| fail(&format!("reading blob {digest}"), e))?;
@@ -380,12 +352,12 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::Manifest>, Status> {
-        self.peer(&req, "GetManifest").await?;
+        let local = self.peer(&req, "GetManifest").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let digest = convert::digest(&r.digest)?;
-        let doc = self
-            .local
+        local.may_see("GetManifest", &repo).await?;
+        let doc = local
             .get_manifest(&repo, &digest)
             .map_err(|e| fail("reading a manifest", e))?
             .ok_or_else(|| Status::not_found(format!("{repo}@{digest}")))?;
@@ -402,7 +374,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::Manifest>,
     ) -> Result<Response<pb::PutManifestResponse>, Status> {
-        let (peer, local) = self.peer(&req, "PutManifest").await?;
+        let local = self.peer(&req, "PutManifest").await?;
         let m = req.into_inner();
         let repo = convert::repo(&m.repository)?;
         let digest = convert::digest(&m.digest)?;
@@ -411,8 +383,6 @@ impl Replication for ReplicationService {
                 "a replicated manifest needs its origin site",
             ));
         }
-        self.check_origin(&local, &peer, &m.origin, None, "PutManifest")
-            .await?;
         let stored = local
             .put_manifest(
                 &repo,
@@ -432,7 +402,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::DeleteManifestRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let (peer, local) = self.peer(&req, "DeleteManifest").await?;
+        let local = self.peer(&req, "DeleteManifest").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
         let digest = convert::digest(&r.digest)?;
@@ -441,8 +411,6 @@ impl Replication for ReplicationService {
                 "a replicated delete needs its origin site",
             ));
         }
-        self.check_origin(&local, &peer, &r.origin, None, "DeleteManifest")
-            .await?;
         let applied = local
             .delete_manifest(&repo, &digest, &r.origin)
             .await
@@ -454,11 +422,11 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::GetTagRequest>,
     ) -> Result<Response<pb::TagState>, Status> {
-        self.peer(&req, "GetTag").await?;
+        let local = self.peer(&req, "GetTag").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
-        let state = self
-            .local
+        local.may_see("GetTag", &repo).await?;
+        let state = local
             .tag_state(&repo, &r.tag)
             .map_err(|e| fail("reading a tag", e))?;
         Ok(Response::new(convert::tag_to_proto(
@@ -472,16 +440,13 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::TagState>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let (peer, local) = self.peer(&req, "ApplyTag").await?;
+        let local = self.peer(&req, "ApplyTag").await?;
         let t = req.into_inner();
         let repo = convert::repo(&t.repository)?;
         stowage_core::Tag::parse(&t.tag)
             .map_err(|e| Status::invalid_argument(format!("tag {:?}: {e}", t.tag)))?;
         let state = convert::tag_from_proto(&t)?
             .ok_or_else(|| Status::invalid_argument("a tag state needs a version and origin"))?;
-        let v = state.version();
-        self.check_origin(&local, &peer, &v.origin, Some(v.ms), "ApplyTag")
-            .await?;
         let applied = local
             .apply_tag(&repo, &t.tag, &state)
             .await
@@ -493,12 +458,11 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::RangeHashesRequest>,
     ) -> Result<Response<pb::RangeHashesResponse>, Status> {
-        self.peer(&req, "RangeHashes").await?;
+        let local = self.peer(&req, "RangeHashes").await?;
         let r = req.into_inner();
         let f = filters(r.filters)?;
         if r.buckets.is_empty() {
-            let buckets = self
-                .local
+            let buckets = local
                 .bucket_hashes(&f)
                 .await
                 .map_err(|e| fail("hashing buckets", e))?;
@@ -515,8 +479,7 @@ impl Replication for ReplicationService {
                     .map_err(|_| Status::invalid_argument(format!("bucket {b} is not 0-255")))
             })
             .collect::<Result<Vec<u8>, Status>>()?;
-        let repos = self
-            .local
+        let repos = local
             .repo_hashes(&f, &buckets)
             .await
             .map_err(|e| fail("hashing repositories", e))?;
@@ -536,11 +499,11 @@ impl Replication for ReplicationService {
         &self,
         req: Request<pb::RepoStateRequest>,
     ) -> Result<Response<pb::RepoStateResponse>, Status> {
-        self.peer(&req, "RepoState").await?;
+        let local = self.peer(&req, "RepoState").await?;
         let r = req.into_inner();
         let repo = convert::repo(&r.repository)?;
-        let state = self
-            .local
+        local.may_see("RepoState", &repo).await?;
+        let state = local
             .repo_state(&repo, &filters(r.filters)?)
             .await
             .map_err(|e| fail("reading a repository's state", e))?;

@@ -249,6 +249,16 @@ async fn serve(s: Settings) -> Result<(), String> {
     ));
 
     let local = stowage_repl::Local::new(store.replica());
+    if authority.mode() != Mode::Open
+        && repl_tls.is_none()
+        && (!s.peers.is_empty() || !s.peer_access.is_empty())
+    {
+        return Err(
+            "replication peers are configured and authentication is on, but [replication.tls] is not: \
+             sites identify each other by their certificates (mutual TLS)"
+                .into(),
+        );
+    }
     let mut peers = s.peers.clone();
     peer_tls(&s, &mut peers)?;
     let replicator = if peers.is_empty() {
@@ -265,9 +275,14 @@ async fn serve(s: Settings) -> Result<(), String> {
         .as_ref()
         .map(|r| r.start(stop_rx.clone()))
         .unwrap_or_default();
+    // Without TLS nobody on the replication listener has an identity. Only in development
+    // (authentication off, so the API itself is open on loopback) are loopback callers
+    // trusted as peers; with authentication on, such a listener refuses every call.
+    let trust_loopback =
+        repl_tls.is_none() && repl_addr.ip().is_loopback() && authority.mode() == Mode::Open;
     let gate = Arc::new(stowage_repl::PeerGate::new(
         s.peer_access.clone(),
-        repl_tls.is_none() && repl_addr.ip().is_loopback(),
+        trust_loopback,
         s.max_clock_skew,
     ));
     let peer_service = stowage_repl::ReplicationService::new(

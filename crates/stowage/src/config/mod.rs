@@ -282,8 +282,8 @@ pub struct Settings {
     /// Replication peers this site pushes to or pulls from (`[[replication.peers]]` with a
     /// direction).
     pub peers: Vec<stowage_repl::PeerConfig>,
-    /// Every configured peer: who may connect to the replication listener, and what it may
-    /// relay.
+    /// What peers that connect to the replication listener may do (`receive` and `serve`
+    /// entries).
     pub peer_access: Vec<stowage_repl::PeerAccess>,
     /// Where blobs live (`[storage]`).
     pub storage: stowage_cas::StorageConfig,
@@ -300,7 +300,7 @@ pub struct Settings {
 fn peer_settings(
     p: PeerFile,
     file: &Path,
-) -> Result<(Option<stowage_repl::PeerConfig>, stowage_repl::PeerAccess), String> {
+) -> Result<(Option<stowage_repl::PeerConfig>, Option<stowage_repl::PeerAccess>), String> {
     let at = |key: &str, e: String| {
         format!(
             "config file {}: [[replication.peers]] {:?}: {key}: {e}",
@@ -315,15 +315,19 @@ fn peer_settings(
     if !name_ok {
         return Err(at("name", "use letters, digits, '-', '_' or '.'".into()));
     }
-    let direction = match p.direction.as_deref() {
-        Some("push") => Some(stowage_repl::Direction::Push),
-        Some("pull") => Some(stowage_repl::Direction::Pull),
-        None => None,
-        Some(other) => {
+    // push/pull: this site connects to the peer; receive/serve: the peer connects here and
+    // may write / read within this entry's filters.
+    let (direction, role) = match p.direction.as_deref() {
+        Some("push") => (Some(stowage_repl::Direction::Push), None),
+        Some("pull") => (Some(stowage_repl::Direction::Pull), None),
+        Some("receive") => (None, Some(stowage_repl::PeerRole::Receive)),
+        Some("serve") => (None, Some(stowage_repl::PeerRole::Serve)),
+        other => {
             return Err(at(
                 "direction",
                 format!(
-                    "{other:?} is not \"push\" or \"pull\" (leave it out to only serve the peer)"
+                    "{} is not push, pull (this site connects to the peer), receive or serve (the peer connects here and pushes or pulls)",
+                    other.map(|o| format!("{o:?}")).unwrap_or_else(|| "missing: it".into())
                 ),
             ))
         }
@@ -352,21 +356,40 @@ fn peer_settings(
                 .into(),
         ));
     }
-    let access = stowage_repl::PeerAccess {
-        name: p.name.clone(),
-        site: p.site.clone().unwrap_or_else(|| p.name.clone()),
-        identity: identity.clone(),
-        origins: p.origins.clone(),
-    };
-    let Some(direction) = direction else {
-        return Ok((None, access));
-    };
-    let mut peer = stowage_repl::PeerConfig::new(&p.name, &endpoint, direction);
-    peer.identity = identity;
-    peer.filters = stowage_repl::Filters {
+    let filters = stowage_repl::Filters {
         repositories: p.repositories.clone(),
         tags: p.tags.clone(),
     };
+    let site = p.site.clone().unwrap_or_else(|| p.name.clone());
+    if let Some(role) = role {
+        if identity.is_none() {
+            return Err(at(
+                "identity",
+                "a peer that connects here is known by its certificate identity (a DNS or URI SAN)"
+                    .into(),
+            ));
+        }
+        return Ok((
+            None,
+            Some(stowage_repl::PeerAccess {
+                name: p.name.clone(),
+                site,
+                identity,
+                origins: p.origins.clone(),
+                role,
+                filters,
+                replicate_deletes: p.replicate_deletes.unwrap_or(true),
+            }),
+        ));
+    }
+    let Some(direction) = direction else {
+        return Err(at("direction", "missing".into()));
+    };
+    let mut peer = stowage_repl::PeerConfig::new(&p.name, &endpoint, direction);
+    peer.identity = identity;
+    peer.site = site;
+    peer.origins = p.origins.clone();
+    peer.filters = filters;
     if let Some(d) = p.replicate_deletes {
         peer.replicate_deletes = d;
     }
@@ -389,7 +412,7 @@ fn peer_settings(
         let d = parse_duration(t).map_err(|e| at("anti_entropy_interval", e))?;
         peer.anti_entropy_interval = (!d.is_zero()).then_some(d);
     }
-    Ok((Some(peer), access))
+    Ok((Some(peer), None))
 }
 
 /// Parses sizes like `1024`, `512K`, `10G`, `1TiB`.
@@ -488,16 +511,21 @@ impl ServeArgs {
         };
         let repl_tls = repl_file.tls;
         let mut peer_access: Vec<stowage_repl::PeerAccess> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         for p in repl_file.peers {
-            let (peer, access) = peer_settings(p, &file_path)?;
-            if peer_access.iter().any(|q| q.name == access.name) {
+            let name = p.name.clone();
+            let (mut peer, access) = peer_settings(p, &file_path)?;
+            if names.contains(&name) {
                 return Err(format!(
-                    "config file {}: peer {:?} is configured twice",
+                    "config file {}: peer {name:?} is configured twice",
                     file_path.display(),
-                    access.name
                 ));
             }
-            peer_access.push(access);
+            names.push(name);
+            if let Some(peer) = &mut peer {
+                peer.max_clock_skew = max_clock_skew;
+            }
+            peer_access.extend(access);
             peers.extend(peer);
         }
         let sf = file.storage.unwrap_or_default();
@@ -855,6 +883,26 @@ mod tests {
         let cloud = resolve_file(include_str!("../../../../deploy/two-sites/cloud.toml")).unwrap();
         assert_eq!(cloud.site, "cloud");
         assert!(cloud.peers.is_empty());
+        // What the private datacenter may do when it connects: push anything, pull releases.
+        assert_eq!(cloud.peer_access.len(), 2);
+        let receive = &cloud.peer_access[0];
+        assert_eq!(receive.role, stowage_repl::PeerRole::Receive);
+        assert_eq!(receive.site, "private-dc");
+        let serve = &cloud.peer_access[1];
+        assert_eq!(serve.role, stowage_repl::PeerRole::Serve);
+        assert_eq!(serve.site, "private-dc");
+        assert!(serve.filters.repo_ok("cloud-builds/x") && !serve.filters.repo_ok("prod/app"));
+        // A peer entry must say which way it works.
+        let err = resolve_file(
+            "[[replication.peers]]\nname = \"x\"\nidentity = \"spiffe://x\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("receive or serve"), "{err}");
+        let err = resolve_file(
+            "[[replication.peers]]\nname = \"x\"\ndirection = \"receive\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("identity"), "{err}");
     }
 
     #[test]
