@@ -1410,3 +1410,128 @@ async fn audit_log_holds_exactly_the_scripted_entries_and_verify_names_tampering
     assert!(verify().0, "restored");
     let _ = original;
 }
+
+/// `/metrics` with authentication on: system admins and the configured readers only, whatever
+/// address the client comes from (every client here is on loopback); refusals are audited;
+/// guessing a password gets the account throttled from that address, on `/metrics` and on
+/// the API alike, while other accounts go on.
+#[tokio::test]
+async fn metrics_are_for_admins_and_readers_and_guessing_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("stowage.toml");
+    std::fs::write(
+        &cfg,
+        "[auth]\nmode = \"basic\"\nmetrics_readers = [\"prom\"]\n",
+    )
+    .unwrap();
+    common::auth::add_user_offline(dir.path(), ROOT, ROOT_PW, true);
+    let d = Daemon::start_with(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    for u in ["prom", "alice"] {
+        admin_cli(
+            &d,
+            ROOT,
+            ROOT_PW,
+            &["user", "add", u],
+            Some(&format!("{u}-password-1")),
+        );
+    }
+    admin_cli(
+        &d,
+        ROOT,
+        ROOT_PW,
+        &["user", "grant", "alice", "team", "developer"],
+        None,
+    );
+    let metrics = |creds: Option<(&'static str, String)>| {
+        let c = c.clone();
+        let url = d.url("/metrics");
+        async move {
+            let mut r = c.get(url);
+            if let Some((u, p)) = creds {
+                r = r.basic_auth(u, Some(p));
+            }
+            r.send().await.unwrap()
+        }
+    };
+    // Nothing, a user who is neither admin nor reader, a wrong password: refused.
+    let r = metrics(None).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    assert!(!r.text().await.unwrap().contains("stowage_"));
+    let r = metrics(Some(("alice", "alice-password-1".into()))).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(!r.text().await.unwrap().contains("stowage_"));
+    let r = metrics(Some(("prom", "wrong-password".into()))).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The reader and the admin read them.
+    for (u, p) in [
+        ("prom", "prom-password-1".to_string()),
+        (ROOT, ROOT_PW.into()),
+    ] {
+        let r = metrics(Some((u, p))).await;
+        assert_eq!(r.status(), StatusCode::OK, "{u}");
+        assert!(r.text().await.unwrap().contains("stowage_upload_sessions"));
+    }
+    // The refusals with credentials are in the audit log, named, without passwords.
+    let audit = admin_cli(
+        &d,
+        ROOT,
+        ROOT_PW,
+        &["audit", "--action", "login", "--json"],
+        None,
+    );
+    let on_metrics: Vec<&str> = audit.lines().filter(|l| l.contains("/metrics")).collect();
+    assert_eq!(on_metrics.len(), 2, "{audit}");
+    assert!(on_metrics.iter().any(|l| l.contains("user:alice")));
+    assert!(on_metrics.iter().any(|l| l.contains("user:prom")));
+    assert!(!audit.contains("wrong-password") && !audit.contains("prom-password-1"));
+
+    // Guessing prom's password: refused (401) until the tenth failure in a minute is spent
+    // (one more may have refilled meanwhile), then refused unchecked (429).
+    let mut checked = 1; // the wrong password on /metrics above
+    loop {
+        let r = c
+            .get(d.url("/v2/"))
+            .basic_auth("prom", Some(format!("guess-{checked}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        checked += 1;
+        assert!(
+            checked <= 13,
+            "still checking passwords after {checked} failures"
+        );
+    }
+    assert!(checked >= 11, "throttled after only {checked} failures");
+    // Now even the right password is not checked, on the API and on /metrics.
+    let r = c
+        .get(d.url("/v2/"))
+        .basic_auth("prom", Some("prom-password-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
+    let r = metrics(Some(("prom", "prom-password-1".into()))).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Other accounts from the same address are not locked out.
+    let r = c
+        .get(d.url("/v2/"))
+        .basic_auth("alice", Some("alice-password-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = metrics(Some((ROOT, ROOT_PW.into()))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -154,34 +154,78 @@ async fn upload_sessions_per_actor_and_staged_bytes() {
         post("other", "other-password-1").await.status(),
         StatusCode::ACCEPTED
     );
-    // Staged bytes: a chunk that takes the total past 1 MiB is stored, the next is refused
-    // with 429, and nothing of it is kept.
-    let chunk = data(1_200_000, 4);
-    let r = c
-        .patch(d.url(&locations[0]))
-        .basic_auth("root", Some("root-password-1"))
-        .body(chunk.clone())
-        .send()
-        .await
-        .unwrap();
+    // Staged bytes are counted as they arrive: 1 MiB in all, half of it per actor by default.
+    let patch = |u: &'static str, p: &'static str, loc: String, body: Vec<u8>| {
+        let c = c.clone();
+        let url = d.url(&loc);
+        async move { c.patch(url).basic_auth(u, Some(p)).body(body).send().await }
+    };
+    let range = |u: &'static str, p: &'static str, loc: String| {
+        let c = c.clone();
+        let url = d.url(&loc);
+        async move {
+            let r = c.get(url).basic_auth(u, Some(p)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::NO_CONTENT);
+            r.headers()["range"].to_str().unwrap().to_string()
+        }
+    };
+    // One body larger than the whole pool is cut where it crosses the limit: 429 (or, when
+    // the client is still sending, the connection is closed after it), nothing of it kept.
+    match patch(
+        "root",
+        "root-password-1",
+        locations[0].clone(),
+        data(1_200_000, 4),
+    )
+    .await
+    {
+        Ok(r) => {
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(json_code(r).await, "TOOMANYREQUESTS");
+        }
+        Err(e) => eprintln!("the oversized body was cut before its answer was read: {e}"),
+    }
+    assert_eq!(
+        range("root", "root-password-1", locations[0].clone()).await,
+        "0-0"
+    );
+    let r = patch(
+        "root",
+        "root-password-1",
+        locations[0].clone(),
+        data(400_000, 5),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = c
-        .patch(d.url(&locations[1]))
-        .basic_auth("root", Some("root-password-1"))
-        .body(data(1000, 5))
-        .send()
-        .await
-        .unwrap();
+    // 200,000 more would take root past its 524,288 bytes.
+    let r = patch(
+        "root",
+        "root-password-1",
+        locations[1].clone(),
+        data(200_000, 6),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let r = c
-        .get(d.url(&locations[1]))
-        .basic_auth("root", Some("root-password-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(r.headers()["range"], "0-0", "the refused chunk was kept");
-    // Cancelling frees the bytes.
+    assert_eq!(
+        range("root", "root-password-1", locations[1].clone()).await,
+        "0-0"
+    );
+    // Another actor still has room.
+    let r = post("other", "other-password-1").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let theirs = r.headers()["location"].to_str().unwrap().to_string();
+    let r = patch(
+        "other",
+        "other-password-1",
+        theirs.clone(),
+        data(500_000, 7),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // Cancelling frees root's bytes.
     let r = c
         .delete(d.url(&locations[0]))
         .basic_auth("root", Some("root-password-1"))
@@ -189,14 +233,84 @@ async fn upload_sessions_per_actor_and_staged_bytes() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = c
-        .patch(d.url(&locations[1]))
+    let r = patch(
+        "root",
+        "root-password-1",
+        locations[1].clone(),
+        data(200_000, 6),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // What is counted is exactly what is kept.
+    let metrics = c
+        .get(d.url("/metrics"))
         .basic_auth("root", Some("root-password-1"))
-        .body(data(1000, 5))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("stowage_staged_bytes 700000\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("stowage_staged_bytes_per_actor_limit 524288\n"));
+}
+
+/// Upload sessions idle past `[gc] upload_expiry` are removed with their bytes by the
+/// daemon's own task, with garbage collection never run.
+#[tokio::test]
+async fn idle_upload_sessions_expire_without_a_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "[gc]\nupload_expiry = \"2s\"\n");
+    let d = Daemon::start_with(dir.path(), &["--config", &cfg]);
+    let c = client();
+    let r = c
+        .post(d.url("/v2/idle/app/blobs/uploads/"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = c
+        .patch(d.url(&loc))
+        .body(data(10_000, 8))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.get(d.url(&loc)).send().await.unwrap();
+        if r.status() == StatusCode::NOT_FOUND {
+            assert_eq!(json_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle session was not expired"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = c
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("stowage_upload_sessions 0\n"), "{metrics}");
+    assert!(metrics.contains("stowage_staged_bytes 0\n"), "{metrics}");
+    // The expiry is audited.
+    let out = common::auth::cli_ok(&["audit", "--json", "--server", &d.admin], &[]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("upload") && l.contains("system:upload-expiry")),
+        "{out}"
+    );
 }
 
 /// Past its request rate an actor gets 429 with Retry-After; others are not slowed.

@@ -180,6 +180,163 @@ async fn oauth2_password_and_refresh_grants() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A user removed and created again with the same name and password is a new account:
+    // the refresh tokens of the old one are dead.
+    let offline = |user: &'static str, pw: &'static str| {
+        let c = c.clone();
+        let url = d.url("/token?service=stowage&offline_token=true");
+        async move {
+            let r = c.get(url).basic_auth(user, Some(pw)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let old_refresh = offline("alice", "alice-password-2").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin_cli(&d, "root", ROOT_PW, &["user", "del", "alice"], None);
+    admin_cli(
+        &d,
+        "root",
+        ROOT_PW,
+        &["user", "add", "alice"],
+        Some("alice-password-2"),
+    );
+    let r = post_form(
+        &c,
+        &d,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &old_refresh),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The new account logs in, and its own refresh token works.
+    let fresh = offline("alice", "alice-password-2").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = post_form(
+        &c,
+        &d,
+        &[("grant_type", "refresh_token"), ("refresh_token", &fresh)],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Robots present their secret every time: no refresh token for them.
+    let out = admin_cli(
+        &d,
+        "root",
+        ROOT_PW,
+        &[
+            "robot",
+            "create",
+            "ci",
+            "--project",
+            "team",
+            "--actions",
+            "pull",
+            "--json",
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (robot, secret) = (
+        v["account"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    );
+    let r = c
+        .get(d.url("/token?service=stowage&offline_token=true&scope=repository:team/app:pull"))
+        .basic_auth(&robot, Some(&secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["token"].is_string() && v["refresh_token"].is_null(),
+        "{v}"
+    );
+
+    // Guessing: after 10 refused logins to one account from one address, that account's
+    // logins from there are refused unchecked (429 with Retry-After), the right password
+    // included; a token it holds keeps working.
+    admin_cli(
+        &d,
+        "root",
+        ROOT_PW,
+        &["user", "grant", "alice", "team", "developer"],
+        None,
+    );
+    let held = common::auth::token(
+        &c,
+        &d,
+        Some(("alice", "alice-password-2")),
+        &["repository:team/app:pull"],
+    )
+    .await;
+    let mut checked = 0;
+    loop {
+        let r = post_form(
+            &c,
+            &d,
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", &format!("guess-{checked}")),
+            ],
+        )
+        .await;
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        checked += 1;
+        assert!(
+            checked <= 13,
+            "still checking passwords after {checked} failures"
+        );
+    }
+    // (The account's two earlier wrong passwords may still count.)
+    assert!(checked >= 8, "throttled after only {checked} failures");
+    let r = c
+        .get(d.url("/token?service=stowage"))
+        .basic_auth("alice", Some("alice-password-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Other accounts from the same address are not locked out by it (root logs in below).
+    let r = c
+        .get(d.url("/v2/team/app/tags/list"))
+        .bearer_auth(&held)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The guesses are in the audit log; the passwords are not.
+    let audit = admin_cli(
+        &d,
+        "root",
+        ROOT_PW,
+        &["audit", "--action", "login", "--json"],
+        None,
+    );
+    assert!(audit.lines().count() >= 11, "{audit}");
+    assert!(
+        !audit.contains("guess-"),
+        "a password reached the audit log"
+    );
 }
 
 /// Writes an htpasswd file with bcrypt entries.
@@ -499,6 +656,27 @@ async fn admin_api_takes_tokens_and_mapped_client_certificates_over_tls() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A token the admin got for pushing and pulling does not open the admin API: only one
+    // granted registry:admin:* does (what `stowage token` asks for by default).
+    let push_token = cli_ok(
+        &[
+            "token",
+            "--registry",
+            &d.base,
+            "--user",
+            "root",
+            "--scope",
+            "repository:team/app:pull,push",
+        ],
+        &[("STOWAGE_PASSWORD", ROOT_PW)],
+    );
+    let out = info(&["--token", push_token.trim()], &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("registry:admin:*"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Refused: a token of a user who is no admin, a certificate that maps to nobody, one from
     // another CA, and nothing at all.
     let alice_token = cli_ok(
@@ -507,7 +685,8 @@ async fn admin_api_takes_tokens_and_mapped_client_certificates_over_tls() {
     );
     let out = info(&["--token", alice_token.trim()], &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a system admin"));
+    // (The token service did not grant her the admin scope she asked for.)
+    assert!(String::from_utf8_lossy(&out.stderr).contains("registry:admin:*"));
     let out = info(
         &[
             "--cert",

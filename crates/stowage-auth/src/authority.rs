@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,7 @@ use stowage_core::{
 use crate::challenge::{
     basic_challenge, bearer_challenge, parse_authorization, ChallengeError, Credentials,
 };
+use crate::guard::{GuardSettings, LoginGuard, Refusal};
 use crate::password::{self, CredentialCache, Htpasswd};
 use crate::token::{
     parse_scope_params, AccessEntry, Claims, Scope, SigningKey, TokenError, TokenIssuer, Verifier,
@@ -134,6 +135,8 @@ pub struct AuthSettings {
     /// How long a verified password is remembered (so Basic auth does not run argon2 or
     /// bcrypt on every request).
     pub credential_cache_ttl: Duration,
+    /// The cap on concurrent password checks and refused logins per address.
+    pub guard: GuardSettings,
 }
 
 impl AuthSettings {
@@ -151,6 +154,7 @@ impl AuthSettings {
             htpasswd: None,
             external: None,
             credential_cache_ttl: Duration::from_secs(300),
+            guard: GuardSettings::default(),
         }
     }
 }
@@ -260,9 +264,25 @@ pub enum AuthFailure {
     /// The bearer token was refused.
     #[error("invalid token: {0}")]
     InvalidToken(#[from] TokenError),
+    /// Too many refused logins came from the caller's address; its passwords are not
+    /// checked for this many seconds.
+    #[error("too many failed logins from this address: retry in {0} s")]
+    Throttled(u64),
+    /// Every password check slot stayed busy.
+    #[error("too many logins at once: retry shortly")]
+    Busy,
     /// Account data could not be read.
     #[error(transparent)]
     Directory(#[from] DirectoryError),
+}
+
+impl From<Refusal> for AuthFailure {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Throttled(s) => AuthFailure::Throttled(s),
+            Refusal::Busy => AuthFailure::Busy,
+        }
+    }
 }
 
 /// A request to the built-in token service, as the HTTP layer parsed it.
@@ -272,6 +292,8 @@ pub struct TokenRequest {
     pub credentials: Option<(String, String)>,
     /// `refresh_token` (POST, grant_type=refresh_token).
     pub refresh_token: Option<String>,
+    /// The client's address (refused logins are counted per address).
+    pub from: Option<IpAddr>,
     /// `service`.
     pub service: Option<String>,
     /// Every `scope` value.
@@ -350,12 +372,15 @@ pub struct Authority {
     verifier: Option<Verifier>,
     htpasswd: Option<Arc<Htpasswd>>,
     cache: CredentialCache,
+    guard: LoginGuard,
 }
 
 /// A password check waiting to run off the async threads.
 enum Check {
     Argon(String),
     Htpasswd,
+    /// No such account: a decoy check of the same cost.
+    Unknown,
 }
 
 fn algorithm(name: &str) -> Option<jsonwebtoken::Algorithm> {
@@ -438,7 +463,9 @@ impl Authority {
             None => None,
         };
         let cache = CredentialCache::new(4096, settings.credential_cache_ttl);
+        let guard = LoginGuard::new(settings.guard);
         Ok(Authority {
+            guard,
             settings,
             dir,
             clock,
@@ -457,6 +484,11 @@ impl Authority {
     /// The settings.
     pub fn settings(&self) -> &AuthSettings {
         &self.settings
+    }
+
+    /// The password check guard (for its counters).
+    pub fn guard(&self) -> &LoginGuard {
+        &self.guard
     }
 
     /// The htpasswd file, if one is configured.
@@ -504,7 +536,9 @@ impl Authority {
             parse_authorization(value).map_err(|e| AuthFailure::Malformed(e.to_string()))?;
         match (self.settings.mode, creds) {
             (Mode::Basic, Credentials::Basic { user, password }) => {
-                let caller = self.check_password(&user, &password).await?;
+                let caller = self
+                    .check_password(&user, &password, addr.map(|a| a.ip()))
+                    .await?;
                 Ok(identity(caller))
             }
             (Mode::Token | Mode::External, Credentials::Bearer(token)) => {
@@ -528,12 +562,25 @@ impl Authority {
         })
     }
 
-    /// Checks a name and password (or robot secret): robots by the SHA-256 of their secret,
-    /// users of the index by argon2id, then the htpasswd file by bcrypt. Verified passwords
-    /// are remembered for a while (keyed by a hash, with the user's generation, so a password
-    /// change ends them).
-    pub async fn check_password(&self, user: &str, secret: &str) -> Result<Caller, AuthFailure> {
-        let bad = || AuthFailure::BadCredentials { user: clip(user) };
+    /// Checks a name and password (or robot secret) from address `from`: robots by the
+    /// SHA-256 of their secret, users of the index by argon2id, then the htpasswd file by
+    /// bcrypt. A name that matches no account costs the same argon2id run as one that does.
+    /// Verified passwords are remembered for a while (keyed by a hash, with the user's
+    /// generation, so a password change ends them). An address with too many refused logins
+    /// is refused unchecked for a while ([`AuthFailure::Throttled`]), and at most a few
+    /// checks run at once.
+    pub async fn check_password(
+        &self,
+        user: &str,
+        secret: &str,
+        from: Option<IpAddr>,
+    ) -> Result<Caller, AuthFailure> {
+        let name = clip(user);
+        self.guard.admit(from, &name)?;
+        let bad = || {
+            self.guard.failed(from, &name);
+            AuthFailure::BadCredentials { user: name.clone() }
+        };
         if user.starts_with("robot$") {
             let Some(record) = self.dir.robot(user)? else {
                 return Err(bad());
@@ -550,32 +597,39 @@ impl Authority {
         }
         let now = std::time::Instant::now();
         let record = self.dir.user(user)?;
+        let htpasswd_entry = || self.htpasswd.as_ref().and_then(|h| h.fingerprint(user));
         let (generation, check) = match &record {
             Some(r) => (r.generation, Check::Argon(r.password_hash.clone())),
-            None if self.htpasswd.as_ref().is_some_and(|h| h.contains(user)) => {
-                (0, Check::Htpasswd)
-            }
-            None => return Err(bad()),
+            None => match htpasswd_entry() {
+                Some(fingerprint) => (fingerprint, Check::Htpasswd),
+                None => (0, Check::Unknown),
+            },
         };
         let system_admin = record.as_ref().is_some_and(|r| r.system_admin);
         let caller = Caller::User {
             name: user.to_string(),
             system_admin,
         };
-        if self.cache.check(user, secret, generation, now) {
+        if !matches!(check, Check::Unknown) && self.cache.check(user, secret, generation, now) {
             return Ok(caller);
         }
+        let slot = self.guard.slot().await?;
+        let candidate = secret.to_string();
         let ok = match check {
             Check::Argon(hash) => {
-                let candidate = secret.to_string();
                 tokio::task::spawn_blocking(move || password::verify_password(&hash, &candidate))
+                    .await
+                    .unwrap_or(false)
+            }
+            Check::Unknown => {
+                tokio::task::spawn_blocking(move || password::verify_unknown_user(&candidate))
                     .await
                     .unwrap_or(false)
             }
             Check::Htpasswd => match &self.htpasswd {
                 Some(h) => {
                     let h = h.clone();
-                    let (u, candidate) = (user.to_string(), secret.to_string());
+                    let u = user.to_string();
                     tokio::task::spawn_blocking(move || h.verify(&u, &candidate) == Some(true))
                         .await
                         .unwrap_or(false)
@@ -583,6 +637,7 @@ impl Authority {
                 None => false,
             },
         };
+        drop(slot);
         if !ok {
             return Err(bad());
         }
@@ -693,12 +748,15 @@ impl Authority {
         }
     }
 
-    /// Whether `id` may use the admin API: a system-admin user (its flag read now, also for
-    /// a token's subject).
+    /// Whether `id` may use the admin API: a system-admin user (its flag read now), by
+    /// password or by a token of the built-in service that was granted `registry:admin:*`
+    /// (a token asked for pulls and pushes does not open the admin API).
     pub fn is_system_admin(&self, id: &Identity) -> Result<bool, DirectoryError> {
         match &id.caller {
             Caller::User { name, .. } => Ok(self.dir.user(name)?.is_some_and(|u| u.system_admin)),
-            Caller::Token { claims, own: true } if !claims.sub.starts_with("robot$") => {
+            Caller::Token { claims, own: true }
+                if !claims.sub.starts_with("robot$") && claims.allows("registry", "admin", "*") =>
+            {
                 Ok(self.dir.user(&claims.sub)?.is_some_and(|u| u.system_admin))
             }
             _ => Ok(false),
@@ -772,17 +830,14 @@ impl Authority {
         let (subject, generation, from_password) = if let Some((user, password)) = &req.credentials
         {
             let caller = self
-                .check_password(user, password)
+                .check_password(user, password, req.from)
                 .await
                 .map_err(TokenServiceError::Unauthorized)?;
             let generation = match &caller {
                 Caller::User { name, .. } => self
-                    .dir
-                    .user(name)
-                    .map_err(|e| TokenServiceError::Internal(e.to_string()))?
-                    .map(|u| u.generation)
-                    .unwrap_or(0),
-                _ => 0,
+                    .generation(name)
+                    .map_err(|e| TokenServiceError::Internal(e.to_string()))?,
+                _ => None,
             };
             (user.clone(), generation, true)
         } else if let Some(rt) = &req.refresh_token {
@@ -791,9 +846,9 @@ impl Authority {
                 .verify_refresh(rt, now)
                 .map_err(|e| TokenServiceError::Unauthorized(AuthFailure::InvalidToken(e)))?;
             self.check_refresh_subject(&claims)?;
-            (claims.sub.clone(), claims.gen.unwrap_or(0), false)
+            (claims.sub.clone(), claims.gen, false)
         } else {
-            (String::new(), 0, false)
+            (String::new(), None, false)
         };
         let mut granted: Vec<AccessEntry> = Vec::new();
         for scope in scopes {
@@ -819,15 +874,16 @@ impl Authority {
         let issued = issuer
             .access_token(&subject, granted.clone(), now)
             .map_err(|e| TokenServiceError::Internal(e.to_string()))?;
-        let refresh_token = if req.offline && from_password && !subject.is_empty() {
-            Some(
+        // Refresh tokens go to users only (robots present their secret each time), bound to
+        // the user's credential generation.
+        let refresh_token = match generation {
+            Some(generation) if req.offline && from_password => Some(
                 issuer
                     .refresh_token(&subject, generation, now, self.settings.refresh_ttl)
                     .map_err(|e| TokenServiceError::Internal(e.to_string()))?
                     .token,
-            )
-        } else {
-            None
+            ),
+            _ => None,
         };
         Ok(TokenGrant {
             subject,
@@ -839,32 +895,33 @@ impl Authority {
         })
     }
 
-    /// A refresh token's subject must still exist, with the same credential generation.
+    /// The credential generation of user `name`: its record's for users of the index, the
+    /// fingerprint of its entry for htpasswd users; `None` if there is no such user.
+    fn generation(&self, name: &str) -> Result<Option<u64>, DirectoryError> {
+        if let Some(u) = self.dir.user(name)? {
+            return Ok(Some(u.generation));
+        }
+        Ok(self.htpasswd.as_ref().and_then(|h| h.fingerprint(name)))
+    }
+
+    /// A refresh token's subject must be a user that still exists, with the same credential
+    /// generation (a changed password, or a user removed and created again, ends its refresh
+    /// tokens). Robots get none.
     fn check_refresh_subject(&self, claims: &Claims) -> Result<(), TokenServiceError> {
         let refused = || {
             TokenServiceError::Unauthorized(AuthFailure::BadCredentials {
                 user: clip(&claims.sub),
             })
         };
-        let internal = |e: DirectoryError| TokenServiceError::Internal(e.to_string());
-        if claims.sub.starts_with("robot$") {
-            match self.dir.robot(&claims.sub).map_err(internal)? {
-                Some(r) if !r.expired(self.clock.now_millis()) => Ok(()),
-                _ => Err(refused()),
-            }
-        } else {
-            match self.dir.user(&claims.sub).map_err(internal)? {
-                Some(u) if Some(u.generation) == claims.gen => Ok(()),
-                None if claims.gen == Some(0)
-                    && self
-                        .htpasswd
-                        .as_ref()
-                        .is_some_and(|h| h.contains(&claims.sub)) =>
-                {
-                    Ok(())
-                }
-                _ => Err(refused()),
-            }
+        if claims.sub.is_empty() || claims.sub.starts_with("robot$") {
+            return Err(refused());
+        }
+        match self
+            .generation(&claims.sub)
+            .map_err(|e| TokenServiceError::Internal(e.to_string()))?
+        {
+            Some(g) if Some(g) == claims.gen => Ok(()),
+            _ => Err(refused()),
         }
     }
 
@@ -896,6 +953,16 @@ impl Authority {
             "registry" if scope.name == "catalog" && !subject.is_empty() => Ok(scope
                 .wants("*")
                 .then(|| AccessEntry::new("registry", "catalog", &["*"]))),
+            // The admin API: only for users with the system-admin flag now.
+            "registry"
+                if scope.name == "admin"
+                    && scope.wants("*")
+                    && !subject.is_empty()
+                    && !subject.starts_with("robot$")
+                    && self.dir.user(subject)?.is_some_and(|u| u.system_admin) =>
+            {
+                Ok(Some(AccessEntry::new("registry", "admin", &["*"])))
+            }
             _ => Ok(None),
         }
     }

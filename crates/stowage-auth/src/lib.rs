@@ -10,6 +10,7 @@
 //! * [`password`]: argon2id password hashes, robot secrets, the htpasswd file, and a cache of
 //!   recently verified credentials.
 //! * [`challenge`]: `Authorization` header parsing and `WWW-Authenticate` challenges.
+//! * [`guard`]: the cap on concurrent password checks and on refused logins per address.
 //!
 //! * [`authority`]: the one place that decides who a caller is and what it may do.
 //!
@@ -18,6 +19,7 @@
 
 pub mod authority;
 pub mod challenge;
+pub mod guard;
 pub mod net;
 pub mod password;
 pub mod tls;

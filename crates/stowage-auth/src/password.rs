@@ -92,6 +92,18 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
         .map_err(PasswordError::Hash)
 }
 
+/// Costs what checking a password of an existing user costs, and fails: run for names
+/// that match no account, so the time of a refusal does not tell which names exist.
+pub fn verify_unknown_user(candidate: &str) -> bool {
+    static DECOY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let decoy = DECOY.get_or_init(|| hash_password("stowage decoy password").ok());
+    if let Some(phc) = decoy {
+        // The result is thrown away: the decoy's password is not a credential.
+        let _ = verify_password(phc, candidate);
+    }
+    false
+}
+
 /// Whether `candidate` matches the argon2id PHC string `phc`. False on a malformed hash,
 /// another algorithm, or parameters beyond sane bounds; never panics.
 pub fn verify_password(phc: &str, candidate: &str) -> bool {
@@ -275,6 +287,18 @@ impl Htpasswd {
         };
         let ok = hash.is_some_and(|h| bcrypt::verify(password, &h).unwrap_or(false));
         known.then_some(ok)
+    }
+
+    /// A number that changes whenever `user`'s entry changes (the first 8 bytes of the
+    /// SHA-256 of its hash): refresh tokens carry it, so a changed or removed password ends
+    /// them. `None` if there is no such user.
+    pub fn fingerprint(&self, user: &str) -> Option<u64> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let hash = state.users.get(user)?;
+        let digest = Sha256::digest(hash.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Some(u64::from_be_bytes(first))
     }
 
     /// Whether `user` has an entry.
@@ -555,6 +579,14 @@ mod tests {
     }
 
     #[test]
+    fn unknown_users_fail_after_a_real_check() {
+        // The decoy is a real argon2id hash, so the refusal costs what a known user's does;
+        // its own password is no credential either.
+        assert!(!verify_unknown_user("stowage decoy password"));
+        assert!(!verify_unknown_user("anything"));
+    }
+
+    #[test]
     fn verify_password_is_false_on_garbage() {
         for bad in [
             "",
@@ -684,10 +716,20 @@ mod tests {
         let b = bcrypt::hash("b-pw", 4).unwrap();
         // Replace atomically (new inode, different length), as an operator's tool would.
         let tmp = write_file(dir.path(), "htpasswd.new", &format!("a:{a}\nb:{b}\n"));
+        let a_before = h.fingerprint("a");
+        assert!(a_before.is_some() && h.fingerprint("b").is_none());
         std::fs::rename(&tmp, &path).unwrap();
         assert!(h.reload_if_changed().unwrap());
         assert_eq!(h.verify("b", "b-pw"), Some(true));
         assert!(!h.reload_if_changed().unwrap());
+        // An unchanged entry keeps its fingerprint (its refresh tokens live on); a changed
+        // password gets a new one.
+        assert_eq!(h.fingerprint("a"), a_before);
+        let a2 = bcrypt::hash("a-pw-2", 4).unwrap();
+        let tmp = write_file(dir.path(), "htpasswd.new", &format!("a:{a2}\nb:{b}\n"));
+        std::fs::rename(&tmp, &path).unwrap();
+        assert!(h.reload_if_changed().unwrap());
+        assert!(h.fingerprint("a").is_some() && h.fingerprint("a") != a_before);
         // A broken file keeps the previous contents in force.
         let tmp = write_file(dir.path(), "htpasswd.bad", "no colon here\n");
         std::fs::rename(&tmp, &path).unwrap();

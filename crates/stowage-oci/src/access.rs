@@ -179,6 +179,25 @@ pub(crate) async fn decide(
                 AuthFailure::InvalidToken(_) => (Some(ChallengeError::InvalidToken), None),
                 AuthFailure::BadCredentials { user } => (None, Some(user.clone())),
                 AuthFailure::Malformed(_) => (None, None),
+                AuthFailure::Throttled(secs) => {
+                    // Not audited per attempt: the failures that led here were.
+                    return Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        Code::TooManyRequests,
+                        "too many failed logins from this address: retry later",
+                    )
+                    .with_header("retry-after", secs.to_string())
+                    .into_response());
+                }
+                AuthFailure::Busy => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Code::TooManyRequests,
+                        "too many logins at once: retry shortly",
+                    )
+                    .with_header("retry-after", "1".to_string())
+                    .into_response());
+                }
                 AuthFailure::Directory(e) => {
                     tracing::error!(error = %e, "authenticating a request");
                     return Err(ApiError::internal("authenticating the request").into_response());
@@ -313,7 +332,7 @@ impl RateLimit {
 
 impl AppState {
     /// A 429 when the caller is over its request rate.
-    fn rate_limited(&self, id: &Identity) -> Option<Response> {
+    pub(crate) fn rate_limited(&self, id: &Identity) -> Option<Response> {
         let limit = self.limits.rate.as_ref()?;
         let key = match id.addr {
             Some(a) if !id.authenticated() => format!("ip:{}", a.ip()),

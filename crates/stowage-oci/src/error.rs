@@ -140,7 +140,10 @@ impl From<StoreError> for ApiError {
             StoreError::NameUnknown(_) => Self::new(S::NOT_FOUND, Code::NameUnknown, msg),
             StoreError::TagInvalid(_) => Self::new(S::BAD_REQUEST, Code::ManifestInvalid, msg),
             StoreError::SizeInvalid(_) => Self::new(S::BAD_REQUEST, Code::SizeInvalid, msg),
-            StoreError::TooLarge { .. } => Self::new(S::PAYLOAD_TOO_LARGE, Code::SizeInvalid, msg),
+            // Both may cut a request body part-way: the rest is never read, so the connection
+            // cannot carry another request and the client is told so.
+            StoreError::TooLarge { .. } => Self::new(S::PAYLOAD_TOO_LARGE, Code::SizeInvalid, msg)
+                .with_header("connection", "close".into()),
             StoreError::Unsupported(_) => {
                 Self::new(S::UNSUPPORTED_MEDIA_TYPE, Code::Unsupported, msg)
             }
@@ -161,6 +164,7 @@ impl From<StoreError> for ApiError {
             StoreError::TooManyUploads(_) => {
                 Self::new(S::TOO_MANY_REQUESTS, Code::TooManyRequests, msg)
                     .with_header("retry-after", "10".into())
+                    .with_header("connection", "close".into())
             }
             StoreError::NotFound(_) => Self::new(S::NOT_FOUND, Code::NameUnknown, msg),
             StoreError::ReplicaRefused(_) => Self::new(S::FORBIDDEN, Code::Denied, msg),

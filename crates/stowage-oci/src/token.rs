@@ -73,14 +73,15 @@ pub(crate) async fn get(State(app): State<AppState>, req: Request<Body>) -> Resp
             .into_response();
         }
     }
+    let (addr, _) = access::conn(&req);
     let tr = TokenRequest {
         credentials,
         refresh_token: None,
+        from: addr.map(|a| a.ip()),
         service: first(&q, "service"),
         scopes: all(&q, "scope"),
         offline: first(&q, "offline_token").is_some_and(|v| v == "true"),
     };
-    let (addr, _) = access::conn(&req);
     serve(&app, addr, tr, false).await
 }
 
@@ -114,6 +115,7 @@ pub(crate) async fn post(State(app): State<AppState>, req: Request<Body>) -> Res
         service: first(&f, "service"),
         scopes,
         offline: first(&f, "access_type").is_some_and(|v| v == "offline"),
+        from: addr.map(|a| a.ip()),
         ..TokenRequest::default()
     };
     let tr = match first(&f, "grant_type").as_deref() {
@@ -161,8 +163,21 @@ async fn serve(
     tr: TokenRequest,
     oauth: bool,
 ) -> Response {
+    // The token service answers under the API's request rate, keyed by address: every
+    // request to it may cost a password check and an audit entry.
+    let asking = stowage_auth::authority::Identity {
+        caller: stowage_auth::authority::Caller::Anonymous,
+        addr,
+    };
+    if let Some(r) = app.rate_limited(&asking) {
+        return r;
+    }
     let user = tr.credentials.as_ref().map(|(u, _)| u.clone());
     match app.auth.issue(&tr).await {
+        Ok(grant) if grant.subject.is_empty() && grant.granted.is_empty() => {
+            // Nobody asked for nothing: no operation to audit.
+            respond(&grant)
+        }
         Ok(grant) => {
             let actor = Actor::new(
                 if grant.subject.is_empty() {
@@ -192,6 +207,17 @@ async fn serve(
                 )
                 .await;
             respond(&grant)
+        }
+        Err(TokenServiceError::Unauthorized(
+            f @ (AuthFailure::Throttled(_) | AuthFailure::Busy),
+        )) => {
+            let (status, wait) = match f {
+                AuthFailure::Throttled(secs) => (StatusCode::TOO_MANY_REQUESTS, secs),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, 1),
+            };
+            ApiError::new(status, Code::TooManyRequests, f.to_string())
+                .with_header("retry-after", wait.to_string())
+                .into_response()
         }
         Err(TokenServiceError::Unauthorized(f)) => {
             let why = match &f {

@@ -27,7 +27,7 @@ mod tests;
 pub use error::{ReplError, Result};
 pub use glob::Filters;
 pub use local::Local;
-pub use remote::Remote;
 pub use policy::{Grant, PeerPolicy};
+pub use remote::Remote;
 pub use replicator::{Direction, PeerAccess, PeerConfig, PeerRole, Replicator, SyncReport};
 pub use server::{PeerGate, ReplicationService, Role};

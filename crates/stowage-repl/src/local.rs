@@ -344,7 +344,10 @@ impl Local {
         if let Some(p) = &self.policy {
             if p.read.is_empty() {
                 return Err(self
-                    .refuse("ReadFeed", format!("peer {} may not read this site", p.name))
+                    .refuse(
+                        "ReadFeed",
+                        format!("peer {} may not read this site", p.name),
+                    )
                     .await);
             }
             // Entries of repositories the peer may not read are skipped (the page still says

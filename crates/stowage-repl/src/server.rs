@@ -28,8 +28,8 @@ use crate::convert;
 use crate::error::ReplError;
 use crate::glob::Filters;
 use crate::local::{BlobHeader, Local};
-use crate::remote::{rechunk, CHUNK, MAX_MESSAGE};
 use crate::policy::{Grant, PeerPolicy};
+use crate::remote::{rechunk, CHUNK, MAX_MESSAGE};
 use crate::replicator::{sync_to_proto, PeerAccess, PeerRole, Replicator};
 
 /// Longest long poll a reader may ask for.

@@ -499,7 +499,8 @@ impl Store {
         }
         let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
         let bytes = s.record.parts.iter().sum::<u64>();
-        self.end_session(id, &parts, bytes, s.recorded).await?;
+        self.end_session(id, &parts, s.record.owner.as_deref(), bytes, s.recorded)
+            .await?;
         let mut audit = self
             .audit_entry(actor, AuditAction::UploadExpire)
             .repo(s.record.repo.as_str())

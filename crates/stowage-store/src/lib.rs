@@ -25,6 +25,7 @@ pub mod handles;
 pub mod locks;
 mod manifests;
 mod replica;
+mod staging;
 pub mod task;
 mod uploads;
 
@@ -79,8 +80,10 @@ pub struct StoreLimits {
     pub max_sessions: usize,
     /// Open upload sessions of one actor.
     pub max_sessions_per_actor: usize,
-    /// Bytes staged in unfinished uploads, all together.
+    /// Bytes staged in unfinished uploads, all together (checked as bytes arrive).
     pub max_staged_bytes: u64,
+    /// Bytes staged in unfinished uploads of one actor.
+    pub max_staged_bytes_per_actor: u64,
     /// Blobs replication may keep from garbage collection at once.
     pub max_pins: usize,
 }
@@ -91,6 +94,7 @@ impl Default for StoreLimits {
             max_sessions: 10_000,
             max_sessions_per_actor: 1_000,
             max_staged_bytes: 64 << 30,
+            max_staged_bytes_per_actor: 32 << 30,
             max_pins: 100_000,
         }
     }
@@ -147,8 +151,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     locks: locks::DigestLocks,
     sessions: std::sync::Mutex<HashMap<String, uploads::Slot>>,
-    /// Bytes held by unfinished uploads (staged parts), for [`StoreLimits::max_staged_bytes`].
-    staged_bytes: std::sync::atomic::AtomicU64,
+    /// Bytes held by unfinished uploads (staged parts), for [`StoreLimits::max_staged_bytes`]
+    /// and [`StoreLimits::max_staged_bytes_per_actor`].
+    staging: Arc<staging::Staging>,
     /// The writer of audit entries that record no change.
     auditor: audit::Writer,
     /// Serialises account changes (read-check-write of users, robots, grants).
@@ -201,11 +206,12 @@ impl Store {
                 .map_err(|e| StoreError::Internal(format!("index open task: {e}")))??
         };
         let (feed_tx, _) = tokio::sync::watch::channel(index.last_seq()?);
-        let staged: u64 = index
-            .uploads()?
-            .iter()
-            .map(|(_, r)| r.parts.iter().sum::<u64>())
-            .sum();
+        let staging = staging::Staging::new(
+            index
+                .uploads()?
+                .into_iter()
+                .map(|(_, r)| (r.owner, r.parts.iter().sum::<u64>())),
+        );
         let (auditor, audit_rx) = audit::Writer::new();
         let store = Store {
             inner: Arc::new(Inner {
@@ -214,7 +220,7 @@ impl Store {
                 clock,
                 locks: locks::DigestLocks::default(),
                 sessions: std::sync::Mutex::new(HashMap::new()),
-                staged_bytes: std::sync::atomic::AtomicU64::new(staged),
+                staging: Arc::new(staging),
                 auditor,
                 account_lock: tokio::sync::Mutex::new(()),
                 client_commits: std::sync::atomic::AtomicU64::new(0),

@@ -131,10 +131,7 @@ impl Store {
 
     /// Open upload sessions (in memory) and bytes staged by unfinished uploads.
     pub fn upload_usage(&self) -> (usize, u64) {
-        (
-            self.sessions().len(),
-            self.inner.staged_bytes.load(Ordering::Relaxed),
-        )
+        (self.sessions().len(), self.inner.staging.total())
     }
 
     pub(crate) fn sessions(
@@ -259,11 +256,17 @@ impl Store {
                 });
             }
         }
-        let staged = self.inner.staged_bytes.load(Ordering::Relaxed);
-        let max_staged = self.inner.config.limits.max_staged_bytes;
-        if staged >= max_staged {
+        let limits = &self.inner.config.limits;
+        let (max_total, max_mine) = (limits.max_staged_bytes, limits.max_staged_bytes_per_actor);
+        let owner = s.record.owner.clone().unwrap_or_default();
+        let staging = self.inner.staging.clone();
+        // Refused before reading anything when a limit is already reached.
+        if staging.total() >= max_total || staging.of(&owner) >= max_mine {
             return Err(StoreError::TooManyUploads(format!(
-                "unfinished uploads hold {staged} bytes, the limit is {max_staged}"
+                "unfinished uploads hold {} bytes ({} of them {owner}'s); the limits are \
+                 {max_total} and {max_mine} per actor",
+                staging.total(),
+                staging.of(&owner)
             )));
         }
         self.ensure_hasher(s, id).await?;
@@ -277,19 +280,55 @@ impl Store {
         // Chunks of a resumable session must survive a restart; the final body of a finish is
         // made durable by the commit that follows at once.
         let durable = s.resumable && record_part;
-        match cas
+        // Every chunk is counted as it arrives; the one that would cross a limit ends the
+        // body (and the part) there.
+        let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let over: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let body = {
+            let (staging, owner, counted, over) = (
+                staging.clone(),
+                owner.clone(),
+                counted.clone(),
+                over.clone(),
+            );
+            futures::StreamExt::map(body, move |item| match item {
+                Ok(chunk) => {
+                    let n = chunk.len() as u64;
+                    match staging.reserve(&owner, n, max_total, max_mine) {
+                        Ok(()) => {
+                            counted.fetch_add(n, Ordering::Relaxed);
+                            Ok(chunk)
+                        }
+                        Err(why) => {
+                            let mut o = over
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            *o = Some(why.clone());
+                            Err(why)
+                        }
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            })
+        };
+        let written = cas
             .write_part(id, part, body, &mut hasher, limit, durable)
-            .await
-        {
+            .await;
+        let counted = counted.load(Ordering::Relaxed);
+        match written {
             Ok(0) => {
                 // Empty chunks add no part (an empty object would be a part of nothing).
+                staging.release(&owner, counted);
                 s.hasher = Some(hasher);
                 Ok(())
             }
             Ok(n) => {
+                // What was counted is what was kept (the part holds every chunk read).
+                if counted > n {
+                    staging.release(&owner, counted - n);
+                }
                 s.hasher = Some(hasher);
                 s.record.parts.push(n);
-                self.inner.staged_bytes.fetch_add(n, Ordering::Relaxed);
                 s.record.updated_ms = self.now_ms();
                 // The final body of a finish is committed at once; recording it as a part
                 // first would only cost a synced write.
@@ -302,9 +341,18 @@ impl Store {
                 Ok(())
             }
             Err(e) => {
+                // The part was not kept: neither are its bytes counted.
+                staging.release(&owner, counted);
                 // The hasher saw bytes that were not kept: rebuild it on next use.
                 s.hasher = None;
-                Err(map_cas(e))
+                let over = over
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                Err(match over {
+                    Some(why) => StoreError::TooManyUploads(why),
+                    None => map_cas(e),
+                })
             }
         }
     }
@@ -348,7 +396,8 @@ impl Store {
                 if !s.resumable {
                     // Nobody can resume a monolithic upload: drop it now.
                     let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
-                    self.end_session(id, &parts, s.size(), s.recorded).await?;
+                    self.end_session(id, &parts, s.record.owner.as_deref(), s.size(), s.recorded)
+                        .await?;
                 }
                 return Err(e);
             }
@@ -366,7 +415,8 @@ impl Store {
         let crc = hasher.checksum();
         let actual = hasher.finish();
         if &actual != digest {
-            self.end_session(id, &parts, size, s.recorded).await?;
+            self.end_session(id, &parts, s.record.owner.as_deref(), size, s.recorded)
+                .await?;
             return Err(StoreError::DigestInvalid(format!(
                 "content of upload {id} hashes to {actual}, not {digest}"
             )));
@@ -399,7 +449,9 @@ impl Store {
                 Ok(()) => (false, &[][..]),
                 Err(_) => (recorded, &parts[..]),
             };
-            let ended = store.end_session(&id, staged, size, record_left).await;
+            let ended = store
+                .end_session(&id, staged, s.record.owner.as_deref(), size, record_left)
+                .await;
             drop(s);
             ended?;
             result
@@ -479,6 +531,7 @@ impl Store {
         &self,
         id: &str,
         parts: &[u32],
+        owner: Option<&str>,
         size: u64,
         delete_record: bool,
     ) -> Result<()> {
@@ -488,12 +541,7 @@ impl Store {
             self.commit(batch).await?;
         }
         if self.sessions().remove(id).is_some() || delete_record {
-            let _ =
-                self.inner
-                    .staged_bytes
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                        Some(v.saturating_sub(size))
-                    });
+            self.inner.staging.release(owner.unwrap_or_default(), size);
         }
         if !parts.is_empty() {
             self.inner.cas.abort(id, parts).await;
@@ -510,6 +558,7 @@ impl Store {
     ) -> Result<()> {
         let s = self.live_session(actor, repo, id).await?;
         let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
-        self.end_session(id, &parts, s.size(), s.recorded).await
+        self.end_session(id, &parts, s.record.owner.as_deref(), s.size(), s.recorded)
+            .await
     }
 }

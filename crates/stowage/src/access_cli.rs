@@ -222,7 +222,8 @@ pub struct TokenArgs {
     /// The account; its password (or robot secret) from STOWAGE_PASSWORD or standard input.
     #[arg(long, env = "STOWAGE_USER", value_name = "NAME")]
     user: String,
-    /// Scopes to ask for (repository:team/app:pull,push); none: a token for the admin API.
+    /// Scopes to ask for (repository:team/app:pull,push); none: a token for the admin API
+    /// (registry:admin:*, granted to system admins only).
     #[arg(long)]
     scope: Vec<String>,
     /// CA that signed the registry's certificate.
@@ -920,7 +921,13 @@ pub fn token(args: TokenArgs) -> Result<(), String> {
             args.registry.trim_end_matches('/'),
             args.path
         );
-        for s in &args.scope {
+        let admin = ["registry:admin:*".to_string()];
+        let scopes = if args.scope.is_empty() {
+            &admin[..]
+        } else {
+            &args.scope[..]
+        };
+        for s in scopes {
             url.push_str("&scope=");
             url.push_str(&form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>());
         }

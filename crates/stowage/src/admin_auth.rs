@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use stowage_auth::authority::{Authority, Caller, Identity, Mode};
+use stowage_auth::authority::{AuthFailure, Authority, Caller, Identity, Mode};
 use stowage_auth::challenge::{parse_authorization, Credentials};
 use stowage_auth::net::ConnInfo;
 use stowage_core::Actor;
@@ -101,9 +101,14 @@ impl AdminGate {
                 .map_err(|e| Status::unauthenticated(e.to_string()))?,
             Credentials::Basic { user, password } => self
                 .authority
-                .check_password(&user, &password)
+                .check_password(&user, &password, addr.map(|a| a.ip()))
                 .await
-                .map_err(|e| Status::unauthenticated(e.to_string()))?,
+                .map_err(|e| match e {
+                    AuthFailure::Throttled(_) | AuthFailure::Busy => {
+                        Status::resource_exhausted(e.to_string())
+                    }
+                    other => Status::unauthenticated(other.to_string()),
+                })?,
         };
         let id = Identity { caller, addr };
         let admin = self.authority.is_system_admin(&id).map_err(|e| {
@@ -112,6 +117,12 @@ impl AdminGate {
         })?;
         if !admin {
             let who = match &id.caller {
+                Caller::Token { claims, .. } if !claims.allows("registry", "admin", "*") => {
+                    return Err(Status::permission_denied(
+                        "the token does not grant registry:admin:* (`stowage token` without \
+                         --scope asks for it; it is granted to system admins only)",
+                    ));
+                }
                 Caller::Token { claims, .. } => claims.sub.clone(),
                 _ => id.actor().principal.name().to_string(),
             };

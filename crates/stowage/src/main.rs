@@ -12,6 +12,7 @@ mod gc_rpc;
 mod metrics;
 mod repl_cli;
 mod serve;
+mod upload_expiry;
 
 use clap::{Parser, Subcommand};
 

@@ -24,10 +24,14 @@ pub struct LimitSources {
     pub api: Arc<stowage_oci::Limits>,
     /// The configured limits.
     pub limits: crate::config::security::LimitSettings,
-    /// Who may read the metrics when authentication is on: loopback clients and system
-    /// admins (Basic credentials or a token), so that peer names and activity figures are not
-    /// served to anyone on the network.
+    /// Who may read the metrics when authentication is on: system admins and the configured
+    /// readers (Basic credentials, or a token with `registry:admin:*` for admins), anyone
+    /// when `metrics_public` says so; peer names and activity figures are not served to
+    /// anyone who reaches the API. Neither the client's address nor the listener's is
+    /// trusted: a TLS proxy on the same host makes every client look local.
     pub authority: Arc<stowage_auth::authority::Authority>,
+    /// The configured readers.
+    pub access: crate::config::security::MetricsAccess,
 }
 
 type State = (
@@ -47,39 +51,100 @@ pub fn router(
         .with_state((gc, repl, limits))
 }
 
-/// Whether the request may read the metrics (see [`LimitSources::authority`]).
+/// `Ok` when the request may read the metrics (see [`LimitSources::authority`]), else the
+/// refusal (audited when credentials were refused or do not allow it).
 async fn may_read(
     l: &LimitSources,
     headers: &axum::http::HeaderMap,
     conn: Option<stowage_auth::net::ConnInfo>,
-) -> bool {
-    use stowage_auth::authority::Mode;
-    if l.authority.mode() == Mode::Open {
-        return true;
-    }
-    if conn.as_ref().is_none_or(|c| c.remote.ip().is_loopback()) {
-        return true;
+) -> Result<(), axum::response::Response> {
+    use stowage_auth::authority::{AuthFailure, Caller, Identity, Mode};
+    use stowage_auth::challenge::{parse_authorization, Credentials};
+    use stowage_core::{Actor, Principal};
+    use stowage_index::{AuditAction, AuditOutcome};
+    if l.authority.mode() == Mode::Open || l.access.public {
+        return Ok(());
     }
     let addr = conn.map(|c| c.remote);
-    let caller = match headers
-        .get(header::AUTHORIZATION)
-        .map(stowage_auth::challenge::parse_authorization)
-    {
-        Some(Ok(stowage_auth::challenge::Credentials::Basic { user, password })) => {
-            l.authority.check_password(&user, &password).await.ok()
-        }
-        Some(Ok(stowage_auth::challenge::Credentials::Bearer(t))) => {
-            l.authority.check_bearer(&t).ok()
-        }
-        _ => None,
+    let challenge = |status: axum::http::StatusCode, text: &'static str| {
+        (
+            status,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"stowage metrics\"")],
+            text,
+        )
+            .into_response()
     };
-    match caller {
-        Some(caller) => l
+    let refused = || {
+        challenge(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "metrics are for system admins and the configured readers\n",
+        )
+    };
+    let checked = match headers.get(header::AUTHORIZATION).map(parse_authorization) {
+        None => return Err(refused()),
+        Some(Ok(Credentials::Basic { user, password })) => l
             .authority
-            .is_system_admin(&stowage_auth::authority::Identity { caller, addr })
-            .unwrap_or(false),
-        None => false,
+            .check_password(&user, &password, addr.map(|a| a.ip()))
+            .await
+            .map_err(|f| (f, Some(user))),
+        Some(Ok(Credentials::Bearer(t))) => l.authority.check_bearer(&t).map_err(|f| (f, None)),
+        Some(Err(e)) => Err((AuthFailure::Malformed(e.to_string()), None)),
+    };
+    let audit = |actor: Actor, why: String| async move {
+        l.store
+            .auditor()
+            .record(
+                l.store
+                    .audit_entry(&actor, AuditAction::Login)
+                    .target("/metrics".to_string())
+                    .outcome(AuditOutcome::Denied)
+                    .detail(why),
+            )
+            .await;
+    };
+    let caller = match checked {
+        Ok(c) => c,
+        Err((AuthFailure::Throttled(secs), _)) => {
+            let mut r = challenge(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins from this address\n",
+            );
+            if let Ok(v) = secs.to_string().parse() {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Err(r);
+        }
+        Err((AuthFailure::Busy, _)) => {
+            return Err(challenge(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too many logins at once\n",
+            ))
+        }
+        Err((f, user)) => {
+            let mut actor = Actor::anonymous(addr);
+            if let Some(u) = user {
+                actor = Actor::new(Principal::User(clip(&u)), addr);
+            }
+            audit(actor, f.to_string()).await;
+            return Err(refused());
+        }
+    };
+    let id = Identity { caller, addr };
+    let admin = l.authority.is_system_admin(&id).unwrap_or(false);
+    let reader = match &id.caller {
+        Caller::User { name, .. } => l.access.readers.iter().any(|r| r == name),
+        _ => false,
+    };
+    if admin || reader {
+        return Ok(());
     }
+    audit(id.actor(), "may not read the metrics".to_string()).await;
+    Err(refused())
+}
+
+/// A name from a request, cut to a length safe to audit.
+fn clip(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(128).collect()
 }
 
 async fn serve_metrics(
@@ -87,13 +152,8 @@ async fn serve_metrics(
     headers: axum::http::HeaderMap,
     conn: Option<axum::Extension<stowage_auth::net::ConnInfo>>,
 ) -> axum::response::Response {
-    if !may_read(&limits, &headers, conn.map(|axum::Extension(c)| c)).await {
-        return (
-            axum::http::StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"stowage metrics\"")],
-            "metrics are for system admins and loopback clients\n",
-        )
-            .into_response();
+    if let Err(refusal) = may_read(&limits, &headers, conn.map(|axum::Extension(c)| c)).await {
+        return refusal;
     }
     let mut body = render(&gc.metrics(), gc.running().is_some());
     if let Some(r) = repl {
@@ -201,6 +261,25 @@ pub fn render_limits(l: &LimitSources) -> String {
         "gauge",
         "Most bytes held by unfinished uploads (max_staged_bytes).",
         &one(lim.store.max_staged_bytes),
+    );
+    family(
+        "staged_bytes_per_actor_limit",
+        "gauge",
+        "Most bytes held by one actor's unfinished uploads (max_staged_bytes_per_actor).",
+        &one(lim.store.max_staged_bytes_per_actor),
+    );
+    let guard = l.authority.guard();
+    family(
+        "logins_throttled_total",
+        "counter",
+        "Logins refused unchecked after too many failed ones (per account and address).",
+        &one(guard.throttled.load(Ordering::Relaxed)),
+    );
+    family(
+        "logins_busy_total",
+        "counter",
+        "Logins refused because every password check slot stayed busy.",
+        &one(guard.busy.load(Ordering::Relaxed)),
     );
     family(
         "replication_pins",

@@ -303,6 +303,11 @@ async fn serve(s: Settings) -> Result<(), String> {
         );
         gc.spawn_schedule(interval, stop_rx.clone())
     });
+    background.push(crate::upload_expiry::spawn(
+        store.gc_ops(),
+        s.gc.upload_expiry,
+        stop_rx.clone(),
+    ));
     if let Some(retention) = s.security.audit.retention {
         background.push(crate::audit_tasks::spawn_retention(
             store.clone(),
@@ -334,6 +339,7 @@ async fn serve(s: Settings) -> Result<(), String> {
         api: api_limits.clone(),
         limits: s.security.limits.clone(),
         authority: authority.clone(),
+        access: s.security.metrics.clone(),
     };
     let app = stowage_oci::router(store.client(), api_config, authority.clone(), api_limits)
         .merge(crate::metrics::router(

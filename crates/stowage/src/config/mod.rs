@@ -300,7 +300,13 @@ pub struct Settings {
 fn peer_settings(
     p: PeerFile,
     file: &Path,
-) -> Result<(Option<stowage_repl::PeerConfig>, Option<stowage_repl::PeerAccess>), String> {
+) -> Result<
+    (
+        Option<stowage_repl::PeerConfig>,
+        Option<stowage_repl::PeerAccess>,
+    ),
+    String,
+> {
     let at = |key: &str, e: String| {
         format!(
             "config file {}: [[replication.peers]] {:?}: {key}: {e}",
@@ -893,15 +899,11 @@ mod tests {
         assert_eq!(serve.site, "private-dc");
         assert!(serve.filters.repo_ok("cloud-builds/x") && !serve.filters.repo_ok("prod/app"));
         // A peer entry must say which way it works.
-        let err = resolve_file(
-            "[[replication.peers]]\nname = \"x\"\nidentity = \"spiffe://x\"\n",
-        )
-        .unwrap_err();
+        let err = resolve_file("[[replication.peers]]\nname = \"x\"\nidentity = \"spiffe://x\"\n")
+            .unwrap_err();
         assert!(err.contains("receive or serve"), "{err}");
-        let err = resolve_file(
-            "[[replication.peers]]\nname = \"x\"\ndirection = \"receive\"\n",
-        )
-        .unwrap_err();
+        let err = resolve_file("[[replication.peers]]\nname = \"x\"\ndirection = \"receive\"\n")
+            .unwrap_err();
         assert!(err.contains("identity"), "{err}");
     }
 

@@ -2,12 +2,15 @@
 //! and the limits that protect the daemon from any one client.
 //!
 //! The rules a start must pass (checked in [`check_exposure`]):
-//! * a listener on a non-loopback address serves TLS, unless `allow_insecure = true` says
+//! * the OCI API on a non-loopback address serves TLS, unless `allow_insecure = true` says
 //!   plain HTTP is wanted there;
-//! * the OCI API on a non-loopback address has authentication (`[auth] mode`), unless the mode
-//!   is set to `none` explicitly;
-//! * the replication listener on a non-loopback address requires client certificates (mutual
-//!   TLS), unless `allow_insecure = true`.
+//! * the admin and replication listeners on a non-loopback address always serve TLS (they
+//!   carry admin credentials and peer identities), and the replication listener requires
+//!   client certificates (mutual TLS);
+//! * the OCI API on a non-loopback address has authentication (`[auth] mode`); `none` is only
+//!   accepted there when `[tls] client_auth = "required"` lets only holders of a client
+//!   certificate in (a registry front end that does its own authentication);
+//! * the admin listener on a non-loopback address has a way to authenticate admins.
 //!
 //! On loopback nothing is needed: `stowage serve` with no configuration stays usable.
 
@@ -58,6 +61,10 @@ pub(crate) struct AuthFile {
     token_key: Option<PathBuf>,
     pub(crate) htpasswd: Option<PathBuf>,
     audit_pulls: Option<bool>,
+    failed_logins_per_minute: Option<u32>,
+    metrics_public: Option<bool>,
+    #[serde(default)]
+    metrics_readers: Vec<String>,
     external: Option<ExternalFile>,
 }
 
@@ -100,6 +107,7 @@ pub(crate) struct LimitsFile {
     max_uploads: Option<usize>,
     max_uploads_per_actor: Option<usize>,
     max_staged_bytes: Option<toml::Value>,
+    max_staged_bytes_per_actor: Option<toml::Value>,
     max_pins: Option<usize>,
     requests_per_second: Option<u32>,
     request_burst: Option<u32>,
@@ -115,6 +123,15 @@ pub struct AuditSettings {
     pub export: Option<PathBuf>,
     /// Record every manifest pull.
     pub pulls: bool,
+}
+
+/// Who may read `/metrics` when authentication is on (system admins always may).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsAccess {
+    /// Anyone who reaches the API listener.
+    pub public: bool,
+    /// These users too (a Prometheus scraping with its own account).
+    pub readers: Vec<String>,
 }
 
 /// Resolved limits.
@@ -144,6 +161,8 @@ pub struct Security {
     pub allow_insecure: bool,
     /// Authentication.
     pub auth: AuthSettings,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsAccess,
     /// `[auth] mode` was given (rather than defaulted).
     pub auth_explicit: bool,
     /// Client certificate identities that act as users on the admin listener.
@@ -291,6 +310,13 @@ pub(crate) fn resolve(
         auth.refresh_ttl = t;
     }
     auth.htpasswd = flags.auth_htpasswd.or(af.htpasswd);
+    if let Some(n) = af.failed_logins_per_minute {
+        auth.guard.failures_per_minute = std::num::NonZeroU32::new(n);
+    }
+    let metrics = MetricsAccess {
+        public: af.metrics_public.unwrap_or(false),
+        readers: af.metrics_readers,
+    };
     if let Some(e) = af.external {
         auth.external = Some(ExternalIssuer {
             issuer: e
@@ -359,6 +385,14 @@ pub(crate) fn resolve(
     }
     if let Some(n) = size(lf.max_staged_bytes, "[limits] max_staged_bytes")? {
         store.max_staged_bytes = n;
+        // One actor may hold half of a smaller pool by default, as of the default one.
+        store.max_staged_bytes_per_actor = store.max_staged_bytes_per_actor.min(n / 2).max(1);
+    }
+    if let Some(n) = size(
+        lf.max_staged_bytes_per_actor,
+        "[limits] max_staged_bytes_per_actor",
+    )? {
+        store.max_staged_bytes_per_actor = n;
     }
     if let Some(n) = lf.max_pins {
         store.max_pins = n;
@@ -383,6 +417,7 @@ pub(crate) fn resolve(
             .or(file.allow_insecure)
             .unwrap_or(false),
         auth,
+        metrics,
         auth_explicit,
         admin_cert_users,
         audit,
@@ -404,17 +439,22 @@ pub(crate) fn check_exposure(
     repl: SocketAddr,
 ) -> Result<(), String> {
     let plain = |addr: SocketAddr, tls: &Option<TlsFiles>, what: &str, section: &str| {
-        if !addr.ip().is_loopback() && tls.is_none() && !sec.allow_insecure {
+        if !addr.ip().is_loopback() && tls.is_none() {
             Err(format!(
                 "the {what} would listen on {addr} in plain HTTP: anyone on the network could read \
-                 and forge its traffic. Configure {section} cert and key, listen on a loopback \
-                 address, or set allow_insecure = true to accept plain HTTP there"
+                 and forge its traffic. Configure {section} cert and key, or listen on a loopback \
+                 address"
             ))
         } else {
             Ok(())
         }
     };
-    plain(api, &sec.api_tls, "OCI API", "[tls]")?;
+    if !sec.allow_insecure {
+        plain(api, &sec.api_tls, "OCI API", "[tls]").map_err(|e| {
+            format!("{e} (or set allow_insecure = true to accept plain HTTP there)")
+        })?;
+    }
+    // Admin credentials and peer identities never travel in plain text off loopback.
     plain(admin, &sec.admin_tls, "admin service", "[admin.tls]")?;
     plain(
         repl,
@@ -422,12 +462,19 @@ pub(crate) fn check_exposure(
         "replication service",
         "[replication.tls]",
     )?;
-    if !api.ip().is_loopback() && sec.auth.mode == Mode::Open && !sec.auth_explicit {
-        return Err(format!(
-            "the OCI API would listen on {api} without authentication: anyone who reaches it could \
-             read, push and delete everything. Set [auth] mode to token, basic or external (or to \
-             \"none\" if that is really what you want)"
-        ));
+    if !api.ip().is_loopback() && sec.auth.mode == Mode::Open {
+        let fenced = sec
+            .api_tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth == ClientAuth::Required);
+        if !sec.auth_explicit || !fenced {
+            return Err(format!(
+                "the OCI API would listen on {api} without authentication: anyone who reaches it \
+                 could read, push and delete everything. Set [auth] mode to token, basic or \
+                 external; mode \"none\" off loopback is only accepted behind [tls] \
+                 client_auth = \"required\" (only holders of a client certificate get in)"
+            ));
+        }
     }
     if !admin.ip().is_loopback() && sec.auth.mode == Mode::Open && sec.admin_cert_users.is_empty() {
         return Err(format!(
@@ -436,7 +483,7 @@ pub(crate) fn check_exposure(
              [admin.tls] client_ca"
         ));
     }
-    if !repl.ip().is_loopback() && !sec.allow_insecure {
+    if !repl.ip().is_loopback() {
         let mtls = sec
             .repl_tls
             .as_ref()
@@ -534,14 +581,17 @@ mod tests {
             addr("127.0.0.1:5002"),
         )
         .unwrap();
-        let err = check_exposure(
-            &s,
-            addr("127.0.0.1:5000"),
-            addr("127.0.0.1:5001"),
-            addr("10.0.0.1:5002"),
-        );
-        // allow_insecure also accepts a plain replication listener; without it mTLS is needed.
-        assert!(err.is_ok());
+        // allow_insecure covers the OCI API only: admin and replication listeners off loopback
+        // need TLS regardless, and replication needs client certificates.
+        for (admin, repl, what) in [
+            ("10.0.0.1:5001", "127.0.0.1:5002", "admin service"),
+            ("127.0.0.1:5001", "10.0.0.1:5002", "replication service"),
+        ] {
+            let err =
+                check_exposure(&s, addr("127.0.0.1:5000"), addr(admin), addr(repl)).unwrap_err();
+            assert!(err.contains(what) && err.contains("plain HTTP"), "{err}");
+            assert!(!err.contains("allow_insecure"), "{err}");
+        }
         let s = sec("[tls]\ncert = \"c\"\nkey = \"k\"\n[auth]\nmode = \"token\"\n").unwrap();
         let err = check_exposure(
             &s,
@@ -551,6 +601,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("replication service"), "{err}");
+    }
+
+    #[test]
+    fn mode_none_off_loopback_only_behind_required_client_certificates() {
+        // Explicit "none" with TLS but no client certificates: refused.
+        let s = sec("[tls]\ncert = \"c\"\nkey = \"k\"\n[auth]\nmode = \"none\"\n").unwrap();
+        let err = check_exposure(
+            &s,
+            addr("0.0.0.0:5000"),
+            addr("127.0.0.1:5001"),
+            addr("127.0.0.1:5002"),
+        )
+        .unwrap_err();
+        assert!(err.contains("without authentication"), "{err}");
+        // Optional client certificates do not fence anything.
+        let s = sec("[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\nclient_auth = \"optional\"\n[auth]\nmode = \"none\"\n").unwrap();
+        assert!(check_exposure(
+            &s,
+            addr("0.0.0.0:5000"),
+            addr("127.0.0.1:5001"),
+            addr("127.0.0.1:5002"),
+        )
+        .is_err());
+        // Required ones do.
+        let s =
+            sec("[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n[auth]\nmode = \"none\"\n")
+                .unwrap();
+        check_exposure(
+            &s,
+            addr("0.0.0.0:5000"),
+            addr("127.0.0.1:5001"),
+            addr("127.0.0.1:5002"),
+        )
+        .unwrap();
+        // But not when "none" is only the default.
+        let s = sec("[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n").unwrap();
+        assert!(check_exposure(
+            &s,
+            addr("0.0.0.0:5000"),
+            addr("127.0.0.1:5001"),
+            addr("127.0.0.1:5002"),
+        )
+        .is_err());
     }
 
     #[test]
@@ -586,6 +679,9 @@ mod tests {
         assert_eq!(s.limits.net.header_read_timeout, Duration::from_secs(2));
         assert_eq!(s.limits.store.max_sessions_per_actor, 7);
         assert_eq!(s.limits.store.max_staged_bytes, 1 << 30);
+        assert_eq!(s.limits.store.max_staged_bytes_per_actor, 1 << 29);
+        let s2 = sec("[limits]\nmax_staged_bytes_per_actor = \"100M\"\n").unwrap();
+        assert_eq!(s2.limits.store.max_staged_bytes_per_actor, 100 << 20);
         assert_eq!(s.limits.rate, Some((5, 10)));
         // Off by default without authentication, on with it.
         assert_eq!(sec("").unwrap().limits.rate, None);
@@ -597,5 +693,24 @@ mod tests {
         assert!(s.audit.pulls);
         let s = sec("[limits]\nrequests_per_second = 0\n").unwrap();
         assert_eq!(s.limits.rate, None);
+    }
+
+    #[test]
+    fn login_failures_and_metrics_readers_parse() {
+        let s = sec("").unwrap();
+        assert_eq!(s.auth.guard.failures_per_minute.map(|n| n.get()), Some(10));
+        assert_eq!(s.metrics, MetricsAccess::default());
+        let s = sec(
+            "[auth]\nmode = \"basic\"\nfailed_logins_per_minute = 0\nmetrics_readers = [\"prom\"]\nmetrics_public = true\n",
+        )
+        .unwrap();
+        assert_eq!(s.auth.guard.failures_per_minute, None);
+        assert_eq!(
+            s.metrics,
+            MetricsAccess {
+                public: true,
+                readers: vec!["prom".into()]
+            }
+        );
     }
 }
