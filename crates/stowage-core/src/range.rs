@@ -8,6 +8,15 @@ use std::ops::Range;
 #[error("invalid or unsatisfiable range")]
 pub struct BadRange;
 
+/// A decimal number of the headers: ASCII digits only (no sign, no spaces, as RFC 9110's
+/// grammar says; `u64::from_str` alone would take a leading `+`).
+fn number(s: &str) -> Result<u64, BadRange> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(BadRange);
+    }
+    s.parse().map_err(|_| BadRange)
+}
+
 /// `Range: bytes=a-b` (or `a-`, or `-n`) against a blob of `size` bytes, as a half-open
 /// range. `Ok(None)` for a multi-range request (served whole, as the spec allows).
 pub fn blob_range(text: &str, size: u64) -> Result<Option<Range<u64>>, BadRange> {
@@ -16,18 +25,17 @@ pub fn blob_range(text: &str, size: u64) -> Result<Option<Range<u64>>, BadRange>
         return Ok(None);
     }
     let (a, b) = spec.split_once('-').ok_or(BadRange)?;
-    let (start, end_incl) = match (a.trim(), b.trim()) {
+    let (start, end_incl) = match (a, b) {
         ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| BadRange)?;
+            let n = number(suffix)?;
             if n == 0 || size == 0 {
                 return Err(BadRange);
             }
             (size.saturating_sub(n), size - 1)
         }
-        (s, "") => (s.parse().map_err(|_| BadRange)?, size.saturating_sub(1)),
+        (s, "") => (number(s)?, size.saturating_sub(1)),
         (s, e) => {
-            let s: u64 = s.parse().map_err(|_| BadRange)?;
-            let e: u64 = e.parse().map_err(|_| BadRange)?;
+            let (s, e) = (number(s)?, number(e)?);
             if e < s {
                 return Err(BadRange);
             }
@@ -41,15 +49,22 @@ pub fn blob_range(text: &str, size: u64) -> Result<Option<Range<u64>>, BadRange>
 }
 
 /// An upload chunk's `Content-Range: a-b` (inclusive; `bytes ` or `bytes=` and a `/total`
-/// suffix are tolerated) as `(a, b)` with `a <= b`.
+/// suffix, a number or `*`, are tolerated) as `(a, b)` with `a <= b`.
 pub fn content_range(text: &str) -> Result<(u64, u64), BadRange> {
     let s = text.trim();
     let s = s.strip_prefix("bytes").map(str::trim_start).unwrap_or(s);
     let s = s.strip_prefix('=').unwrap_or(s);
-    let s = s.split('/').next().unwrap_or(s);
+    let s = match s.split_once('/') {
+        Some((range, total)) => {
+            if total != "*" {
+                number(total)?;
+            }
+            range
+        }
+        None => s,
+    };
     let (a, b) = s.split_once('-').ok_or(BadRange)?;
-    let a: u64 = a.trim().parse().map_err(|_| BadRange)?;
-    let b: u64 = b.trim().parse().map_err(|_| BadRange)?;
+    let (a, b) = (number(a)?, number(b)?);
     if b < a {
         return Err(BadRange);
     }
@@ -75,6 +90,10 @@ mod tests {
             "items=0-1",
             "bytes=-0",
             "bytes=0-18446744073709551615x",
+            // Signs and spaces inside the numbers are not the grammar.
+            "bytes=+1-+2",
+            "bytes= 0 - 1",
+            "bytes=0 -1",
         ] {
             assert_eq!(blob_range(bad, 10), Err(BadRange), "{bad}");
         }
@@ -96,7 +115,10 @@ mod tests {
         assert_eq!(content_range("bytes 10-19/100"), Ok((10, 19)));
         assert_eq!(content_range("bytes=10-19"), Ok((10, 19)));
         assert_eq!(content_range("0-18446744073709551615"), Ok((0, u64::MAX)));
-        for bad in ["", "9-0", "a-b", "-5", "5", "1-2-3"] {
+        assert_eq!(content_range("bytes 10-19/*"), Ok((10, 19)));
+        for bad in [
+            "", "9-0", "a-b", "-5", "5", "1-2-3", "+1-2", "1 - 2", "0-1/x", "0-1/+5",
+        ] {
             assert_eq!(content_range(bad), Err(BadRange), "{bad}");
         }
     }
