@@ -421,6 +421,35 @@ async fn oversized_heads_and_extreme_ranges_are_refused() {
     assert_eq!(r.headers()["range"], "0-0", "nothing was stored");
     let r = c.get(d.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+
+    // The gRPC listeners take the same head limit (16K here; hyper's own default would take
+    // 16 MiB): a call with 40 KB of metadata is refused, one with 8 KB is served.
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(d.admin.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut big = tonic::Request::new(HealthCheckRequest::default());
+    big.metadata_mut()
+        .insert("x-big", "a".repeat(40_000).parse().unwrap());
+    let e = health.check(big).await.unwrap_err();
+    assert_ne!(e.code(), tonic::Code::Ok, "{e:?}");
+    let channel = tonic::transport::Endpoint::from_shared(d.admin.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut small = tonic::Request::new(HealthCheckRequest::default());
+    small
+        .metadata_mut()
+        .insert("x-big", "a".repeat(8_000).parse().unwrap());
+    let ok = HealthClient::new(channel).check(small).await.unwrap();
+    assert_eq!(
+        ok.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 /// 200 slowloris connections (request heads that never finish) do not stop a fresh client

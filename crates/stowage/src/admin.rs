@@ -307,13 +307,27 @@ impl Admin for AdminService {
 
 /// HTTP/2 settings of the gRPC servers. Replication streams blobs: windows larger than
 /// HTTP/2's 64 KiB default keep a stream from stalling on its peer's acknowledgements.
-fn grpc_server() -> tonic::transport::Server {
+/// Streams one gRPC connection may have open at once (replication uses a handful: the feed's
+/// long poll and `concurrency` blob transfers).
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Streams a client may reset before the server has accepted them (HTTP/2 rapid reset).
+const MAX_PENDING_RESETS: usize = 32;
+
+/// A gRPC server with the listener's limits: the request head (header list) as large as the
+/// HTTP listeners accept, a bounded number of concurrent streams and in-flight requests per
+/// connection, and the rapid-reset guard; the accept loop in front of it bounds connections,
+/// handshakes and idle time.
+fn grpc_server(limits: &stowage_auth::net::Limits) -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
         .max_frame_size(1 << 20)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
 }
 
 /// Starts the admin server on `listener`: GC and info (`Admin`), accounts and the audit log
@@ -338,11 +352,12 @@ pub fn spawn(
         stop: stop.clone(),
     };
     let mut done = stop.clone();
+    let limits = listener.limits().clone();
     Ok(stowage_store::task::spawn_named("admin-grpc", async move {
         // The overall status ("") starts as SERVING; the Admin service is reported by name too.
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<AdminServer<AdminService>>().await;
-        grpc_server()
+        grpc_server(&limits)
             .add_service(health)
             .add_service(Gated::new(AdminServer::new(svc), gate.clone()))
             .add_service(Gated::new(access.into_server(), gate.clone()))
@@ -362,9 +377,10 @@ pub fn spawn_replication(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
     let mut done = stop.clone();
+    let limits = listener.limits().clone();
     stowage_store::task::spawn_named("replication-grpc", async move {
         let (_reporter, health) = tonic_health::server::health_reporter();
-        grpc_server()
+        grpc_server(&limits)
             .add_service(health)
             .add_service(repl.into_server())
             .serve_with_incoming_shutdown(stowage_auth::net::incoming(listener, stop), async move {
