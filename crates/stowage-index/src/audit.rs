@@ -93,6 +93,9 @@ pub enum AuditAction {
     Replication,
     /// Old audit entries removed by retention.
     AuditPrune,
+    /// The recorded end of the chain was found missing or behind the stored entries at start
+    /// (the chain went on from the last stored entry).
+    AuditRepair,
 }
 
 impl AuditAction {
@@ -145,6 +148,7 @@ pub const ALL_ACTIONS: &[(AuditAction, &str)] = &[
     (AuditAction::Admin, "admin"),
     (AuditAction::Replication, "replication"),
     (AuditAction::AuditPrune, "audit_prune"),
+    (AuditAction::AuditRepair, "audit_repair"),
 ];
 
 /// How it ended.
@@ -283,6 +287,20 @@ pub enum AuditProblem {
         seq: u64,
         /// Why.
         reason: String,
+    },
+    /// Entries `from..=to` are stored past the recorded end of the chain: the head was
+    /// removed or rolled back.
+    BeyondHead {
+        /// First entry past the head.
+        from: u64,
+        /// Last stored entry.
+        to: u64,
+    },
+    /// The chain starts after entry `seq` (entries up to it are gone) but no `audit_prune`
+    /// entry records removing them: the anchor was moved by something other than retention.
+    AnchorUnexplained {
+        /// The anchor's sequence number.
+        seq: u64,
     },
 }
 
@@ -478,6 +496,8 @@ impl Index {
         let mut expect_seq = anchor.seq + 1;
         let mut prev = anchor.hash;
         let mut last_seen = anchor.seq;
+        let anchor_target = format!("1-{}", anchor.seq);
+        let mut anchor_explained = anchor.seq == 0;
         self.scan(cf::AUDIT, b"", &keys::seq(0), |k, v| {
             let seq = keys::take_seq(k)?;
             report.checked += 1;
@@ -508,11 +528,20 @@ impl Index {
             }
             if entry_hash(&stored_prev, seq, json) != stored_hash {
                 report.problems.push(AuditProblem::Altered { seq });
-            } else if serde_json::from_slice::<AuditEntry>(json).is_err() {
-                report.problems.push(AuditProblem::Unreadable {
-                    seq,
-                    reason: "entry does not decode".into(),
-                });
+            } else {
+                match serde_json::from_slice::<AuditEntry>(json) {
+                    Ok(e) => {
+                        if e.action == AuditAction::AuditPrune
+                            && e.target.as_deref() == Some(anchor_target.as_str())
+                        {
+                            anchor_explained = true;
+                        }
+                    }
+                    Err(_) => report.problems.push(AuditProblem::Unreadable {
+                        seq,
+                        reason: "entry does not decode".into(),
+                    }),
+                }
             }
             prev = stored_hash;
             expect_seq = seq + 1;
@@ -524,10 +553,20 @@ impl Index {
                 from: last_seen + 1,
                 to: head.seq,
             });
+        } else if head.seq < last_seen {
+            report.problems.push(AuditProblem::BeyondHead {
+                from: head.seq.max(anchor.seq) + 1,
+                to: last_seen,
+            });
         } else if head.seq == last_seen && head.seq > anchor.seq && prev != head.hash {
             report
                 .problems
                 .push(AuditProblem::Altered { seq: head.seq });
+        }
+        if !anchor_explained {
+            report
+                .problems
+                .push(AuditProblem::AnchorUnexplained { seq: anchor.seq });
         }
         Ok(report)
     }
@@ -706,6 +745,65 @@ mod tests {
             ..Default::default()
         })
         .is_empty());
+    }
+
+    fn delete_meta(idx: &Index, key: &[u8]) {
+        let meta = idx.cf(cf::META).unwrap();
+        idx.db.delete_cf(&meta, key).unwrap();
+    }
+
+    #[test]
+    fn a_removed_head_is_reported_and_never_lets_the_chain_overwrite_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let idx = Index::open(dir.path(), IndexOptions::default()).unwrap();
+            write(&idx, 3);
+            assert_eq!(idx.audit_head_behind(), None);
+            delete_meta(&idx, crate::META_AUDIT_HEAD);
+            let r = idx.audit_verify().unwrap();
+            assert_eq!(
+                r.problems,
+                vec![AuditProblem::BeyondHead { from: 1, to: 3 }]
+            );
+            idx.audit_query(&AuditFilter::default()).unwrap()
+        };
+        // Reopened, the chain goes on after the last stored entry (not from 1 again), and
+        // says so.
+        let idx = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        assert_eq!(idx.audit_head_behind(), Some((0, 3)));
+        write(&idx, 1);
+        let after = idx.audit_query(&AuditFilter::default()).unwrap();
+        assert_eq!(after.len(), 4);
+        for (a, b) in before.iter().zip(&after) {
+            assert_eq!((a.seq, a.hash), (b.seq, b.hash), "an entry was overwritten");
+        }
+        assert_eq!(after[3].prev, after[2].hash);
+        assert!(idx.audit_verify().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn an_anchor_moved_without_retention_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        write(&idx, 5);
+        // Remove the first two entries and move the anchor past them, as retention would, but
+        // without its audit_prune entry.
+        let second = idx.audit_query(&AuditFilter::default()).unwrap()[1].clone();
+        let mut b = Batch::new();
+        b.del(cf::AUDIT, keys::seq(1).to_vec());
+        b.del(cf::AUDIT, keys::seq(2).to_vec());
+        b.put(
+            cf::META,
+            META_AUDIT_ANCHOR.to_vec(),
+            Chain {
+                seq: 2,
+                hash: second.hash,
+            }
+            .encode(),
+        );
+        idx.commit(b).unwrap();
+        let r = idx.audit_verify().unwrap();
+        assert_eq!(r.problems, vec![AuditProblem::AnchorUnexplained { seq: 2 }]);
     }
 
     fn tampered(f: impl FnOnce(&Index)) -> Vec<AuditProblem> {

@@ -209,6 +209,9 @@ pub struct Index {
     /// Batches waiting for the next group commit, each with the slot its result goes to.
     queue: Mutex<Vec<(Batch, CommitSlot)>>,
     sync_writes: bool,
+    /// At open, the recorded audit head was missing or behind the stored entries:
+    /// `(recorded, stored)` last sequence numbers. The chain went on from the stored end.
+    audit_head_behind: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Index {
@@ -448,10 +451,21 @@ impl Index {
             next_seq: Mutex::new(Heads::default()),
             queue: Mutex::new(Vec::new()),
             sync_writes: opts.sync_writes,
+            audit_head_behind: None,
         };
+        let mut index = index;
         index.check_format()?;
         let last = index.last_seq()?;
-        let audit = index.audit_head()?;
+        let mut audit = index.audit_head()?;
+        // The chain never goes on from a point before an entry that is stored: a removed or
+        // rolled-back head would make the next entry overwrite evidence. It goes on from the
+        // last stored entry instead, and the mismatch is reported (the store records it).
+        if let Some(stored) = index.audit_stored_end()? {
+            if stored.seq > audit.seq {
+                index.audit_head_behind = Some((audit.seq, stored.seq));
+                audit = stored;
+            }
+        }
         *index.lock_seq() = Heads {
             seq: last + 1,
             audit,
@@ -691,6 +705,31 @@ impl Index {
             Some(v) => keys::take_seq(&v),
             None => Ok(0),
         }
+    }
+
+    /// The last stored audit entry's position, whatever the recorded head says.
+    fn audit_stored_end(&self) -> Result<Option<audit::Chain>, IndexError> {
+        let cf = self.cf(cf::AUDIT)?;
+        let Some(item) = self.db.iterator_cf(&cf, IteratorMode::End).next() else {
+            return Ok(None);
+        };
+        let (k, v) = item.map_err(db_err("reading the last audit entry"))?;
+        let seq = keys::take_seq(&k)?;
+        if v.len() < 64 {
+            return Err(IndexError::Corrupt(format!(
+                "audit entry {seq} is {} bytes long",
+                v.len()
+            )));
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&v[32..64]);
+        Ok(Some(audit::Chain { seq, hash }))
+    }
+
+    /// Whether, at open, the recorded audit head was missing or behind the stored entries:
+    /// `(recorded, stored)` last sequence numbers.
+    pub fn audit_head_behind(&self) -> Option<(u64, u64)> {
+        self.audit_head_behind
     }
 
     /// The audit chain's end as stored (sequence 0 and a zero hash when the log is empty).

@@ -233,6 +233,25 @@ impl Store {
             }),
         };
         audit::Writer::start(Arc::downgrade(&store.inner), audit_rx);
+        if let Some((recorded, stored)) = store.inner.index.audit_head_behind() {
+            // Recorded in the chain itself, so the next verification and every export show it.
+            tracing::error!(
+                recorded,
+                stored,
+                "the audit log's recorded end was missing or behind its stored entries; the chain goes on after the last stored entry"
+            );
+            let mut batch = stowage_index::Batch::new();
+            batch.audit(
+                store
+                    .audit_entry(&Actor::system("store"), AuditAction::AuditRepair)
+                    .target(format!("{}-{stored}", recorded + 1))
+                    .outcome(stowage_index::AuditOutcome::Failed)
+                    .detail(format!(
+                        "the recorded end of the chain was at entry {recorded}, entries up to {stored} are stored"
+                    )),
+            );
+            store.commit(batch).await?;
+        }
         store.recover().await?;
         Ok(store)
     }

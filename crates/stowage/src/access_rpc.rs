@@ -188,6 +188,18 @@ pub fn verify_to_proto(r: stowage_index::AuditVerifyReport) -> pb::VerifyAuditRe
                     to_seq: seq,
                     detail: reason,
                 },
+                AuditProblem::BeyondHead { from, to } => pb::AuditProblem {
+                    kind: "beyond_head".into(),
+                    seq: from,
+                    to_seq: to,
+                    detail: "stored past the recorded end of the chain: the head was removed or rolled back".into(),
+                },
+                AuditProblem::AnchorUnexplained { seq } => pb::AuditProblem {
+                    kind: "anchor_unexplained".into(),
+                    seq,
+                    to_seq: seq,
+                    detail: "the chain starts after this entry but no audit_prune entry records removing the ones before".into(),
+                },
             })
             .collect(),
     }
