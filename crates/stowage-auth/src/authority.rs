@@ -653,14 +653,25 @@ impl Authority {
         repo: &RepoName,
         action: Action,
     ) -> Result<bool, DirectoryError> {
-        let project = repo.project();
-        match &id.caller {
-            Caller::Open => return Ok(true),
-            Caller::Token { claims, .. } => {
-                if claims.allows("repository", repo.as_str(), action.as_str()) {
-                    return Ok(true);
-                }
+        if let Caller::Token { claims, .. } = &id.caller {
+            if claims.allows("repository", repo.as_str(), action.as_str()) {
+                return Ok(true);
             }
+            return Ok(action == Action::Pull && self.public(repo.project())?);
+        }
+        self.allowed_in_project(&id.caller, repo.project(), action)
+    }
+
+    /// The decision for callers whose rights are per project (everyone but token holders):
+    /// their roles, robot record or open mode, then the project's public flag for pulls.
+    fn allowed_in_project(
+        &self,
+        caller: &Caller,
+        project: &str,
+        action: Action,
+    ) -> Result<bool, DirectoryError> {
+        match caller {
+            Caller::Open => return Ok(true),
             Caller::User { name, system_admin } => {
                 if *system_admin {
                     return Ok(true);
@@ -681,7 +692,7 @@ impl Authority {
                     return Ok(true);
                 }
             }
-            Caller::Anonymous => {}
+            Caller::Anonymous | Caller::Token { .. } => {}
         }
         Ok(action == Action::Pull && self.public(project)?)
     }
@@ -989,7 +1000,53 @@ pub enum CatalogFilter<'a> {
     },
 }
 
+pub use stowage_core::ProjectView;
+
 impl CatalogFilter<'_> {
+    /// How `project` shows: decided once for the project where the caller's rights are per
+    /// project, so a listing costs one decision per project, not per repository.
+    pub fn project(&self, project: &str) -> ProjectView {
+        let r = match self {
+            CatalogFilter::All => Ok(ProjectView::All),
+            CatalogFilter::Check { authority, id } => match &id.caller {
+                Caller::Token { claims, .. } => authority.public(project).map(|public| {
+                    let prefix = format!("{project}/");
+                    if public {
+                        ProjectView::All
+                    } else if claims.access.iter().any(|e| {
+                        e.typ == "repository" && (e.name == project || e.name.starts_with(&prefix))
+                    }) {
+                        ProjectView::EachRepo
+                    } else {
+                        ProjectView::Nothing
+                    }
+                }),
+                caller => authority
+                    .allowed_in_project(caller, project, Action::Pull)
+                    .map(|yes| {
+                        if yes {
+                            ProjectView::All
+                        } else {
+                            ProjectView::Nothing
+                        }
+                    }),
+            },
+            CatalogFilter::Subject { authority, subject } => {
+                authority.live_actions(subject, project).map(|a| {
+                    if a.contains(&Action::Pull) {
+                        ProjectView::All
+                    } else {
+                        ProjectView::Nothing
+                    }
+                })
+            }
+        };
+        r.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "catalog filter: reading accounts failed; hiding project");
+            ProjectView::Nothing
+        })
+    }
+
     /// Whether `repo` is listed.
     pub fn visible(&self, repo: &RepoName) -> bool {
         let r = match self {

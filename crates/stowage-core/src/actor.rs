@@ -270,6 +270,17 @@ pub struct ProjectRecord {
     pub created_ms: u64,
 }
 
+/// How a whole project shows in a listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectView {
+    /// Every repository of it.
+    All,
+    /// None of it (a listing skips the project without looking at its repositories).
+    Nothing,
+    /// Decided per repository.
+    EachRepo,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

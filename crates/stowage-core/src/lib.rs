@@ -11,7 +11,9 @@ pub mod media;
 pub mod name;
 pub mod range;
 
-pub use actor::{Action, Actor, Principal, ProjectRecord, RobotRecord, Role, UserRecord};
+pub use actor::{
+    Action, Actor, Principal, ProjectRecord, ProjectView, RobotRecord, Role, UserRecord,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{

@@ -276,7 +276,10 @@ async fn handle(
     let method = req.method().clone();
     match target {
         Target::Catalog => match method {
-            Method::GET => paging::catalog(app, id, &req),
+            Method::GET => {
+                let page = paging::page_params(app, &req)?;
+                paging::catalog(app, id, page).await
+            }
             m => Err(method_not_allowed(&m)),
         },
         Target::Tags(name) => {

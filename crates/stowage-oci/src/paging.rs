@@ -10,7 +10,10 @@ use crate::error::{ApiError, ApiResult, Code};
 use crate::{query_param, AppState};
 
 /// `n` and `last` from the query. `n` is capped at the configured maximum.
-fn page_params(app: &AppState, req: &Request<Body>) -> ApiResult<(usize, Option<String>)> {
+pub(crate) fn page_params(
+    app: &AppState,
+    req: &Request<Body>,
+) -> ApiResult<(usize, Option<String>)> {
     let n = match query_param(req, "n") {
         None => app.config.max_page,
         Some(s) => s.parse::<usize>().map_err(|_| {
@@ -58,22 +61,40 @@ pub(crate) fn tags(app: &AppState, repo: &RepoName, req: &Request<Body>) -> ApiR
     ))
 }
 
-pub(crate) fn catalog(
+pub(crate) async fn catalog(
     app: &AppState,
     id: &stowage_auth::authority::Identity,
-    req: &Request<Body>,
+    (n, last): (usize, Option<String>),
 ) -> ApiResult {
-    let (n, last) = page_params(app, req)?;
-    let Some(filter) = app.auth.catalog_filter(id) else {
+    if app.auth.catalog_filter(id).is_none() {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             Code::Unauthorized,
             "authentication required",
         ));
-    };
-    let mut repos = app
-        .store
-        .catalog_where(last.as_deref(), n.saturating_add(1), |r| filter.visible(r))?;
+    }
+    // The listing reads the index and the accounts (one decision per project): off the
+    // async threads.
+    let (app2, id) = (app.clone(), id.clone());
+    let mut repos = tokio::task::spawn_blocking(move || {
+        let filter = app2
+            .auth
+            .catalog_filter(&id)
+            .ok_or_else(|| ApiError::internal("listing repositories"))?;
+        app2.store
+            .catalog_where(
+                last.as_deref(),
+                n.saturating_add(1),
+                |p| filter.project(p),
+                |r| filter.visible(r),
+            )
+            .map_err(ApiError::from)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "catalog task");
+        ApiError::internal("listing repositories")
+    })??;
     let more = repos.len() > n;
     repos.truncate(n);
     let next = match (more, repos.last()) {

@@ -14,6 +14,7 @@
 
 use bytes::Bytes;
 use futures::Stream;
+use stowage_core::ProjectView;
 use stowage_core::{
     Action, Actor, Descriptor, Digest, ProjectRecord, Reference, RepoName, RobotRecord, Role,
     UserRecord,
@@ -186,26 +187,51 @@ impl ClientStore {
         self.0.tags(repo, last, n)
     }
 
-    /// Repositories after `last` for which `visible` holds, at most `n`, in lexical order.
+    /// Repositories after `last` that are listed, at most `n`, in lexical order: `project`
+    /// says how a whole project shows (asked once per project), `visible` decides a
+    /// repository of a project shown per repository. The repositories of a project that
+    /// shows nothing are skipped by a seek, not read one by one.
     pub fn catalog_where(
         &self,
         last: Option<&str>,
         n: usize,
+        mut project: impl FnMut(&str) -> ProjectView,
         mut visible: impl FnMut(&RepoName) -> bool,
     ) -> Result<Vec<String>> {
+        const PAGE: usize = 1000;
         let mut out = Vec::new();
         let mut cursor = last.map(str::to_string);
-        while out.len() < n {
-            let page = self.0.index().repos(cursor.as_deref(), 1000)?;
+        let mut views: std::collections::HashMap<String, ProjectView> =
+            std::collections::HashMap::new();
+        'pages: while out.len() < n {
+            let page = self.0.index().repos(cursor.as_deref(), PAGE)?;
             let Some(end) = page.last() else { break };
+            let full = page.len() == PAGE;
             cursor = Some(end.to_string());
-            let full = page.len() == 1000;
             for r in page {
                 if out.len() >= n {
-                    break;
+                    break 'pages;
                 }
-                if visible(&r) {
-                    out.push(r.to_string());
+                let p = r.project();
+                let view = match views.get(p) {
+                    Some(v) => *v,
+                    None => {
+                        let v = project(p);
+                        views.insert(p.to_string(), v);
+                        v
+                    }
+                };
+                match view {
+                    ProjectView::All => out.push(r.to_string()),
+                    ProjectView::EachRepo if visible(&r) => out.push(r.to_string()),
+                    ProjectView::EachRepo => {}
+                    ProjectView::Nothing if r.as_str().len() > p.len() => {
+                        // Every `project/...` name sorts below `project/\x7f` (names are
+                        // ASCII below 0x7f): go on from there.
+                        cursor = Some(format!("{p}/\u{7f}"));
+                        continue 'pages;
+                    }
+                    ProjectView::Nothing => {}
                 }
             }
             if !full {

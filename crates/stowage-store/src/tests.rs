@@ -1076,3 +1076,53 @@ async fn changes_carry_their_audit_entries() {
         .all(|(_, e)| e.actor.as_deref() == Some("user:alice")));
     assert!(store.index().audit_verify().unwrap().problems.is_empty());
 }
+
+#[tokio::test]
+async fn the_catalog_decides_once_per_project_and_skips_hidden_ones() {
+    use stowage_core::ProjectView;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let data = b"catalog layer".to_vec();
+    let d = Digest::sha256(&data);
+    // Names around project "a" that sort between its repositories: "a-x/..." and "a.y" come
+    // before "a/..." ('-' and '.' sort below '/').
+    let names = [
+        "a", "a-x/app", "a.y", "a/1", "a/2", "a/3", "b/1", "b/2", "c", "pub/x",
+    ];
+    for n in names {
+        store
+            .put_blob(&actor(), &repo(n), &d, body(&data))
+            .await
+            .unwrap();
+    }
+    let client = store.client();
+    let mut asked = Vec::new();
+    let mut decided = Vec::new();
+    let listed = client
+        .catalog_where(
+            None,
+            100,
+            |p| {
+                asked.push(p.to_string());
+                match p {
+                    "a" | "c" => ProjectView::Nothing,
+                    "b" => ProjectView::EachRepo,
+                    _ => ProjectView::All,
+                }
+            },
+            |r| {
+                decided.push(r.to_string());
+                r.as_str() == "b/2"
+            },
+        )
+        .unwrap();
+    assert_eq!(listed, ["a-x/app", "a.y", "b/2", "pub/x"]);
+    // One question per project, per-repository decisions only where asked for.
+    assert_eq!(asked, ["a", "a-x", "a.y", "b", "c", "pub"]);
+    assert_eq!(decided, ["b/1", "b/2"]);
+    // Pages continue from the last listed name.
+    let page = client
+        .catalog_where(Some("a.y"), 2, |_| ProjectView::All, |_| true)
+        .unwrap();
+    assert_eq!(page, ["a/1", "a/2"]);
+}
