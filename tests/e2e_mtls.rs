@@ -265,6 +265,27 @@ async fn two_sites_replicate_over_mutual_tls_and_refuse_impostors() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("ahead"), "{e:?}");
+    // A change labelled as B's own: accepted as an echo and ignored (B already has its own
+    // changes), so A cannot pass a tag delete off as B's to the sites B feeds.
+    let r = peer_a
+        .apply_tag(pb::TagState {
+            repository: "team/app".into(),
+            tag: "v1".into(),
+            present: false,
+            digest: String::new(),
+            version_ms: u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            )
+            .unwrap(),
+            origin: "site-b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.applied, "an own-origin change from a peer was applied");
     // Nothing changed, and every refusal is in B's audit log.
     let after = c
         .get(b.url("/v2/team/app/manifests/v1"))
@@ -464,4 +485,64 @@ async fn api_certificate_reloads_on_sighup_without_dropping_connections() {
             .status(),
         reqwest::StatusCode::OK
     );
+}
+
+/// A site pulls over a `serve` grant limited to some repositories: hundreds of feed entries of
+/// repositories it may not read are left out of its pages, its cursor moves past them, and
+/// what it may read arrives; what it may not never does.
+#[tokio::test]
+async fn a_pull_over_a_filtered_serve_grant_moves_past_what_it_may_not_read() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = root.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = Ca::new(&pki, "sites");
+    let a_cert = ca.leaf(&pki, "site-a", SITE_A);
+    let b_cert = ca.leaf(&pki, "site-b", SITE_B);
+    let b = site(
+        root.path(),
+        "site-b",
+        &format!(
+            "{}\n[[replication.peers]]\nname = \"site-a\"\nidentity = \"{SITE_A}\"\ndirection = \"serve\"\nrepositories = [\"pub/**\"]\n",
+            tls_table(&b_cert, &ca)
+        ),
+    );
+    let c = client();
+    // More than a feed page (256 entries) of repositories A may not read, first.
+    for i in 0..100 {
+        let im = image(vec![data(100, 1000 + i)]);
+        push_image(&c, &b.base, "hidden/app", &format!("t{i}"), &im).await;
+    }
+    let a = site(
+        root.path(),
+        "site-a",
+        &format!(
+            "{}\n[[replication.peers]]\nname = \"site-b\"\nendpoint = \"{}\"\nidentity = \"{SITE_B}\"\ndirection = \"pull\"\nrepositories = [\"pub/**\"]\nanti_entropy_interval = \"0s\"\n",
+            tls_table(&a_cert, &ca),
+            b.repl
+        ),
+    );
+    let im = image(vec![data(2000, 7)]);
+    push_image(&c, &b.base, "pub/app", "v1", &im).await;
+    assert!(
+        wait_for_manifest(&c, &a, "/v2/pub/app/manifests/v1", 60).await,
+        "the readable image did not arrive behind the unreadable entries"
+    );
+    let r = c
+        .get(a.url("/v2/hidden/app/manifests/t0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+    // And A's cursor is at B's end: in sync, not stuck.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = common::auth::cli_ok(&["repl", "status", "--json", "--server", &a.admin], &[]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let p = &v["peers"][0];
+        if p["state"] == "in_sync" && p["lag_events"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never got in sync: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

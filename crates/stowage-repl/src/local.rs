@@ -1,7 +1,7 @@
 //! This site's side of replication, over the store: what the gRPC service serves to peers, and
 //! what a replicator uses when the local site is the source (push) or the target (pull).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,7 +105,16 @@ pub struct Local {
     part_bytes: usize,
     /// Digests being received right now (one transfer per digest at a time).
     receiving: Arc<Mutex<HashSet<Digest>>>,
+    /// When each distinct refusal (actor, call, reason) was last audited: a peer retrying a
+    /// refused change every few seconds is recorded once a minute, not on every retry.
+    refusals: Arc<Mutex<HashMap<RefusalKey, std::time::Instant>>>,
 }
+
+/// A refusal as audited: actor, call, reason.
+type RefusalKey = (String, String, String);
+
+/// How long an identical refusal is not audited again.
+const REFUSAL_AUDIT_EVERY: Duration = Duration::from_secs(60);
 
 /// Releases a digest from [`Local::receiving`] when a transfer ends, however it ends.
 struct Receiving {
@@ -205,6 +214,7 @@ impl Local {
             policy: None,
             part_bytes: PART_BYTES,
             receiving: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 
@@ -218,6 +228,29 @@ impl Local {
 
     /// Refuses, audits the refusal (the actor, what and why) and returns the error.
     async fn refuse(&self, what: &str, why: String) -> ReplError {
+        let now = std::time::Instant::now();
+        let key = (self.actor.to_string(), what.to_string(), why.clone());
+        let fresh = {
+            let mut seen = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() >= 4096 {
+                seen.retain(|_, t| now.duration_since(*t) < REFUSAL_AUDIT_EVERY);
+                if seen.len() >= 4096 {
+                    // Bounded: forgetting only means auditing some refusals again.
+                    seen.clear();
+                }
+            }
+            match seen.get(&key) {
+                Some(t) if now.duration_since(*t) < REFUSAL_AUDIT_EVERY => false,
+                _ => {
+                    seen.insert(key, now);
+                    true
+                }
+            }
+        };
+        if !fresh {
+            tracing::debug!(actor = %self.actor, what, why = %why, "refused again (audited within the last minute)");
+            return ReplError::Refused(why);
+        }
         self.store
             .auditor()
             .record(
@@ -261,23 +294,30 @@ impl Local {
         }
     }
 
-    /// Refused unless the peer may relay changes from `origin`.
-    async fn may_relay(&self, what: &str, origin: &str) -> Result<()> {
-        // A change that originated here, coming back (a peer that holds it replicates it
-        // again): it gives the peer no more than its own origin would.
-        let own = self.store.site() == Some(origin);
-        match &self.policy {
-            Some(p) if !own && !p.relays(origin) => Err(self
-                .refuse(
-                    what,
-                    format!(
-                        "peer {} may not apply changes that originated at {origin:?}",
-                        p.name
-                    ),
-                )
-                .await),
-            _ => Ok(()),
+    /// Whether a peer's change from `origin` is applied: `Ok(true)` when the peer may relay
+    /// that origin, `Ok(false)` for a change that originated here coming back (a peer that
+    /// holds it replicates it again): this site already has it or something newer, so it is
+    /// accepted and ignored; applying it would let a peer pass its own changes off as this
+    /// site's to the sites this one feeds. Refused otherwise.
+    async fn relay(&self, what: &str, origin: &str) -> Result<bool> {
+        let Some(p) = &self.policy else {
+            return Ok(true);
+        };
+        if self.store.site() == Some(origin) {
+            return Ok(false);
         }
+        if p.relays(origin) {
+            return Ok(true);
+        }
+        Err(self
+            .refuse(
+                what,
+                format!(
+                    "peer {} may not apply changes that originated at {origin:?}",
+                    p.name
+                ),
+            )
+            .await)
     }
 
     /// Whether a blob this site stores may be linked into a repository for this peer without
@@ -630,7 +670,9 @@ impl Local {
         origin: &str,
     ) -> Result<bool> {
         self.may_write("PutManifest", repo).await?;
-        self.may_relay("PutManifest", origin).await?;
+        if !self.relay("PutManifest", origin).await? {
+            return Ok(false);
+        }
         Ok(self
             .store
             .put_manifest(
@@ -661,7 +703,9 @@ impl Local {
                     .await);
             }
         }
-        self.may_relay("DeleteManifest", origin).await?;
+        if !self.relay("DeleteManifest", origin).await? {
+            return Ok(false);
+        }
         Ok(self
             .store
             .delete_manifest(&self.actor, repo, digest, origin)
@@ -690,8 +734,8 @@ impl Local {
                     .await);
             }
             let v = state.version();
-            if !p.relays(&v.origin) {
-                self.may_relay("ApplyTag", &v.origin).await?;
+            if !self.relay("ApplyTag", &v.origin).await? {
+                return Ok(false);
             }
             let now = self.store.now_ms();
             if v.ms > now.saturating_add(p.max_skew_ms) {

@@ -65,11 +65,13 @@ impl PeerPolicy {
         })
     }
 
-    /// Whether it may delete manifests in `repo`.
+    /// Whether it may delete manifests in `repo`: under a grant with deletes and without a
+    /// tag filter (a manifest is not bound to the tags a filter selects, so a tag-filtered
+    /// grant deletes tags only).
     pub fn deletes(&self, repo: &RepoName) -> bool {
         self.write
             .iter()
-            .any(|g| g.deletes && g.filters.repo_ok(repo.as_str()))
+            .any(|g| g.deletes && g.filters.tags.is_empty() && g.filters.repo_ok(repo.as_str()))
     }
 
     /// Whether it may apply a change that originated at `origin`.
@@ -113,6 +115,24 @@ mod tests {
         assert!(!p.writes_tag(&r("cloud-builds/x"), "latest", false));
         assert!(!p.writes_tag(&r("cloud-builds/x"), "v1", true));
         assert!(!p.deletes(&r("cloud-builds/x")));
+        // Deletes under a tag filter reach tags, never manifests.
+        let tagged = PeerPolicy {
+            write: vec![Grant {
+                filters: filters(&["cloud-builds/**"], &["v*"]),
+                deletes: true,
+            }],
+            ..p.clone()
+        };
+        assert!(tagged.writes_tag(&r("cloud-builds/x"), "v1", true));
+        assert!(!tagged.deletes(&r("cloud-builds/x")));
+        let untagged = PeerPolicy {
+            write: vec![Grant {
+                filters: filters(&["cloud-builds/**"], &[]),
+                deletes: true,
+            }],
+            ..p.clone()
+        };
+        assert!(untagged.deletes(&r("cloud-builds/x")) && !untagged.deletes(&r("prod/x")));
         assert!(p.relays("cloud") && !p.relays("private-dc"));
     }
 }

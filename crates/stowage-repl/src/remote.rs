@@ -147,7 +147,13 @@ impl Remote {
             .await
             .map_err(|s| ReplError::from(s).context("reading the peer's feed"))?
             .into_inner();
-        let scanned_to = resp.events.iter().map(|e| e.sequence).max();
+        // A site before `scanned_to` existed sends 0: the events are then the whole page.
+        let scanned_to = resp
+            .events
+            .iter()
+            .map(|e| e.sequence)
+            .chain((resp.scanned_to > 0).then_some(resp.scanned_to))
+            .max();
         let mut events = Vec::with_capacity(resp.events.len());
         for e in resp.events {
             if let Some(ev) = convert::event_from_proto(e)? {

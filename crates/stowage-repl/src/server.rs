@@ -238,16 +238,16 @@ impl Replication for ReplicationService {
             .feed(r.from_sequence, r.limit as usize, wait)
             .await
             .map_err(|e| fail("reading the feed", e))?;
-        // A peer that may not read everything learns how far the page went but not the
-        // site's whole feed length beyond it.
-        let last = page.last;
+        // The page says how far it went, so a peer that may read only some repositories
+        // moves its cursor past the entries it was not sent.
         Ok(Response::new(pb::ReadFeedResponse {
             events: page
                 .events
                 .iter()
                 .map(|(seq, e)| convert::event_to_proto(*seq, e))
                 .collect(),
-            last_sequence: last,
+            last_sequence: page.last,
+            scanned_to: page.scanned_to.unwrap_or(0),
         }))
     }
 

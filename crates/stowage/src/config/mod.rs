@@ -368,6 +368,16 @@ fn peer_settings(
     };
     let site = p.site.clone().unwrap_or_else(|| p.name.clone());
     if let Some(role) = role {
+        if role == stowage_repl::PeerRole::Serve && !p.tags.is_empty() {
+            // Reads are granted by repository: a tag filter would not stop the peer reading
+            // the manifests and blobs of other tags, so it is refused rather than implied.
+            return Err(at(
+                "tags",
+                "a serve entry grants reads by repository; tag filters are not enforced on \
+                 reads (put them on the pulling site's pull entry)"
+                    .into(),
+            ));
+        }
         if identity.is_none() {
             return Err(at(
                 "identity",
@@ -905,6 +915,12 @@ mod tests {
         let err = resolve_file("[[replication.peers]]\nname = \"x\"\ndirection = \"receive\"\n")
             .unwrap_err();
         assert!(err.contains("identity"), "{err}");
+        let err = resolve_file("[[replication.peers]]\nname = \"x\"\nidentity = \"spiffe://x\"\ndirection = \"serve\"\ntags = [\"v*\"]\n")
+            .unwrap_err();
+        assert!(
+            err.contains("tags") && err.contains("by repository"),
+            "{err}"
+        );
     }
 
     #[test]
