@@ -1535,3 +1535,53 @@ async fn metrics_are_for_admins_and_readers_and_guessing_is_throttled() {
     let r = metrics(Some((ROOT, ROOT_PW.into()))).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// Guesses sent all at once are checked one after another per account and address, and the
+/// failure limit applies to those still waiting: 40 parallel guesses get about ten password
+/// checks, not 40.
+#[tokio::test]
+async fn parallel_guesses_do_not_outrun_the_failure_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_with_admin(dir.path(), "basic", ROOT, ROOT_PW, &[]);
+    let c = client();
+    let attempts = (0..40).map(|i| {
+        let c = c.clone();
+        let url = d.url("/v2/");
+        async move {
+            c.get(url)
+                .basic_auth(ROOT, Some(format!("guess-{i}")))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let throttled = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        checked + throttled,
+        40,
+        "only 401 and 429 expected: {statuses:?}"
+    );
+    // Ten fail within the minute's allowance, the eleventh is over it (one more may have
+    // refilled meanwhile); everything after is refused unchecked.
+    assert!(
+        (11..=13).contains(&checked),
+        "{checked} guesses were checked"
+    );
+    // The right password from this address is refused unchecked too, until the limit refills.
+    let r = c
+        .get(d.url("/v2/"))
+        .basic_auth(ROOT, Some(ROOT_PW))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -613,6 +613,13 @@ impl Authority {
         if !matches!(check, Check::Unknown) && self.cache.check(user, secret, generation, now) {
             return Ok(caller);
         }
+        // One check of this account from this address at a time; the limits are looked at
+        // again when its turn comes, and a check that waited behind one with the same
+        // password finds it remembered.
+        let _turn = self.guard.turn(from, &name).await?;
+        if !matches!(check, Check::Unknown) && self.cache.check(user, secret, generation, now) {
+            return Ok(caller);
+        }
         let slot = self.guard.slot().await?;
         let candidate = secret.to_string();
         let ok = match check {

@@ -218,8 +218,9 @@ pub struct UserRecord {
     /// Last changed (unix ms).
     #[serde(rename = "u")]
     pub updated_ms: u64,
-    /// Bumped on every password change: refresh tokens and cached logins of an older
-    /// generation stop working.
+    /// Changed (to a fresh random value) on creation and on every password change: refresh
+    /// tokens and cached logins of another generation stop working, also those of an
+    /// earlier account of the same name.
     #[serde(rename = "g", default)]
     pub generation: u64,
 }

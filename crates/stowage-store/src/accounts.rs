@@ -76,7 +76,7 @@ impl Store {
                 system_admin,
                 created_ms: now,
                 updated_ms: now,
-                generation: 1,
+                generation: fresh_generation(),
             },
         )?;
         let mut e = self.account_audit(actor, AuditAction::UserAdd, name);
@@ -88,7 +88,7 @@ impl Store {
         Ok(())
     }
 
-    /// Changes user `name`'s password (a new hash; bumps its generation, which ends its
+    /// Changes user `name`'s password (a new hash and a new generation, which ends its
     /// refresh tokens and cached logins) and/or its system-admin flag.
     pub(crate) async fn update_user(
         &self,
@@ -106,7 +106,7 @@ impl Store {
         let mut changed = Vec::new();
         if let Some(h) = password_hash {
             rec.password_hash = h;
-            rec.generation += 1;
+            rec.generation = fresh_generation();
             changed.push("password".to_string());
         }
         if let Some(a) = system_admin {
@@ -289,6 +289,13 @@ impl Store {
         self.commit(batch).await?;
         Ok(())
     }
+}
+
+/// A credential generation no account has had: random, so that a user removed and created
+/// again under the same name (or a password changed) never matches the refresh tokens and
+/// remembered logins of before.
+fn fresh_generation() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0.max(1)
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ pub(crate) struct AuthFile {
     pub(crate) htpasswd: Option<PathBuf>,
     audit_pulls: Option<bool>,
     failed_logins_per_minute: Option<u32>,
+    failed_logins_per_address_per_minute: Option<u32>,
     metrics_public: Option<bool>,
     #[serde(default)]
     metrics_readers: Vec<String>,
@@ -312,6 +313,9 @@ pub(crate) fn resolve(
     auth.htpasswd = flags.auth_htpasswd.or(af.htpasswd);
     if let Some(n) = af.failed_logins_per_minute {
         auth.guard.failures_per_minute = std::num::NonZeroU32::new(n);
+    }
+    if let Some(n) = af.failed_logins_per_address_per_minute {
+        auth.guard.address_failures_per_minute = std::num::NonZeroU32::new(n);
     }
     let metrics = MetricsAccess {
         public: af.metrics_public.unwrap_or(false),
@@ -699,12 +703,17 @@ mod tests {
     fn login_failures_and_metrics_readers_parse() {
         let s = sec("").unwrap();
         assert_eq!(s.auth.guard.failures_per_minute.map(|n| n.get()), Some(10));
+        assert_eq!(
+            s.auth.guard.address_failures_per_minute.map(|n| n.get()),
+            Some(50)
+        );
         assert_eq!(s.metrics, MetricsAccess::default());
         let s = sec(
-            "[auth]\nmode = \"basic\"\nfailed_logins_per_minute = 0\nmetrics_readers = [\"prom\"]\nmetrics_public = true\n",
+            "[auth]\nmode = \"basic\"\nfailed_logins_per_minute = 0\nfailed_logins_per_address_per_minute = 0\nmetrics_readers = [\"prom\"]\nmetrics_public = true\n",
         )
         .unwrap();
         assert_eq!(s.auth.guard.failures_per_minute, None);
+        assert_eq!(s.auth.guard.address_failures_per_minute, None);
         assert_eq!(
             s.metrics,
             MetricsAccess {
