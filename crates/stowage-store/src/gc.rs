@@ -482,7 +482,13 @@ impl Store {
                         let mut batch = Batch::new();
                         batch.delete_upload(id);
                         self.commit_quiet(batch).await?;
-                        return Ok(Some(0));
+                        let bytes = rec.parts.iter().sum::<u64>();
+                        self.inner
+                            .staging
+                            .release(rec.owner.as_deref().unwrap_or_default(), bytes);
+                        let parts: Vec<u32> = (0..=rec.parts.len() as u32).collect();
+                        self.inner.cas.abort(id, &parts).await;
+                        return Ok(Some(bytes));
                     }
                 },
                 None => return Ok(None),
@@ -497,7 +503,8 @@ impl Store {
         {
             return Ok(None);
         }
-        let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
+        // One past the recorded parts too: a chunk cut off mid-write may have left it.
+        let parts: Vec<u32> = (0..=s.record.parts.len() as u32).collect();
         let bytes = s.record.parts.iter().sum::<u64>();
         self.end_session(id, &parts, s.record.owner.as_deref(), bytes, s.recorded)
             .await?;

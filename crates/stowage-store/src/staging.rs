@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Bytes staged by unfinished uploads.
 #[derive(Debug, Default)]
@@ -97,6 +97,67 @@ impl Staging {
     }
 }
 
+/// The bytes counted for one chunk while it is written ([`Staging::reservation`]): released
+/// when dropped, except what [`Reservation::keep`] handed to the session. A request that is
+/// cancelled mid-chunk (its future dropped) so gives back what it had counted.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    staging: Arc<Staging>,
+    owner: String,
+    counted: Arc<AtomicU64>,
+    kept: u64,
+}
+
+impl Staging {
+    /// A reservation for `owner`'s next chunk; count bytes into it with [`Reservation::add`].
+    pub(crate) fn reservation(self: &Arc<Self>, owner: &str) -> Reservation {
+        Reservation {
+            staging: self.clone(),
+            owner: owner.to_string(),
+            counted: Arc::default(),
+            kept: 0,
+        }
+    }
+}
+
+impl Reservation {
+    /// A handle that counts `n` more bytes (within the limits) into this reservation, for
+    /// the body stream.
+    pub(crate) fn adder(
+        &self,
+        max_total: u64,
+        max_per_owner: u64,
+    ) -> impl Fn(u64) -> Result<(), String> {
+        let (staging, owner, counted) = (
+            self.staging.clone(),
+            self.owner.clone(),
+            self.counted.clone(),
+        );
+        move |n| {
+            staging.reserve(&owner, n, max_total, max_per_owner)?;
+            counted.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Bytes counted so far.
+    pub(crate) fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Relaxed)
+    }
+
+    /// `n` of the counted bytes stay counted (the session holds them now).
+    pub(crate) fn keep(&mut self, n: u64) {
+        self.kept = n.min(self.counted());
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let n = self.counted().saturating_sub(self.kept);
+        self.staging.release(&self.owner, n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -121,5 +182,27 @@ mod tests {
         // Releasing more than was counted does not wrap.
         s.release("user:b", 1000);
         assert_eq!((s.total(), s.of("user:b")), (5, 0));
+    }
+
+    #[test]
+    fn a_reservation_gives_back_what_it_did_not_keep() {
+        let s = Arc::new(Staging::default());
+        {
+            let r = s.reservation("user:a");
+            let add = r.adder(100, 100);
+            add(30).unwrap();
+            add(20).unwrap();
+            assert_eq!(s.of("user:a"), 50);
+            // Dropped without keeping anything: a cancelled chunk.
+        }
+        assert_eq!((s.total(), s.of("user:a")), (0, 0));
+        {
+            let mut r = s.reservation("user:a");
+            let add = r.adder(100, 100);
+            add(40).unwrap();
+            assert!(add(70).is_err());
+            r.keep(40);
+        }
+        assert_eq!((s.total(), s.of("user:a")), (40, 40));
     }
 }

@@ -1126,3 +1126,52 @@ async fn the_catalog_decides_once_per_project_and_skips_hidden_ones() {
         .unwrap();
     assert_eq!(page, ["a/1", "a/2"]);
 }
+
+#[tokio::test]
+async fn a_chunk_cancelled_mid_write_gives_back_its_staged_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let st = store.start_upload(&actor(), &repo("x")).await.unwrap();
+    let first = vec![7u8; 50_000];
+    store
+        .append_upload(&actor(), &repo("x"), &st.id, Some(0), body(&first))
+        .await
+        .unwrap();
+    assert_eq!(store.upload_usage().1, 50_000);
+    // A body that sends 80,000 bytes and then nothing: the request is dropped (the client
+    // went away) while the store waits for the rest.
+    let stalled = futures::StreamExt::chain(
+        futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from(vec![
+            8u8;
+            80_000
+        ]))]),
+        futures::stream::pending(),
+    );
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        store.append_upload(
+            &actor(),
+            &repo("x"),
+            &st.id,
+            Some(50_000),
+            Box::pin(stalled),
+        ),
+    )
+    .await;
+    assert!(cut.is_err(), "the stalled body should not finish");
+    // Only what the session holds is counted; the next chunk goes on from there.
+    assert_eq!(store.upload_usage().1, 50_000);
+    let st = store
+        .append_upload(&actor(), &repo("x"), &st.id, Some(50_000), body(&first))
+        .await
+        .unwrap();
+    assert_eq!(st.size, 100_000);
+    assert_eq!(store.upload_usage().1, 100_000);
+    // Cancelling the session removes every part, the cut one included.
+    store
+        .cancel_upload(&actor(), &repo("x"), &st.id)
+        .await
+        .unwrap();
+    assert_eq!(store.upload_usage(), (0, 0));
+    assert_eq!(walk_files(&dir.path().join("cas/uploads")), 0);
+}

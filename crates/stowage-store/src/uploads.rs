@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
-use std::sync::atomic::Ordering;
 use stowage_cas::{CasError, CommitOutcome};
 
 use stowage_core::{Actor, Algorithm, Digest, Hasher, RepoName};
@@ -281,52 +280,38 @@ impl Store {
         // made durable by the commit that follows at once.
         let durable = s.resumable && record_part;
         // Every chunk is counted as it arrives; the one that would cross a limit ends the
-        // body (and the part) there.
-        let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // body (and the part) there. The reservation gives back what the session does not
+        // keep, also when this future is dropped mid-write (a cancelled request).
+        let mut reservation = staging.reservation(&owner);
         let over: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let body = {
-            let (staging, owner, counted, over) = (
-                staging.clone(),
-                owner.clone(),
-                counted.clone(),
-                over.clone(),
-            );
+            let (add, over) = (reservation.adder(max_total, max_mine), over.clone());
             futures::StreamExt::map(body, move |item| match item {
-                Ok(chunk) => {
-                    let n = chunk.len() as u64;
-                    match staging.reserve(&owner, n, max_total, max_mine) {
-                        Ok(()) => {
-                            counted.fetch_add(n, Ordering::Relaxed);
-                            Ok(chunk)
-                        }
-                        Err(why) => {
-                            let mut o = over
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            *o = Some(why.clone());
-                            Err(why)
-                        }
+                Ok(chunk) => match add(chunk.len() as u64) {
+                    Ok(()) => Ok(chunk),
+                    Err(why) => {
+                        let mut o = over
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        *o = Some(why.clone());
+                        Err(why)
                     }
-                }
+                },
                 Err(e) => Err(e.to_string()),
             })
         };
         let written = cas
             .write_part(id, part, body, &mut hasher, limit, durable)
             .await;
-        let counted = counted.load(Ordering::Relaxed);
         match written {
             Ok(0) => {
                 // Empty chunks add no part (an empty object would be a part of nothing).
-                staging.release(&owner, counted);
                 s.hasher = Some(hasher);
                 Ok(())
             }
             Ok(n) => {
                 // What was counted is what was kept (the part holds every chunk read).
-                if counted > n {
-                    staging.release(&owner, counted - n);
-                }
+                reservation.keep(n);
                 s.hasher = Some(hasher);
                 s.record.parts.push(n);
                 s.record.updated_ms = self.now_ms();
@@ -341,9 +326,9 @@ impl Store {
                 Ok(())
             }
             Err(e) => {
-                // The part was not kept: neither are its bytes counted.
-                staging.release(&owner, counted);
-                // The hasher saw bytes that were not kept: rebuild it on next use.
+                // The part was not kept: neither are its bytes counted (the reservation
+                // gives them back). The hasher saw bytes that were not kept: rebuild it on
+                // next use.
                 s.hasher = None;
                 let over = over
                     .lock()
@@ -395,7 +380,8 @@ impl Store {
             if let Err(e) = self.append_locked(&mut s, id, None, body, false).await {
                 if !s.resumable {
                     // Nobody can resume a monolithic upload: drop it now.
-                    let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
+                    // One past the recorded parts too: a chunk cut off mid-write may have left it.
+                    let parts: Vec<u32> = (0..=s.record.parts.len() as u32).collect();
                     self.end_session(id, &parts, s.record.owner.as_deref(), s.size(), s.recorded)
                         .await?;
                 }
@@ -557,7 +543,8 @@ impl Store {
         id: &str,
     ) -> Result<()> {
         let s = self.live_session(actor, repo, id).await?;
-        let parts: Vec<u32> = (0..s.record.parts.len() as u32).collect();
+        // One past the recorded parts too: a chunk cut off mid-write may have left it.
+        let parts: Vec<u32> = (0..=s.record.parts.len() as u32).collect();
         self.end_session(id, &parts, s.record.owner.as_deref(), s.size(), s.recorded)
             .await
     }
