@@ -355,6 +355,45 @@ async fn request_rate_per_actor() {
             || metrics.contains("stowage_requests_rate_limited_total"),
         "{metrics}"
     );
+
+    // Work started under the rate is let finish: an upload session opened before the rate
+    // ran out is completed (PUT) or cancelled (DELETE) after it, never left open by a 429;
+    // starting or feeding work (POST, PATCH) waits for the rate like everything else.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let r = c
+            .post(d.url("/v2/rate/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        sessions.push(r.headers()["location"].to_str().unwrap().to_string());
+    }
+    loop {
+        let r = c.get(d.url("/v2/rate/app/tags/list")).send().await.unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+    }
+    let blob = data(1000, 9);
+    let r = c
+        .patch(d.url(&sessions[1]))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let sep = if sessions[0].contains('?') { '&' } else { '?' };
+    let r = c
+        .put(d.url(&format!("{}{sep}digest={}", sessions[0], sha256(&blob))))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c.delete(d.url(&sessions[1])).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
 /// Sends raw bytes and reads what comes back until EOF or `wait`.

@@ -91,6 +91,10 @@ pub(crate) struct Asking<'a> {
     pub(crate) headers: &'a HeaderMap,
     pub(crate) addr: Option<SocketAddr>,
     pub(crate) tls: bool,
+    /// The request ends work already started and counted (finishing or cancelling an
+    /// upload session): not held to the request rate, so a session opened under the rate
+    /// is never left open by it.
+    pub(crate) ends_work: bool,
 }
 
 impl<'a> Asking<'a> {
@@ -100,6 +104,7 @@ impl<'a> Asking<'a> {
             headers: req.headers(),
             addr,
             tls,
+            ends_work: false,
         }
     }
 }
@@ -222,8 +227,10 @@ pub(crate) async fn decide(
             ));
         }
     };
-    if let Some(r) = app.rate_limited(&id) {
-        return Err(r);
+    if !asking.ends_work {
+        if let Some(r) = app.rate_limited(&id) {
+            return Err(r);
+        }
     }
     match need {
         Need::Nothing => Ok(id),

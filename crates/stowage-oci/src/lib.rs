@@ -212,7 +212,12 @@ async fn dispatch(State(app): State<AppState>, req: Request<Body>) -> Response {
         Ok(n) => n,
         Err(e) => return e.into_response(),
     };
-    let id = match access::decide(&app, access::Asking::of(&req), &need).await {
+    let asking = access::Asking {
+        ends_work: matches!(target, Target::Upload(..))
+            && matches!(*req.method(), Method::PUT | Method::DELETE),
+        ..access::Asking::of(&req)
+    };
+    let id = match access::decide(&app, asking, &need).await {
         Ok(id) => id,
         Err(resp) => return resp,
     };

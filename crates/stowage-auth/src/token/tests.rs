@@ -853,3 +853,40 @@ fn verifier_configuration_errors() {
     let debug = format!("{v:?}");
     assert!(debug.contains(key.kid()) && debug.contains(ISS));
 }
+
+#[test]
+fn a_remembered_token_is_still_checked_on_every_use() {
+    let iss = issuer();
+    let v = iss.verifier();
+    let token = iss.access_token("alice", pull_app(), NOW).unwrap().token;
+    // Verified once (and remembered), then again from memory.
+    assert_eq!(v.verify(&token, NOW).unwrap().sub, "alice");
+    assert_eq!(v.verify(&token, NOW + 10).unwrap().sub, "alice");
+    // Another signature over the same header and claims is not the remembered token.
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    bytes[5] ^= 1;
+    let tampered = format!("{head}.{}", URL_SAFE_NO_PAD.encode(&bytes));
+    assert!(matches!(
+        v.verify(&tampered, NOW),
+        Err(TokenError::BadSignature)
+    ));
+    // Its times are checked on each use: expired is expired, remembered or not.
+    assert!(matches!(
+        v.verify(&token, NOW + TTL + 61),
+        Err(TokenError::Expired { .. })
+    ));
+    // A refresh token verified (and remembered) as one is still no access token.
+    let refresh = iss
+        .refresh_token("alice", 7, NOW, Duration::from_secs(3600))
+        .unwrap()
+        .token;
+    assert!(v.verify_refresh(&refresh, NOW).is_ok());
+    assert!(matches!(
+        v.verify(&refresh, NOW),
+        Err(TokenError::WrongTokenType { .. })
+    ));
+    // A verifier of another issuer (its own memory) refuses it.
+    let other = issuer().verifier();
+    assert!(other.verify(&token, NOW).is_err());
+}
