@@ -4,9 +4,15 @@
 //! (expects 202 + `Location`), then `PUT <location>?digest=<d>` with the
 //! whole blob streamed as the body. Pull is `GET /v2/<repo>/blobs/<digest>`,
 //! streamed, counted and sha256-verified.
+//!
+//! With authentication ([`AuthConfig`]) every client behaves as docker does: it pings `/v2/`
+//! once per phase, then sends Basic credentials on every request or fetches a bearer token for
+//! the phase's scope (`pull,push` for the push phase, `pull` for the pull phase) and sends that
+//! until it is about to expire or a request is refused with `401`.
 
 use crate::prng::{blob_digests, BlobStream};
 use crate::procstat::{clk_tck, cpu_seconds, SampleReport, Sampler};
+use crate::regauth::{AuthConfig, AuthStats, Session};
 use crate::stats::{mib_per_s, percentile};
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
@@ -44,6 +50,8 @@ pub struct PushPullConfig {
     pub server_pid: Option<u32>,
     /// RSS sampling interval.
     pub sample_interval: Duration,
+    /// Credentials and how to use them.
+    pub auth: AuthConfig,
 }
 
 /// Results of one phase (push or pull).
@@ -59,6 +67,8 @@ pub struct PhaseReport {
     pub wall_s: f64,
     /// Payload throughput, MiB/s.
     pub mib_s: f64,
+    /// Blobs transferred successfully per second (pushes/s or pulls/s).
+    pub ops_per_s: f64,
     /// Median per-blob latency, ms (push: POST+PUT; pull: GET to last byte).
     pub lat_p50_ms: Option<f64>,
     /// 99th percentile per-blob latency, ms.
@@ -72,6 +82,8 @@ pub struct PhaseReport {
     /// CPU used by regbench itself during the phase (generation, hashing,
     /// HTTP), seconds; shows whether the client was the bottleneck.
     pub client_cpu_s: Option<f64>,
+    /// Authentication work of the clients (pings, tokens), when authentication is on.
+    pub auth: Option<AuthStats>,
 }
 
 /// Results of a `push-pull` run.
@@ -112,6 +124,7 @@ struct WorkerResult {
     lat_ms: Vec<f64>,
     bytes: u64,
     errors: usize,
+    auth: AuthStats,
 }
 
 #[derive(Clone, Copy)]
@@ -137,13 +150,17 @@ fn resolve_location(base: &str, loc: &str) -> String {
     }
 }
 
-async fn push_one(cfg: &PushPullConfig, client: &Client, idx: usize, digest: &str) -> Result<u64> {
+async fn push_one(
+    cfg: &PushPullConfig,
+    client: &Client,
+    sess: &mut Session,
+    idx: usize,
+    digest: &str,
+) -> Result<u64> {
     let base = cfg.url.trim_end_matches('/');
     let post_url = format!("{base}/v2/{}/blobs/uploads/", cfg.repo);
-    let resp = client
-        .post(&post_url)
-        .header(CONTENT_LENGTH, 0)
-        .send()
+    let resp = sess
+        .send(client, || client.post(&post_url).header(CONTENT_LENGTH, 0))
         .await
         .with_context(|| format!("POST {post_url}"))?;
     if resp.status().as_u16() != 202 && !resp.status().is_success() {
@@ -162,19 +179,22 @@ async fn push_one(cfg: &PushPullConfig, client: &Client, idx: usize, digest: &st
     let sep = if loc.contains('?') { '&' } else { '?' };
     let put_url = format!("{loc}{sep}digest={digest}");
 
-    let stream = futures::stream::unfold(
-        BlobStream::new(cfg.seed, idx as u64, cfg.blob_size),
-        |mut s| async move { s.next_bytes().map(|b| (Ok::<Bytes, std::io::Error>(b), s)) },
-    );
-    let mut req = client
-        .put(&put_url)
-        .header(CONTENT_TYPE, "application/octet-stream");
-    if cfg.content_length {
-        req = req.header(CONTENT_LENGTH, cfg.blob_size);
-    }
-    let resp = req
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
+    // A closure, so that a PUT refused for an expired token can be sent again from the start.
+    let make = || {
+        let stream = futures::stream::unfold(
+            BlobStream::new(cfg.seed, idx as u64, cfg.blob_size),
+            |mut s| async move { s.next_bytes().map(|b| (Ok::<Bytes, std::io::Error>(b), s)) },
+        );
+        let mut req = client
+            .put(&put_url)
+            .header(CONTENT_TYPE, "application/octet-stream");
+        if cfg.content_length {
+            req = req.header(CONTENT_LENGTH, cfg.blob_size);
+        }
+        req.body(reqwest::Body::wrap_stream(stream))
+    };
+    let resp = sess
+        .send(client, make)
         .await
         .with_context(|| format!("PUT blob {idx} ({digest})"))?;
     if !resp.status().is_success() {
@@ -184,12 +204,17 @@ async fn push_one(cfg: &PushPullConfig, client: &Client, idx: usize, digest: &st
     Ok(cfg.blob_size)
 }
 
-async fn pull_one(cfg: &PushPullConfig, client: &Client, idx: usize, digest: &str) -> Result<u64> {
+async fn pull_one(
+    cfg: &PushPullConfig,
+    client: &Client,
+    sess: &mut Session,
+    idx: usize,
+    digest: &str,
+) -> Result<u64> {
     let base = cfg.url.trim_end_matches('/');
     let url = format!("{base}/v2/{}/blobs/{digest}", cfg.repo);
-    let resp = client
-        .get(&url)
-        .send()
+    let resp = sess
+        .send(client, || client.get(&url))
         .await
         .with_context(|| format!("GET blob {idx} {url}"))?;
     if !resp.status().is_success() {
@@ -249,16 +274,31 @@ async fn run_phase(
                 lat_ms: Vec::new(),
                 bytes: 0,
                 errors: 0,
+                auth: AuthStats::default(),
             };
+            // One session per client and phase, as one `docker push` / `docker pull` each.
+            let actions = match phase {
+                Phase::Push => "pull,push",
+                Phase::Pull => "pull",
+            };
+            let scope = format!("repository:{}:{actions}", cfg.repo);
+            let mut sess = Session::new(&cfg.auth, &cfg.url, scope);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= digests.len() {
                     break;
                 }
+                // The handshake (first blob) and token refreshes are in the phase's wall time
+                // but not in the blob's latency.
+                if let Err(e) = sess.ready(&client).await {
+                    r.errors += 1;
+                    eprintln!("regbench: error: authentication for blob {i}: {e:#}");
+                    continue;
+                }
                 let t = Instant::now();
                 let res = match phase {
-                    Phase::Push => push_one(&cfg, &client, i, &digests[i]).await,
-                    Phase::Pull => pull_one(&cfg, &client, i, &digests[i]).await,
+                    Phase::Push => push_one(&cfg, &client, &mut sess, i, &digests[i]).await,
+                    Phase::Pull => pull_one(&cfg, &client, &mut sess, i, &digests[i]).await,
                 };
                 match res {
                     Ok(b) => {
@@ -271,17 +311,20 @@ async fn run_phase(
                     }
                 }
             }
+            r.auth = sess.stats;
             r
         }));
     }
     let mut lat = Vec::new();
     let mut bytes = 0u64;
     let mut errors = 0usize;
+    let mut auth = AuthStats::default();
     for t in tasks {
         let r = t.await.context("client task panicked")?;
         lat.extend(r.lat_ms);
         bytes += r.bytes;
         errors += r.errors;
+        auth.merge(&r.auth);
     }
     let wall = t0.elapsed().as_secs_f64();
     let client_cpu = self0.and_then(|c0| cpu_seconds(me, tck).ok().map(|c1| c1 - c0));
@@ -295,12 +338,18 @@ async fn run_phase(
         errors,
         wall_s: wall,
         mib_s: mib_per_s(bytes, wall),
+        ops_per_s: if wall > 0.0 {
+            lat.len() as f64 / wall
+        } else {
+            0.0
+        },
         lat_p50_ms: percentile(&lat, 50.0),
         lat_p99_ms: percentile(&lat, 99.0),
         lat_max_ms: percentile(&lat, 100.0),
         server_cpu_s: cpu,
         server_cpu_s_per_gib: cpu.filter(|_| bytes > 0).map(|c| c / (bytes as f64 / GIB)),
         client_cpu_s: client_cpu,
+        auth: (cfg.auth.mode != crate::regauth::AuthMode::None).then_some(auth),
     })
 }
 

@@ -5,6 +5,10 @@
 //! * `sha-speed`   — single-thread SHA-256 throughput.
 //! * `fsync-speed` — fsynced sequential write throughput of a directory's filesystem.
 //! * `sample`      — peak RSS and CPU of a process until it exits or a stop file appears.
+//! * `login`       — one client's authentication handshake (as `docker login`), timed.
+//!
+//! `push-pull` and `login` authenticate as docker does (`--auth`, `--user`, password in
+//! `REGBENCH_PASSWORD`): see `stowage_benches::regauth`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -14,6 +18,7 @@ use std::time::Duration;
 use stowage_benches::limits::{fsync_speed, sha_speed, SpeedReport};
 use stowage_benches::procstat::Sampler;
 use stowage_benches::pushpull::{self, PhaseReport, PushPullConfig};
+use stowage_benches::regauth::{AuthConfig, AuthMode, Session};
 
 #[derive(Debug, Parser)]
 #[command(name = "regbench", about = "OCI registry push/pull benchmark driver")]
@@ -56,9 +61,24 @@ enum Cmd {
         /// Send the PUT body chunked, without Content-Length.
         #[arg(long)]
         no_content_length: bool,
+        #[command(flatten)]
+        auth: AuthArgs,
         /// Print a JSON report instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// One client's authentication handshake, as `docker login` does it: `GET /v2/`, then
+    /// for a Bearer challenge a token from the realm (for --scope, or none), then `GET /v2/`
+    /// with the credentials, which must answer 200. Prints the times as JSON.
+    Login {
+        /// Registry base URL.
+        #[arg(long)]
+        url: String,
+        /// Scope of the token to ask for (empty: none, as `docker login`).
+        #[arg(long, default_value = "")]
+        scope: String,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
     /// Single-thread SHA-256 throughput (median of 5 runs).
     ShaSpeed {
@@ -98,6 +118,31 @@ enum Cmd {
     },
 }
 
+/// Credentials and how to use them.
+#[derive(Debug, clap::Args)]
+struct AuthArgs {
+    /// Authentication: none (do not ask `/v2/`), auto (what its challenge asks for), basic or
+    /// token (the same, but insist on that scheme).
+    #[arg(long, default_value = "none")]
+    auth: AuthMode,
+    /// Account name.
+    #[arg(long)]
+    user: Option<String>,
+    /// Password (better in the environment than on the command line).
+    #[arg(long, env = "REGBENCH_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+impl AuthArgs {
+    fn config(self) -> AuthConfig {
+        AuthConfig {
+            mode: self.auth,
+            user: self.user,
+            password: self.password,
+        }
+    }
+}
+
 fn fmt_opt(v: Option<f64>, unit: &str) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.1}{unit}"))
 }
@@ -117,6 +162,19 @@ fn print_phase(name: &str, p: &PhaseReport) {
         fmt_opt(p.server_cpu_s_per_gib, "s"),
         fmt_opt(p.client_cpu_s, "s"),
     );
+    println!("      {:.1} blobs/s", p.ops_per_s);
+    if let Some(a) = &p.auth {
+        println!(
+            "      auth {}: {} pings, {} tokens ({} refreshes), {} retries after 401, handshakes {:.3} s (max {:.1} ms)",
+            a.scheme,
+            a.pings,
+            a.token_fetches,
+            a.token_refreshes,
+            a.reauth_retries,
+            a.handshake_s,
+            a.handshake_max_ms
+        );
+    }
 }
 
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
@@ -157,6 +215,7 @@ async fn real_main() -> Result<i32> {
             server_pid,
             interval_ms,
             no_content_length,
+            auth,
             json,
         } => {
             if blob_size == 0 || count == 0 || clients == 0 {
@@ -173,6 +232,7 @@ async fn real_main() -> Result<i32> {
                 content_length: !no_content_length,
                 server_pid,
                 sample_interval: Duration::from_millis(interval_ms.max(1)),
+                auth: auth.config(),
             };
             let r = pushpull::run(cfg).await?;
             if json {
@@ -198,6 +258,35 @@ async fn real_main() -> Result<i32> {
                 }
             }
             Ok(if r.errors() > 0 { 2 } else { 0 })
+        }
+        Cmd::Login { url, scope, auth } => {
+            let cfg = auth.config();
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .context("building HTTP client")?;
+            let t = std::time::Instant::now();
+            let mut sess = Session::new(&cfg, &url, scope);
+            sess.ready(&client).await?;
+            let handshake_ms = t.elapsed().as_secs_f64() * 1e3;
+            let v2 = format!("{}/v2/", url.trim_end_matches('/'));
+            let t2 = std::time::Instant::now();
+            let resp = sess.send(&client, || client.get(&v2)).await?;
+            let status = resp.status();
+            let _ = resp.bytes().await;
+            let check_ms = t2.elapsed().as_secs_f64() * 1e3;
+            if !status.is_success() {
+                bail!("GET {v2} with the credentials answered {status}");
+            }
+            print_json(&serde_json::json!({
+                "scheme": sess.stats.scheme,
+                "handshake_ms": handshake_ms,
+                "check_ms": check_ms,
+                "total_ms": handshake_ms + check_ms,
+                "token_fetches": sess.stats.token_fetches,
+            }))?;
+            Ok(0)
         }
         Cmd::ShaSpeed { mib, json } => {
             let r = tokio::task::spawn_blocking(move || sha_speed(mib.max(1)))
