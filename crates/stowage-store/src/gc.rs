@@ -86,12 +86,24 @@ impl Store {
         actor: &Actor,
         items: &[(RepoName, Digest, u64)],
     ) -> Result<Vec<Option<(u64, bool)>>> {
+        let idx = &self.inner.index;
+        // The decision reads the subject's record too ("is the subject gone?"), and a push of
+        // the subject holds the subject's stripe, not the referrer's: so the subjects' stripes
+        // are held as well, or the subject could commit between the check and the removal and
+        // lose its signature. A manifest's subject is part of its bytes, so reading it before
+        // taking the locks names the right stripe; a record that changed in between (its
+        // subject not among those held) is kept, never decided on unguarded.
+        let mut subjects: Vec<Digest> = Vec::new();
+        for (repo, digest, _) in items {
+            if let Some(subject) = idx.manifest(repo, digest)?.and_then(|rec| rec.subject) {
+                subjects.push(subject);
+            }
+        }
         let _held = self
             .inner
             .locks
-            .exclusive(items.iter().map(|(_, d, _)| d))
+            .exclusive(items.iter().map(|(_, d, _)| d).chain(subjects.iter()))
             .await;
-        let idx = &self.inner.index;
         let mut batch = Batch::new();
         let mut removed: Vec<(RepoName, Digest)> = Vec::new();
         let mut out = Vec::with_capacity(items.len());
@@ -100,7 +112,9 @@ impl Store {
                 out.push(None);
                 continue;
             };
+            let subject_unguarded = rec.subject.as_ref().is_some_and(|s| !subjects.contains(s));
             let in_use = rec.created_ms != *created_ms
+                || subject_unguarded
                 || !idx.tags_pointing_at(repo, digest)?.is_empty()
                 || idx
                     .referencing_in(digest, repo)?
@@ -133,6 +147,7 @@ impl Store {
             removed.push((repo.clone(), digest.clone()));
             out.push(Some((rec.size, document)));
         }
+        self.pause_point("gc_remove_manifests:decided").await;
         if !batch.is_empty() {
             self.commit_quiet(batch).await?;
         }

@@ -170,6 +170,9 @@ struct Inner {
     /// Serialise read-modify-write of one tag (local set, replicated set or delete).
     tag_locks: Vec<tokio::sync::Mutex<()>>,
     config: StoreConfig,
+    /// Named points where a test can hold an operation between two of its steps.
+    #[cfg(test)]
+    pauses: tests::pause::Pauses,
 }
 
 impl Store {
@@ -230,6 +233,8 @@ impl Store {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 config,
+                #[cfg(test)]
+                pauses: Default::default(),
             }),
         };
         audit::Writer::start(Arc::downgrade(&store.inner), audit_rx);
@@ -255,6 +260,16 @@ impl Store {
         store.recover().await?;
         Ok(store)
     }
+
+    /// Holds the operation at `name` while a test has armed that point (tests only; nothing
+    /// in other builds).
+    #[cfg(test)]
+    async fn pause_point(&self, name: &'static str) {
+        self.inner.pauses.at(name).await;
+    }
+
+    #[cfg(not(test))]
+    async fn pause_point(&self, _name: &'static str) {}
 
     /// The handle the OCI API gets: client operations only.
     pub fn client(&self) -> ClientStore {

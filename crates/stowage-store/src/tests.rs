@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod model;
+pub(crate) mod pause;
 
 use super::*;
 use futures::TryStreamExt;
@@ -1174,4 +1175,91 @@ async fn a_chunk_cancelled_mid_write_gives_back_its_staged_bytes() {
         .unwrap();
     assert_eq!(store.upload_usage(), (0, 0));
     assert_eq!(walk_files(&dir.path().join("cas/uploads")), 0);
+}
+
+/// Where `kind` for `digest` sits in the feed, if it does.
+fn feed_position(store: &Store, kind: EventKind, digest: &Digest) -> Option<u64> {
+    store
+        .index()
+        .feed(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .find(|(_, ev)| ev.kind == kind && ev.digest.as_ref() == Some(digest))
+        .map(|(seq, _)| seq)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_pushed_while_gc_decides_on_its_referrer_is_ordered_after_it() {
+    // A signature pushed before its image is a candidate while the image is absent. GC decides
+    // "subject gone" and, before it commits, the image's push arrives. Either the signature is
+    // kept, or its removal is ordered before the image's put: the image must never be stored
+    // while GC goes on to remove a signature it decided on with the image absent.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let r = repo("signed");
+    let cfg = b"{\"c\":2}".to_vec();
+    let cd = Digest::sha256(&cfg);
+    store.put_blob(&actor(), &r, &cd, body(&cfg)).await.unwrap();
+    let subject = image((&cd, cfg.len() as u64), &[]);
+    let subject_d = Digest::sha256(&subject);
+    let sig = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.sig",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": cd.to_string(), "size": cfg.len()},
+        "layers": [],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": subject_d.to_string(), "size": subject.len()}
+    }))
+    .unwrap();
+    let sig_d = Digest::sha256(&sig);
+    store
+        .put_manifest(&actor(), &r, &Reference::Digest(sig_d.clone()), None, sig)
+        .await
+        .unwrap();
+    let created = store
+        .index()
+        .manifest(&r, &sig_d)
+        .unwrap()
+        .unwrap()
+        .created_ms;
+
+    let point = store.inner.pauses.arm("gc_remove_manifests:decided");
+    let gc = {
+        let (store, r, sig_d) = (store.clone(), r.clone(), sig_d.clone());
+        tokio::spawn(async move {
+            store
+                .gc_remove_manifests(&Actor::system("gc"), &[(r, sig_d, created)])
+                .await
+        })
+    };
+    point.reached().await;
+    let mut push = {
+        let (store, r, d) = (store.clone(), r.clone(), subject_d.clone());
+        tokio::spawn(async move {
+            store
+                .put_manifest(&actor(), &r, &Reference::Digest(d), None, subject)
+                .await
+        })
+    };
+    // Unheld, the image's push completes in well under this; held, it waits for GC.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut push)
+        .await
+        .is_ok();
+    point.resume();
+    let removed = gc.await.unwrap().unwrap();
+    if !early {
+        push.await.unwrap().unwrap();
+    }
+    assert!(store.index().manifest(&r, &subject_d).unwrap().is_some());
+    if removed[0].is_some() {
+        let deleted = feed_position(&store, EventKind::ManifestDeleted, &sig_d).unwrap();
+        let put = feed_position(&store, EventKind::ManifestPut, &subject_d).unwrap();
+        assert!(
+            deleted < put,
+            "the signature was removed (feed {deleted}) after its image was stored (feed {put})"
+        );
+        assert!(!early, "the image's push ran while GC held its decision");
+    }
 }
