@@ -157,7 +157,7 @@ async fn ok_json(list: &[&str], server: &str) -> Value {
 #[tokio::test]
 async fn dry_run_then_real_run_then_restore() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path());
+    let d = Daemon::start_with(dir.path(), &["--gc-delete-untagged", "true"]);
     let c = client();
     let server = admin(&d);
     let img = Image::new(1, &[70_000, 123_457]);

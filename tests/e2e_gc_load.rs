@@ -149,6 +149,8 @@ async fn gc_under_load_keeps_every_tag() {
             "2s",
             "--gc-quarantine",
             "0s",
+            "--gc-delete-untagged",
+            "true",
         ],
     );
     let base = d.base.clone();
@@ -271,6 +273,8 @@ async fn kill9_during_gc_keeps_reachable_images() {
         "0s",
         "--gc-quarantine",
         "0s",
+        "--gc-delete-untagged",
+        "true",
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let c = client();
@@ -346,7 +350,17 @@ async fn kill9_during_gc_keeps_reachable_images() {
         d.kill9();
     }
     // Final: restart, one full run, and the disk holds exactly the live blobs.
-    let d = Daemon::start_with(dir.path(), &["--gc-grace", "0s", "--gc-quarantine", "0s"]);
+    let d = Daemon::start_with(
+        dir.path(),
+        &[
+            "--gc-grace",
+            "0s",
+            "--gc-quarantine",
+            "0s",
+            "--gc-delete-untagged",
+            "true",
+        ],
+    );
     for (tag, img) in &tagged {
         pull_matches(&c, &d.base, "chaos/app", tag, img).await;
     }

@@ -211,7 +211,13 @@ async fn populate_mark(data: &std::path::Path, manifests: u64, repos: u64) -> Re
 
 async fn mark(data: &std::path::Path) -> Result<()> {
     let store = open(data, true, ManualClock::new(now_ms())).await?;
-    let gc = Collector::new(store.gc_ops(), GcConfig::default());
+    let gc = Collector::new(
+        store.gc_ops(),
+        GcConfig {
+            delete_untagged: true,
+            ..GcConfig::default()
+        },
+    );
     let started = Instant::now();
     let report = gc
         .run(RunOptions {
@@ -269,6 +275,7 @@ async fn sweep(data: &std::path::Path, blobs: u64, sync_index: bool) -> Result<(
         store.gc_ops(),
         GcConfig {
             quarantine: Duration::ZERO,
+            delete_untagged: true,
             ..GcConfig::default()
         },
     );
@@ -397,6 +404,7 @@ async fn latency(
         store.gc_ops(),
         GcConfig {
             quarantine,
+            delete_untagged: true,
             ..GcConfig::default()
         },
     );

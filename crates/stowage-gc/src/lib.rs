@@ -30,8 +30,10 @@ pub struct GcConfig {
     pub quarantine: Duration,
     /// Upload sessions idle for longer than this are removed with their bytes (default 24 h).
     pub upload_expiry: Duration,
-    /// Collect manifests that no tag, index or live subject reaches (default true). When false,
-    /// every manifest is a root and only unreferenced blobs are collected.
+    /// Collect manifests that no tag, index or live subject reaches (default false, as in
+    /// Distribution and Harbor: a manifest pushed by digest is kept until deleted). When false,
+    /// every manifest is a root and only unreferenced blobs are collected; collecting untagged
+    /// manifests is the operator's explicit choice.
     pub delete_untagged: bool,
 }
 
@@ -41,7 +43,7 @@ impl Default for GcConfig {
             grace: Duration::from_secs(3600),
             quarantine: Duration::from_secs(24 * 3600),
             upload_expiry: Duration::from_secs(24 * 3600),
-            delete_untagged: true,
+            delete_untagged: false,
         }
     }
 }

@@ -54,11 +54,16 @@ pub(crate) async fn open_at(dir: tempfile::TempDir, clock: ManualClock, config: 
     }
 }
 
+/// An environment that collects untagged manifests (the tests' usual subject; the default
+/// keeps them, see `delete_untagged_false_keeps_every_manifest`).
 pub(crate) async fn env() -> Env {
     open_at(
         tempfile::tempdir().unwrap(),
         ManualClock::new(T0),
-        GcConfig::default(),
+        GcConfig {
+            delete_untagged: true,
+            ..GcConfig::default()
+        },
     )
     .await
 }
@@ -463,13 +468,11 @@ async fn referrers_live_with_their_subject() {
 
 #[tokio::test]
 async fn delete_untagged_false_keeps_every_manifest() {
+    // The default: collecting untagged manifests is an explicit choice.
     let e = open_at(
         tempfile::tempdir().unwrap(),
         ManualClock::new(T0),
-        GcConfig {
-            delete_untagged: false,
-            ..GcConfig::default()
-        },
+        GcConfig::default(),
     )
     .await;
     let (m, _, blobs) = e.image("app", "v1", &[b"layer"]).await;

@@ -171,6 +171,7 @@ impl From<StoreError> for ApiError {
             StoreError::TooManyPins { .. }
             | StoreError::Cas(_)
             | StoreError::Index(_)
+            | StoreError::SiteMismatch { .. }
             | StoreError::Internal(_) => {
                 // The text may name files, buckets or endpoints: it goes to the log only.
                 let e = Self::internal("serving the request");

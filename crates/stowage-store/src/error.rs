@@ -85,6 +85,16 @@ pub enum StoreError {
     /// from the far future).
     #[error("replicated change refused: {0}")]
     ReplicaRefused(String),
+    /// The operator named a site other than the one fixed in the index at first start.
+    #[error(
+        "this data dir belongs to site \"{recorded}\" (fixed at its first start), but the configuration names \"{configured}\"; peers' cursors and origins name the recorded site, so it cannot change: set site = \"{recorded}\" or remove the explicit name"
+    )]
+    SiteMismatch {
+        /// The name in the index.
+        recorded: String,
+        /// The name configured now.
+        configured: String,
+    },
     /// The blob store failed.
     #[error(transparent)]
     Cas(#[from] CasError),

@@ -37,11 +37,12 @@ use bytes::Bytes;
 use futures::Stream;
 use stowage_cas::{Backend, BlobStream, Cas, CasOptions};
 use stowage_core::{Actor, Clock, Digest, RepoName, SystemClock};
-use stowage_index::{AuditAction, AuditEntry, Event, EventKind, Index, IndexOptions};
+use stowage_index::{AuditAction, AuditEntry, Event, EventKind, Index, IndexError, IndexOptions};
 
 pub use accounts::{check_project_name, check_user_name};
 pub use audit::{AuditStats, Auditor};
 pub use error::{Result, StoreError};
+
 pub use gc::{BlobSweep, LinkCandidate, PendingRepair};
 pub use handles::{AccountStore, ClientStore, GcStore, ReplicaStore};
 pub use manifests::{ManifestContent, PutManifestOutcome};
@@ -65,8 +66,12 @@ pub struct StoreConfig {
     pub max_blob_size: u64,
     /// fsync the index WAL on each commit.
     pub sync_index: bool,
-    /// This site's name, recorded as the origin of feed events.
+    /// This site's name, recorded as the origin of feed events. The name is fixed in the index
+    /// on first start; later starts use the recorded one (see [`SiteName`]).
     pub site: Option<String>,
+    /// Where `site` came from: an operator's explicit name must match the recorded one, a
+    /// derived default (a container's hostname) gives way to it.
+    pub site_source: SiteSource,
     /// Bounds on upload sessions, so that no one client can exhaust the daemon.
     pub limits: StoreLimits,
 }
@@ -111,8 +116,60 @@ impl StoreConfig {
             max_blob_size: 1 << 40,
             sync_index: true,
             site: None,
+            site_source: SiteSource::Default,
             limits: StoreLimits::default(),
         }
+    }
+}
+
+/// Where the configured site name came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SiteSource {
+    /// Derived (the host name, or the built-in default): the name recorded in the index wins.
+    #[default]
+    Default,
+    /// Named by the operator: a different recorded name stops the start.
+    Explicit,
+}
+
+/// The index's `meta` key holding the site name fixed at first start.
+const SITE_KEY: &[u8] = b"site";
+
+/// Fixes the site name in the index on first start and returns the name this start uses.
+/// Cursors, origins and replication grants all name sites; a name that changed with a
+/// container's hostname would void them, so after the first start the recorded name stays.
+fn fix_site_name(index: &Index, config: &StoreConfig) -> Result<Option<String>> {
+    let recorded = index
+        .meta(SITE_KEY)?
+        .map(|v| {
+            String::from_utf8(v)
+                .map_err(|e| StoreError::Index(IndexError::Corrupt(format!("site name: {e}"))))
+        })
+        .transpose()?;
+    match (recorded, &config.site) {
+        (None, None) => Ok(None),
+        (None, Some(name)) => {
+            let mut batch = stowage_index::Batch::new();
+            batch.put_meta(SITE_KEY, name.clone().into_bytes());
+            index.commit(batch)?;
+            tracing::info!(site = %name, "site name fixed in the index");
+            Ok(Some(name.clone()))
+        }
+        (Some(recorded), Some(name)) if &recorded != name => match config.site_source {
+            SiteSource::Explicit => Err(StoreError::SiteMismatch {
+                recorded,
+                configured: name.clone(),
+            }),
+            SiteSource::Default => {
+                tracing::info!(
+                    site = %recorded,
+                    derived = %name,
+                    "using the site name recorded at first start, not the derived one"
+                );
+                Ok(Some(recorded))
+            }
+        },
+        (Some(recorded), _) => Ok(Some(recorded)),
     }
 }
 
@@ -208,6 +265,8 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Internal(format!("index open task: {e}")))??
         };
+        let mut config = config;
+        config.site = fix_site_name(&index, &config)?;
         let (feed_tx, _) = tokio::sync::watch::channel(index.last_seq()?);
         let staging = staging::Staging::new(
             index

@@ -1263,3 +1263,39 @@ async fn a_subject_pushed_while_gc_decides_on_its_referrer_is_ordered_after_it()
         assert!(!early, "the image's push ran while GC held its decision");
     }
 }
+
+#[tokio::test]
+async fn the_site_name_is_fixed_at_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_as = |site: &str, source: SiteSource| {
+        let mut cfg = StoreConfig::new(dir.path());
+        cfg.site = Some(site.to_string());
+        cfg.site_source = source;
+        Store::open(cfg)
+    };
+    let store = open_as("host-1234", SiteSource::Default).await.unwrap();
+    assert_eq!(store.site(), Some("host-1234"));
+    drop(store);
+    // A container restarted with a new hostname keeps the recorded name (and its events say so).
+    let store = open_as("host-9876", SiteSource::Default).await.unwrap();
+    assert_eq!(store.site(), Some("host-1234"));
+    let r = repo("site/app");
+    let data = b"named".to_vec();
+    let d = Digest::sha256(&data);
+    store.put_blob(&actor(), &r, &d, body(&data)).await.unwrap();
+    let feed = store.index().feed(0, usize::MAX).unwrap();
+    assert!(feed
+        .iter()
+        .all(|(_, ev)| ev.origin.as_deref() == Some("host-1234")));
+    drop(store);
+    // An operator's explicit other name stops the start and says which name is recorded.
+    let err = open_as("dc2", SiteSource::Explicit).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::SiteMismatch { recorded, configured }
+            if recorded == "host-1234" && configured == "dc2"),
+        "{err}"
+    );
+    // The same explicit name is fine.
+    let store = open_as("host-1234", SiteSource::Explicit).await.unwrap();
+    assert_eq!(store.site(), Some("host-1234"));
+}

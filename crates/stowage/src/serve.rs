@@ -148,6 +148,11 @@ async fn serve(s: Settings) -> Result<(), String> {
     cfg.cas.verify_reads = s.verify_reads;
     cfg.cas.direct_io = s.direct_io;
     cfg.site = Some(s.site.clone());
+    cfg.site_source = if s.site_explicit {
+        stowage_store::SiteSource::Explicit
+    } else {
+        stowage_store::SiteSource::Default
+    };
     cfg.limits = s.security.limits.store.clone();
     cfg.backend = Some(s.storage.backend(&s.data_dir).map_err(|e| e.to_string())?);
     cfg.cas.max_server_copy = s.storage.max_server_copy();
@@ -161,7 +166,7 @@ async fn serve(s: Settings) -> Result<(), String> {
             s.storage.describe()
         )
     })?;
-    tracing::info!(data_dir = %s.data_dir.display(), site = %s.site, storage = %s.storage.describe(), "store open");
+    tracing::info!(data_dir = %s.data_dir.display(), site = store.site().unwrap_or_default(), storage = %s.storage.describe(), "store open");
 
     // Access control.
     let directory = Arc::new(crate::access_rpc::StoreDirectory(store.accounts()));

@@ -202,7 +202,10 @@ fn assert_gone(e: &Env, removed: &Removed, seed: u64, step: usize) {
 async fn scenario(seed: u64, steps: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let grace_ms = HOUR;
-    let config = GcConfig::default();
+    let config = GcConfig {
+        delete_untagged: true,
+        ..GcConfig::default()
+    };
     let clock = ManualClock::new(T0);
     let mut e = open_at(tempfile::tempdir().unwrap(), clock.clone(), config.clone()).await;
     let mut m = Model::default();

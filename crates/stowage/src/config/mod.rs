@@ -122,7 +122,7 @@ pub struct ServeArgs {
     pub gc_upload_expiry: Option<Duration>,
     /// Garbage collection removes manifests no tag, index or live subject reaches (file:
     /// `delete_untagged` in `[gc]`); false keeps every manifest and collects only unreferenced
-    /// blobs. Default: true
+    /// blobs. Default: false
     #[arg(long, env = "STOWAGE_GC_DELETE_UNTAGGED", value_name = "BOOL")]
     pub gc_delete_untagged: Option<bool>,
     /// Where blobs live: filesystem (default), s3, gcs, azure or memory (`[storage] backend`).
@@ -267,7 +267,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub repl_listen: SocketAddr,
+    /// The site name this start asks for; the store keeps the one fixed at first start.
     pub site: String,
+    /// Whether the operator named the site (a flag, the environment or the file).
+    pub site_explicit: bool,
     pub max_blob_size: u64,
     pub verify_reads: bool,
     pub direct_io: bool,
@@ -583,9 +586,9 @@ impl ServeArgs {
             SiteFile::Name(n) => n,
             SiteFile::Table(t) => t.name,
         });
-        let site = self
-            .site
-            .or(file_site)
+        let explicit_site = self.site.or(file_site).filter(|s| !s.is_empty());
+        let site_explicit = explicit_site.is_some();
+        let site = explicit_site
             .or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .ok()
@@ -634,6 +637,7 @@ impl ServeArgs {
                 .or(file.admin_listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5001))),
             site,
+            site_explicit,
             max_blob_size,
             verify_reads: self.verify_reads.or(file.verify_reads).unwrap_or(true),
             direct_io: self.direct_io.or(file.direct_io).unwrap_or(true),
@@ -740,7 +744,10 @@ mod tests {
         assert_eq!(s.gc.grace, Duration::from_secs(3600));
         assert_eq!(s.gc.quarantine, Duration::from_secs(24 * 3600));
         assert_eq!(s.gc.upload_expiry, Duration::from_secs(24 * 3600));
-        assert!(s.gc.delete_untagged);
+        assert!(
+            !s.gc.delete_untagged,
+            "untagged manifests are kept unless asked"
+        );
         // An empty [gc] table is the same as none.
         let s = resolve_file("[gc]\n").unwrap();
         assert_eq!((s.gc_interval, s.gc), (None, GcConfig::default()));
