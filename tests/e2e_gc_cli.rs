@@ -157,7 +157,11 @@ async fn ok_json(list: &[&str], server: &str) -> Value {
 #[tokio::test]
 async fn dry_run_then_real_run_then_restore() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_with(dir.path(), &["--gc-delete-untagged", "true"]);
+    // The test collects right after pushing: no seen window.
+    let d = Daemon::start_with(
+        dir.path(),
+        &["--gc-delete-untagged", "true", "--gc-seen-window", "0s"],
+    );
     let c = client();
     let server = admin(&d);
     let img = Image::new(1, &[70_000, 123_457]);
@@ -302,7 +306,7 @@ async fn dry_run_then_real_run_then_restore() {
 #[tokio::test]
 async fn tagged_image_survives_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path());
+    let d = Daemon::start_with(dir.path(), &["--gc-seen-window", "0s"]);
     let c = client();
     let server = admin(&d);
     let kept = Image::new(2, &[300_000, 4_096, 1]);
@@ -383,6 +387,8 @@ async fn gc_on_s3_removes_the_objects_of_what_it_collects() {
         dir.path(),
         "127.0.0.1:0",
         &[
+            "--gc-seen-window",
+            "0s",
             "--storage-backend",
             "s3",
             "--storage-bucket",
@@ -482,7 +488,7 @@ async fn unreachable_daemon_is_a_clear_error() {
 #[tokio::test]
 async fn metrics_endpoint_counts_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path());
+    let d = Daemon::start_with(dir.path(), &["--gc-seen-window", "0s"]);
     let c = client();
     let server = admin(&d);
     let r = c.get(d.url("/metrics")).send().await.unwrap();
@@ -559,7 +565,7 @@ async fn grpc_health_reports_serving() {
     use tonic_health::pb::HealthCheckRequest;
 
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path());
+    let d = Daemon::start_with(dir.path(), &["--gc-seen-window", "0s"]);
     let channel = tonic::transport::Endpoint::from_shared(d.admin.clone())
         .unwrap()
         .connect()

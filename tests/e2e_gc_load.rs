@@ -151,6 +151,10 @@ async fn gc_under_load_keeps_every_tag() {
             "0s",
             "--gc-delete-untagged",
             "true",
+            // Longer than a push takes here, shorter than the test: blobs found with HEAD
+            // are kept across the runs in between, and untagged images are still collected.
+            "--gc-seen-window",
+            "3s",
         ],
     );
     let base = d.base.clone();
@@ -238,6 +242,13 @@ async fn gc_under_load_keeps_every_tag() {
         retries.load(Ordering::Relaxed)
     );
     assert!(images > 8, "the clients pushed too little to mean anything");
+    // A client that found a blob with HEAD (or just uploaded it) and then puts its manifest is
+    // never refused because a run swept the blob in between: docker and podman would not retry.
+    assert_eq!(
+        retries.load(Ordering::Relaxed),
+        0,
+        "manifest pushes refused with MANIFEST_BLOB_UNKNOWN after the blobs were found"
+    );
     assert!(completed >= 5, "gc ran only {completed} times");
     assert!(
         quarantined > 0,

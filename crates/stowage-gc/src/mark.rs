@@ -55,6 +55,19 @@ pub(crate) struct MarkParams {
     pub purge_at_once: bool,
     /// Collect unreachable manifests.
     pub delete_untagged: bool,
+    /// Blobs the store holds in memory for now (replication pins, digests clients have just
+    /// seen): decided like fresh links, so a dry run predicts what the real run's re-check keeps.
+    pub held: HeldInMemory,
+}
+
+/// Whether the store holds a digest in memory now (see [`MarkParams::held`]).
+#[derive(Clone)]
+pub(crate) struct HeldInMemory(pub std::sync::Arc<dyn Fn(&Digest) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for HeldInMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldInMemory")
+    }
 }
 
 /// A manifest to remove.
@@ -360,14 +373,15 @@ pub(crate) fn plan(
             return Ok(());
         };
         let key = Key::of(&digest);
+        let is_live = live.binary_search(&(*repo_id, key)).is_ok();
+        let kept = is_live || linked_ms >= params.cutoff_ms || (params.held.0)(&digest);
         if digest.algorithm() != Algorithm::Sha256 {
             plan.other_digests.insert(key, digest);
         }
         let slot = blobs.binary_search_by(|(k, _)| k.cmp(&key)).ok();
         let size = slot.map(|i| blobs[i].1.size).unwrap_or(0);
         let counts = plan.repos.entry(repo.to_string()).or_default();
-        let is_live = live.binary_search(&(*repo_id, key)).is_ok();
-        if is_live || linked_ms >= params.cutoff_ms {
+        if kept {
             if is_live {
                 counts.blobs_marked += 1;
                 counts.bytes_marked += size;

@@ -92,6 +92,12 @@ pub(crate) async fn execute(
         purge_before_ms: now.saturating_sub(ms(opts.quarantine)),
         purge_at_once: opts.quarantine.is_zero(),
         delete_untagged: opts.delete_untagged,
+        held: {
+            let store = store.clone();
+            crate::mark::HeldInMemory(std::sync::Arc::new(move |d: &stowage_core::Digest| {
+                store.held_in_memory(d, now)
+            }))
+        },
     };
     let upload_cutoff = now.saturating_sub(ms(opts.upload_expiry));
 

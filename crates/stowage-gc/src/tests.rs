@@ -696,3 +696,42 @@ async fn replication_pins_keep_blobs_from_collection_until_they_expire() {
     }
     assert!(!e.served("other", &waiting));
 }
+
+#[tokio::test]
+async fn a_blob_a_client_just_found_survives_a_sweep_until_its_manifest_arrives() {
+    // A client pushing a new image asks HEAD for its config and base layer, finds both (left
+    // unreferenced long ago), skips their uploads and, before its manifest put, a run sweeps.
+    // docker and podman do not retry MANIFEST_BLOB_UNKNOWN: the put must succeed.
+    let e = env().await;
+    let (cd, cs) = e.blob("app", b"{\"cfg\":\"seen\"}").await;
+    let (ld, ls) = e.blob("app", b"shared base layer").await;
+    e.age(2 * HOUR);
+    let client = e.store.client();
+    for d in [&cd, &ld] {
+        client.stat_blob(&repo("app"), d).await.unwrap();
+    }
+    let run = e.gc(false).await;
+    assert_eq!(
+        run.totals.blobs_quarantined, 0,
+        "a blob a client just found was collected"
+    );
+    let bytes = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": cd.to_string(), "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": ld.to_string(), "size": ls}]
+    }))
+    .unwrap();
+    e.manifest("app", "v2", bytes).await;
+    assert!(e.served("app", &ld));
+    // Held for a window, not forever: found once and then left alone, a blob goes.
+    let (stray, _) = e.blob("app", b"found once, then forgotten").await;
+    e.age(2 * HOUR);
+    client.stat_blob(&repo("app"), &stray).await.unwrap();
+    e.age(2 * HOUR);
+    let run = e.gc(false).await;
+    assert_eq!(run.totals.blobs_quarantined, 1);
+    assert!(!e.served("app", &stray));
+}

@@ -20,7 +20,7 @@ pub(crate) async fn handle_blob(
 ) -> ApiResult {
     match *req.method() {
         Method::HEAD => {
-            let info = app.store.stat_blob(repo, digest)?;
+            let info = app.store.stat_blob(repo, digest).await?;
             Ok((
                 StatusCode::OK,
                 [
@@ -68,7 +68,7 @@ async fn get_blob(
     digest: &Digest,
     headers: &HeaderMap,
 ) -> ApiResult {
-    let info = app.store.stat_blob(repo, digest)?;
+    let info = app.store.stat_blob(repo, digest).await?;
     let range = parse_range(headers, info.size)?;
     let read = app.store.read_stat_blob(&info, range.clone()).await?;
     let len = read.range.end - read.range.start;

@@ -38,11 +38,11 @@ pub(crate) async fn handle(
     let reference = parse_reference(reference, method == Method::PUT)?;
     match method {
         Method::HEAD => {
-            let (digest, media_type, size) = app.store.stat_manifest(repo, &reference)?;
+            let (digest, media_type, size) = app.store.stat_manifest(repo, &reference).await?;
             Ok(manifest_headers(StatusCode::OK, &digest, &media_type, size).into_response())
         }
         Method::GET => {
-            let m = app.store.get_manifest(repo, &reference)?;
+            let m = app.store.get_manifest(repo, &reference).await?;
             let size = m.bytes.len() as u64;
             let mut resp =
                 manifest_headers(StatusCode::OK, &m.digest, &m.media_type, size).into_response();

@@ -107,6 +107,7 @@ impl Store {
         let mut batch = Batch::new();
         let mut removed: Vec<(RepoName, Digest)> = Vec::new();
         let mut out = Vec::with_capacity(items.len());
+        let now = self.now_ms();
         for (repo, digest, created_ms) in items {
             let Some(rec) = idx.manifest(repo, digest)? else {
                 out.push(None);
@@ -115,6 +116,7 @@ impl Store {
             let subject_unguarded = rec.subject.as_ref().is_some_and(|s| !subjects.contains(s));
             let in_use = rec.created_ms != *created_ms
                 || subject_unguarded
+                || self.recently_seen(digest, now)
                 || !idx.tags_pointing_at(repo, digest)?.is_empty()
                 || idx
                     .referencing_in(digest, repo)?
@@ -247,8 +249,9 @@ impl Store {
     ) -> Result<BlobSweep> {
         let idx = &self.inner.index;
         let mut out = BlobSweep::default();
-        if self.is_pinned(digest, now) {
-            // Replication is sending it, or received it for a manifest still on its way.
+        if self.is_pinned(digest, now) || self.recently_seen(digest, now) {
+            // Replication is sending it, or received it for a manifest still on its way; or a
+            // client has just found it and may be about to put a manifest that needs it.
             out.kept = links.len() as u64 + u64::from(quarantine_before.is_some());
             out.size = idx.blob(digest)?.map(|r| r.size).unwrap_or(0);
             return Ok(out);

@@ -31,19 +31,23 @@ use crate::{
 pub struct ClientStore(pub(crate) Store);
 
 impl ClientStore {
-    /// Size of a blob linked into `repo`.
-    pub fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobInfo> {
-        self.0.stat_blob(repo, digest)
+    /// Size of a blob linked into `repo`. A found blob counts as seen by the client: garbage
+    /// collection keeps it for the seen window, so a push that skips it finds it at its
+    /// manifest put.
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobInfo> {
+        self.0.stat_blob_seen(repo, digest).await
     }
 
-    /// Reads a blob linked into `repo`, whole or a byte range (end exclusive).
+    /// Reads a blob linked into `repo`, whole or a byte range (end exclusive); seen as with
+    /// [`ClientStore::stat_blob`].
     pub async fn read_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<BlobRead> {
-        self.0.read_blob(repo, digest, range).await
+        let info = self.0.stat_blob_seen(repo, digest).await?;
+        self.0.read_stat_blob(&info, range).await
     }
 
     /// Reads a blob already found with [`ClientStore::stat_blob`].
@@ -153,18 +157,27 @@ impl ClientStore {
             .await
     }
 
-    /// Digest, media type and size of a manifest.
-    pub fn stat_manifest(
+    /// Digest, media type and size of a manifest (seen by the client, as blobs are).
+    pub async fn stat_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(Digest, String, u64)> {
-        self.0.stat_manifest(repo, reference)
+        self.0.stat_manifest_seen(repo, reference).await
     }
 
-    /// A manifest's exact bytes.
-    pub fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestContent> {
-        self.0.get_manifest(repo, reference)
+    /// A manifest's exact bytes (seen by the client, as blobs are).
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestContent> {
+        self.0.get_manifest_seen(repo, reference).await
+    }
+
+    /// Digests held as just seen by clients now, and notes dropped because the table was full.
+    pub fn seen_stats(&self) -> (usize, u64) {
+        self.0.seen_stats()
     }
 
     /// Deletes a tag, or a manifest by digest with its tags.
@@ -295,6 +308,12 @@ impl GcStore {
     /// Whether replication pinned `digest` at `now_ms`.
     pub fn is_pinned(&self, digest: &Digest, now_ms: u64) -> bool {
         self.0.is_pinned(digest, now_ms)
+    }
+
+    /// Whether the store keeps `digest` in memory at `now_ms`: pinned by replication, or
+    /// just seen by a client (the sweep's re-check keeps such a blob).
+    pub fn held_in_memory(&self, digest: &Digest, now_ms: u64) -> bool {
+        self.0.is_pinned(digest, now_ms) || self.0.recently_seen(digest, now_ms)
     }
 
     /// Stores a run's report (JSON), with `audit` in the same batch.

@@ -25,6 +25,7 @@ pub mod handles;
 pub mod locks;
 mod manifests;
 mod replica;
+mod seen;
 mod staging;
 pub mod task;
 mod uploads;
@@ -74,6 +75,11 @@ pub struct StoreConfig {
     pub site_source: SiteSource,
     /// Bounds on upload sessions, so that no one client can exhaust the daemon.
     pub limits: StoreLimits,
+    /// How long a digest a client has just seen (a `HEAD` or `GET` that found it, an upload or
+    /// mount that stored it) is kept from garbage collection, so that a push that skipped an
+    /// existing layer does not fail on its manifest. Held for between one and two windows;
+    /// 0 turns it off.
+    pub seen_window_ms: u64,
 }
 
 /// Bounds that keep one client or peer from exhausting the daemon. Beyond one, the request is
@@ -91,6 +97,9 @@ pub struct StoreLimits {
     pub max_staged_bytes_per_actor: u64,
     /// Blobs replication may keep from garbage collection at once.
     pub max_pins: usize,
+    /// Digests held as just seen by clients, per generation (see `seen_window_ms`); beyond it
+    /// new ones are not held (counted in a metric).
+    pub max_seen: usize,
 }
 
 impl Default for StoreLimits {
@@ -101,6 +110,7 @@ impl Default for StoreLimits {
             max_staged_bytes: 64 << 30,
             max_staged_bytes_per_actor: 32 << 30,
             max_pins: 100_000,
+            max_seen: 1_000_000,
         }
     }
 }
@@ -118,6 +128,7 @@ impl StoreConfig {
             site: None,
             site_source: SiteSource::Default,
             limits: StoreLimits::default(),
+            seen_window_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -224,6 +235,9 @@ struct Inner {
     /// outgoing replication transfer is sending, and blobs received for a manifest that has
     /// not arrived yet. Held in memory: after a restart the links' grace period covers them.
     pins: std::sync::Mutex<HashMap<Digest, u64>>,
+    /// Digests clients have just seen (found with `HEAD`/`GET`, or stored), which garbage
+    /// collection keeps for a window so that a push that skipped them still finds them.
+    seen: seen::Seen,
     /// Serialise read-modify-write of one tag (local set, replicated set or delete).
     tag_locks: Vec<tokio::sync::Mutex<()>>,
     config: StoreConfig,
@@ -288,6 +302,7 @@ impl Store {
                 client_commits: std::sync::atomic::AtomicU64::new(0),
                 feed_tx,
                 pins: std::sync::Mutex::new(HashMap::new()),
+                seen: seen::Seen::new(config.seen_window_ms, config.limits.max_seen),
                 tag_locks: (0..replica::TAG_LOCKS)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -513,6 +528,47 @@ impl Store {
         }
     }
 
+    /// Runs synchronous index work on a blocking thread, off the async workers.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Internal(format!("blocking index task: {e}")))?
+    }
+
+    /// [`Store::stat_blob`] for a client: the read runs on a blocking thread and a found blob
+    /// is noted as seen. The digest's stripe is held shared across both, so a sweep either
+    /// decided before (and the client finds nothing) or sees the note and keeps the blob.
+    pub(crate) async fn stat_blob_seen(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobInfo> {
+        let _held = self.inner.locks.shared([digest]).await;
+        let (r, d) = (repo.clone(), digest.clone());
+        let info = self.blocking(move |s| s.stat_blob(&r, &d)).await?;
+        self.inner.seen.note(digest, self.now_ms());
+        Ok(info)
+    }
+
+    /// Notes that a client has just seen or stored `digest` (see [`StoreConfig::seen_window_ms`]).
+    pub(crate) fn note_seen(&self, digest: &Digest) {
+        self.inner.seen.note(digest, self.now_ms());
+    }
+
+    /// Whether a client saw `digest` within the window (garbage collection keeps it).
+    pub(crate) fn recently_seen(&self, digest: &Digest, now_ms: u64) -> bool {
+        self.inner.seen.contains(digest, now_ms)
+    }
+
+    /// Digests held as seen now, and notes dropped because the table was full.
+    pub fn seen_stats(&self) -> (usize, u64) {
+        self.inner.seen.stats()
+    }
+
     /// Reads a blob linked into `repo`, whole or a byte range (end exclusive).
     pub async fn read_blob(
         &self,
@@ -611,6 +667,7 @@ impl Store {
     ) -> Result<()> {
         let idx = &self.inner.index;
         let now = self.now_ms();
+        self.note_seen(digest);
         if let Some(linked) = idx.link_time(repo, digest)? {
             // Already linked. A link that has not been touched for a while is refreshed, so a
             // client that uploads or mounts a blob again gets a fresh grace period against

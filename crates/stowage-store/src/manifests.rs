@@ -253,6 +253,43 @@ impl Store {
         Ok((digest, rec.media_type, rec.size))
     }
 
+    /// [`Store::stat_manifest`] for a client, on a blocking thread, noting the manifest as
+    /// seen; a digest reference holds its stripe shared across both (see `stat_blob_seen`).
+    pub(crate) async fn stat_manifest_seen(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, String, u64)> {
+        let _held = match reference {
+            Reference::Digest(d) => Some(self.inner.locks.shared([d]).await),
+            Reference::Tag(_) => None,
+        };
+        let (r, reference) = (repo.clone(), reference.clone());
+        let out = self
+            .blocking(move |s| s.stat_manifest(&r, &reference))
+            .await?;
+        self.note_seen(&out.0);
+        Ok(out)
+    }
+
+    /// [`Store::get_manifest`] for a client, like [`Store::stat_manifest_seen`].
+    pub(crate) async fn get_manifest_seen(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestContent> {
+        let _held = match reference {
+            Reference::Digest(d) => Some(self.inner.locks.shared([d]).await),
+            Reference::Tag(_) => None,
+        };
+        let (r, reference) = (repo.clone(), reference.clone());
+        let out = self
+            .blocking(move |s| s.get_manifest(&r, &reference))
+            .await?;
+        self.note_seen(&out.digest);
+        Ok(out)
+    }
+
     /// The exact bytes of a manifest.
     pub fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestContent> {
         let (digest, rec) = self.resolve(repo, reference)?;

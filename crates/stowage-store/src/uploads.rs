@@ -485,6 +485,7 @@ impl Store {
             tracing::debug!(%digest, "blob bytes already stored; reusing");
         }
         let now = self.now_ms();
+        self.note_seen(digest);
         batch.put_blob(
             digest,
             &BlobRecord {

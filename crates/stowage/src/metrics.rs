@@ -287,6 +287,19 @@ pub fn render_limits(l: &LimitSources) -> String {
         "Blobs kept from garbage collection for replication transfers.",
         &one(l.store.replica().pinned_count() as u64),
     );
+    let (seen, seen_dropped) = l.store.client().seen_stats();
+    family(
+        "gc_seen_digests",
+        "gauge",
+        "Digests clients have just found or stored, kept from garbage collection for the seen window.",
+        &one(seen as u64),
+    );
+    family(
+        "gc_seen_dropped_total",
+        "counter",
+        "Digests not held as seen because the table was full (max_seen).",
+        &one(seen_dropped),
+    );
     family(
         "replication_pins_limit",
         "gauge",

@@ -42,7 +42,13 @@ struct RepoModel {
 #[derive(Default)]
 struct Model {
     repos: BTreeMap<String, RepoModel>,
+    /// Blob index -> when a client last pushed or mounted it (the store's seen window keeps
+    /// such a blob from collection for one to two windows).
+    seen: BTreeMap<usize, u64>,
 }
+
+/// The store's default seen window.
+const SEEN_WINDOW: u64 = 10 * 60 * 1000;
 
 fn manifest_bytes(blobs: &BTreeSet<usize>) -> Vec<u8> {
     let layers: Vec<serde_json::Value> = blobs
@@ -85,6 +91,7 @@ async fn push_blob(e: &Env, m: &mut Model, r: &str, i: usize) {
         .await
         .unwrap();
     let now = e.clock.now_ms();
+    m.seen.insert(i, now);
     let links = &mut m.repos.entry(r.to_string()).or_default().links;
     // A re-upload refreshes a link only once it is a minute old (the store's rule).
     match links.get(&i) {
@@ -149,10 +156,13 @@ struct Removed {
     blobs: Vec<(String, usize)>,
 }
 
-/// After a real run the model forgets what the run removed, and returns it.
-fn collect(m: &mut Model, now: u64, grace_ms: u64) -> Removed {
+/// After a real run the model forgets what the run removed, and returns it. A blob seen
+/// within one window is kept; one seen more than two windows ago is not; in between the store
+/// may do either, and the model follows what it did.
+fn collect(e: &Env, m: &mut Model, now: u64, grace_ms: u64) -> Removed {
     let cutoff = now.saturating_sub(grace_ms);
     let mut removed = Removed::default();
+    let seen = m.seen.clone();
     for (r, rm) in m.repos.iter_mut() {
         let before_m: Vec<Digest> = rm.manifests.keys().cloned().collect();
         let before_b: Vec<usize> = rm.links.keys().copied().collect();
@@ -167,8 +177,18 @@ fn collect(m: &mut Model, now: u64, grace_ms: u64) -> Removed {
         if !rm.manifests.is_empty() {
             live.insert(CONFIG);
         }
-        rm.links
-            .retain(|i, linked| live.contains(i) || *linked >= cutoff);
+        rm.links.retain(|i, linked| {
+            if live.contains(i) || *linked >= cutoff {
+                return true;
+            }
+            match seen.get(i) {
+                Some(at) if now < at + SEEN_WINDOW => true,
+                Some(at) if now < at + 2 * SEEN_WINDOW => {
+                    e.served(r, &Digest::sha256(&data_of(*i)))
+                }
+                _ => false,
+            }
+        });
         for d in before_m {
             if !rm.manifests.contains_key(&d) {
                 removed.manifests.push((r.clone(), d));
@@ -258,6 +278,7 @@ async fn scenario(seed: u64, steps: usize) {
                 assert_eq!(mounted.is_some(), served);
                 if mounted.is_some() {
                     let now = e.clock.now_ms();
+                    m.seen.insert(i, now);
                     let links = &mut m.repos.entry(r.to_string()).or_default().links;
                     match links.get(&i) {
                         Some(t) if now.saturating_sub(*t) < 60_000 => {}
@@ -332,12 +353,12 @@ async fn scenario(seed: u64, steps: usize) {
                 let real = e.gc(false).await;
                 assert_eq!(dry.totals, real.totals, "seed {seed} step {step}");
                 assert_eq!(dry.repos, real.repos, "seed {seed} step {step}");
-                removed = collect(&mut m, e.clock.now_ms(), grace_ms);
+                removed = collect(&e, &mut m, e.clock.now_ms(), grace_ms);
             }
             // Real run.
             80..=87 => {
                 e.gc(false).await;
-                removed = collect(&mut m, e.clock.now_ms(), grace_ms);
+                removed = collect(&e, &mut m, e.clock.now_ms(), grace_ms);
             }
             // Time passes: a little, past the grace period, or past the quarantine.
             88..=95 => {

@@ -125,6 +125,12 @@ pub struct ServeArgs {
     /// blobs. Default: false
     #[arg(long, env = "STOWAGE_GC_DELETE_UNTAGGED", value_name = "BOOL")]
     pub gc_delete_untagged: Option<bool>,
+    /// A blob or manifest a client has just found (HEAD/GET) or stored is kept from garbage
+    /// collection for between one and two of these, so that a push that skipped an existing
+    /// layer finds it at its manifest put (file: `seen_window` in `[gc]`; "0s" turns it off).
+    /// Default: 10m
+    #[arg(long, env = "STOWAGE_GC_SEEN_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_seen_window: Option<Duration>,
     /// Where blobs live: filesystem (default), s3, gcs, azure or memory (`[storage] backend`).
     #[arg(long, env = "STOWAGE_STORAGE_BACKEND", value_name = "KIND")]
     pub storage_backend: Option<String>,
@@ -258,6 +264,7 @@ struct GcFileConfig {
     quarantine: Option<String>,
     upload_expiry: Option<String>,
     delete_untagged: Option<bool>,
+    seen_window: Option<String>,
 }
 
 /// Fully resolved settings.
@@ -282,6 +289,8 @@ pub struct Settings {
     pub gc_interval: Option<Duration>,
     /// Collector settings.
     pub gc: GcConfig,
+    /// How long digests clients have just seen are kept from collection (zero: off).
+    pub gc_seen_window: Duration,
     /// Replication peers this site pushes to or pulls from (`[[replication.peers]]` with a
     /// direction).
     pub peers: Vec<stowage_repl::PeerConfig>,
@@ -515,6 +524,8 @@ impl ServeArgs {
         };
         let gc_interval =
             gc_duration(self.gc_interval, "interval", gc_file.interval)?.filter(|d| !d.is_zero());
+        let gc_seen_window = gc_duration(self.gc_seen_window, "seen_window", gc_file.seen_window)?
+            .unwrap_or(Duration::from_secs(600));
         let file_path = self.config.clone().unwrap_or_default();
         let mut peers = Vec::new();
         let repl_file = file.replication.unwrap_or_default();
@@ -654,6 +665,7 @@ impl ServeArgs {
             repl_listen,
             gc_interval,
             gc,
+            gc_seen_window,
             peers,
             peer_access,
             storage,
@@ -757,10 +769,12 @@ mod tests {
     fn gc_section_from_file_and_flags() {
         let s = resolve_file(
             "listen = \"127.0.0.1:7000\"\n\n[gc]\ninterval = \"6h\"\ngrace = \"30m\"\n\
-             quarantine = \"0s\"\nupload_expiry = \"2h 30m\"\ndelete_untagged = false\n",
+             quarantine = \"0s\"\nupload_expiry = \"2h 30m\"\ndelete_untagged = false\n\
+             seen_window = \"90s\"\n",
         )
         .unwrap();
         assert_eq!(s.gc_interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(s.gc_seen_window, Duration::from_secs(90));
         assert_eq!(
             s.gc,
             GcConfig {
