@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::Stream;
 use stowage_core::ProjectView;
 use stowage_core::{
-    Action, Actor, Descriptor, Digest, ProjectRecord, Reference, RepoName, RobotRecord, Role,
+    Action, Actor, Descriptor, Digest, ProjectRecord, Reference, RepoName, RobotRecord, Role, Tag,
     UserRecord,
 };
 use stowage_index::{AuditAction, AuditEntry, Index};
@@ -150,6 +150,23 @@ impl ClientStore {
     ) -> Result<PutManifestOutcome> {
         self.0
             .put_manifest(actor, repo, reference, content_type, bytes)
+            .await
+    }
+
+    /// Stores a manifest pushed by digest and sets `tags` to it in the same change (the
+    /// `?tag=` parameters of the push): all or nothing.
+    pub async fn put_manifest_tagged(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        digest: &Digest,
+        tags: &[Tag],
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<PutManifestOutcome> {
+        let reference = Reference::Digest(digest.clone());
+        self.0
+            .put_manifest_tagged(actor, repo, &reference, tags, content_type, bytes)
             .await
     }
 

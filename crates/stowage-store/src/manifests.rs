@@ -1,6 +1,8 @@
 //! Manifests and tags: put (with the reference check), get, delete, untag.
 
-use stowage_core::{parse_manifest, Actor, Descriptor, Digest, ManifestError, Reference, RepoName};
+use stowage_core::{
+    parse_manifest, Actor, Descriptor, Digest, ManifestError, Reference, RepoName, Tag,
+};
 use stowage_index::{AuditAction, Batch, BlobState, EventKind, ManifestRecord, RefKind, TagRecord};
 
 use crate::{Result, Store, StoreError};
@@ -23,6 +25,17 @@ pub struct PutManifestOutcome {
     pub digest: Digest,
     /// The manifest's `subject`, if it has one (the HTTP layer echoes it as `OCI-Subject`).
     pub subject: Option<Digest>,
+}
+
+/// What a manifest push asks for, besides the bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ManifestPush<'a> {
+    /// The tag it is pushed under, or its digest.
+    pub(crate) reference: &'a Reference,
+    /// Further tags set to it with the push (only with a digest reference).
+    pub(crate) tags: &'a [Tag],
+    /// The request's `Content-Type`.
+    pub(crate) content_type: Option<&'a str>,
 }
 
 /// Who made a change recorded in the feed and the audit log, and the site it originated at
@@ -57,30 +70,72 @@ impl Store {
         content_type: Option<&str>,
         bytes: Vec<u8>,
     ) -> Result<PutManifestOutcome> {
+        self.put_manifest_tagged(actor, repo, reference, &[], content_type, bytes)
+            .await
+    }
+
+    /// [`Store::put_manifest`] that also sets `tags` to the manifest, in the same batch: the
+    /// `?tag=` parameters of a push by digest, the only way to tag a manifest whose digest is
+    /// not the registry's canonical sha256 (a push by tag hashes with sha256). All or nothing:
+    /// tags are only taken with a digest reference ([`StoreError::TagInvalid`] otherwise).
+    pub(crate) async fn put_manifest_tagged(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        reference: &Reference,
+        tags: &[Tag],
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<PutManifestOutcome> {
+        let push = ManifestPush {
+            reference,
+            tags,
+            content_type,
+        };
         self.put_manifest_from(
             Author {
                 actor,
                 origin: None,
             },
             repo,
-            reference,
-            content_type,
+            push,
             bytes,
         )
         .await
     }
 
-    /// [`Store::put_manifest`] for a change that originated at site `origin` (replication),
-    /// or at this site when `None`.
+    /// [`Store::put_manifest_tagged`] for a change that originated at site `origin`
+    /// (replication), or at this site when `None`.
     pub(crate) async fn put_manifest_from(
         &self,
         by: Author<'_>,
         repo: &RepoName,
-        reference: &Reference,
-        content_type: Option<&str>,
+        push: ManifestPush<'_>,
         bytes: Vec<u8>,
     ) -> Result<PutManifestOutcome> {
         let (actor, origin) = (by.actor, by.origin);
+        let ManifestPush {
+            reference,
+            tags,
+            content_type,
+        } = push;
+        let tags: Vec<&Tag> = match reference {
+            Reference::Tag(t) if tags.is_empty() => vec![t],
+            Reference::Tag(t) => {
+                return Err(StoreError::TagInvalid(format!(
+                    "tag parameters are taken only with a push by digest, not with tag {t}"
+                )))
+            }
+            Reference::Digest(_) => {
+                let mut unique: Vec<&Tag> = Vec::with_capacity(tags.len());
+                for t in tags {
+                    if !unique.contains(&t) {
+                        unique.push(t);
+                    }
+                }
+                unique
+            }
+        };
         let parsed = parse_manifest(content_type, &bytes).map_err(map_manifest_error)?;
         let digest = match reference {
             Reference::Digest(d) => {
@@ -188,9 +243,9 @@ impl Store {
                 }),
             );
         }
-        let _tag_held;
-        if let Reference::Tag(tag) = reference {
-            _tag_held = self.lock_tag(repo, tag.as_str()).await;
+        let tag_names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let _tags_held = self.lock_tags(repo, &tag_names).await;
+        for tag in tags {
             let current = idx.tag(repo, tag.as_str())?;
             if current.as_ref().map(|t| &t.digest) != Some(&digest) {
                 let version = self.next_tag_version(repo, tag.as_str(), current.as_ref())?;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use stowage_core::{Actor, Digest, Reference, RepoName};
 use stowage_index::{keys, AuditAction, Batch, BlobState, EventKind, RefKind, TagRecord};
 
-use crate::manifests::Author;
+use crate::manifests::{Author, ManifestPush};
 use crate::{Result, Store, StoreError};
 
 /// Stripes of the tag locks.
@@ -273,14 +273,19 @@ impl Store {
             return Ok(false);
         }
         let content_type = (!media_type.is_empty()).then_some(media_type);
+        let reference = Reference::Digest(digest.clone());
+        let push = ManifestPush {
+            reference: &reference,
+            tags: &[],
+            content_type,
+        };
         self.put_manifest_from(
             Author {
                 actor,
                 origin: Some(origin),
             },
             repo,
-            &Reference::Digest(digest.clone()),
-            content_type,
+            push,
             bytes,
         )
         .await?;
