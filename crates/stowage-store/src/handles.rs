@@ -16,8 +16,8 @@ use bytes::Bytes;
 use futures::Stream;
 use stowage_core::ProjectView;
 use stowage_core::{
-    Action, Actor, Descriptor, Digest, ProjectRecord, Reference, RepoName, RobotRecord, Role, Tag,
-    UserRecord,
+    Action, Actor, Descriptor, Digest, ProjectChange, ProjectRecord, Reference, RepoName,
+    RobotRecord, Role, Tag, UserRecord,
 };
 use stowage_index::{AuditAction, AuditEntry, Index};
 
@@ -761,9 +761,14 @@ impl AccountStore {
         Ok(self.0.index().projects()?)
     }
 
-    /// Marks a project public or private.
-    pub async fn set_project(&self, actor: &Actor, project: &str, public: bool) -> Result<()> {
-        self.0.set_project(actor, project, public).await
+    /// Changes a project's settings (public, sparse manifests); returns them as they now are.
+    pub async fn set_project(
+        &self,
+        actor: &Actor,
+        project: &str,
+        change: ProjectChange,
+    ) -> Result<ProjectRecord> {
+        self.0.set_project(actor, project, change).await
     }
 
     /// Current time from the store's clock.
