@@ -36,6 +36,20 @@ pub(crate) struct ManifestPush<'a> {
     pub(crate) tags: &'a [Tag],
     /// The request's `Content-Type`.
     pub(crate) content_type: Option<&'a str>,
+    /// Whether an index may name child manifests the repository does not hold.
+    pub(crate) children: Children,
+}
+
+/// Whether an index's child manifests must all be present when it is pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Children {
+    /// Every child must be present (invariant 2): the default.
+    Required,
+    /// Children may be absent (a sparse index): a client push to a project whose operator
+    /// allowed it, or a replicated index that its origin accepted. Absent children are still
+    /// recorded as references, so a child pushed later is reachable through the index and
+    /// cannot be deleted while the index stands; children that are present are still checked.
+    MayBeAbsent,
 }
 
 /// Who made a change recorded in the feed and the audit log, and the site it originated at
@@ -58,7 +72,8 @@ fn map_manifest_error(e: ManifestError) -> StoreError {
 impl Store {
     /// Stores a manifest under `reference` (a tag, which is then moved to it, or its digest).
     ///
-    /// Accepted only if every blob and child manifest it references is present in `repo`; the
+    /// Accepted only if every blob and child manifest it references is present in `repo`
+    /// (child manifests may be absent where `repo`'s project allows sparse indexes); the
     /// check and the index write happen under the shared locks of all referenced digests, so a
     /// concurrent deletion either completes before (and the put fails with
     /// [`StoreError::ManifestBlobUnknown`]) or waits until the references are recorded.
@@ -87,10 +102,20 @@ impl Store {
         content_type: Option<&str>,
         bytes: Vec<u8>,
     ) -> Result<PutManifestOutcome> {
+        let sparse = self
+            .inner
+            .index
+            .project(repo.project())?
+            .is_some_and(|p| p.sparse_manifests);
         let push = ManifestPush {
             reference,
             tags,
             content_type,
+            children: if sparse {
+                Children::MayBeAbsent
+            } else {
+                Children::Required
+            },
         };
         self.put_manifest_from(
             Author {
@@ -118,6 +143,7 @@ impl Store {
             reference,
             tags,
             content_type,
+            children: child_rule,
         } = push;
         let tags: Vec<&Tag> = match reference {
             Reference::Tag(t) if tags.is_empty() => vec![t],
@@ -174,8 +200,10 @@ impl Store {
                 )));
             }
         }
+        let mut absent = 0usize;
         for desc in &children {
             match idx.manifest(repo, &desc.digest)? {
+                None if child_rule == Children::MayBeAbsent => absent += 1,
                 None => return Err(StoreError::ManifestBlobUnknown(desc.digest.clone())),
                 Some(rec) if rec.size != desc.size => {
                     return Err(StoreError::ManifestInvalid(format!(
@@ -237,9 +265,18 @@ impl Store {
                     digest.to_string(),
                     origin,
                 )
-                .detail(match origin {
-                    Some(o) => format!("{}, {} bytes, origin {o}", record.media_type, record.size),
-                    None => format!("{}, {} bytes", record.media_type, record.size),
+                .detail({
+                    let mut d = format!("{}, {} bytes", record.media_type, record.size);
+                    if absent > 0 {
+                        d.push_str(&format!(
+                            ", sparse: {absent} of {} children absent",
+                            record.children.len()
+                        ));
+                    }
+                    if let Some(o) = origin {
+                        d.push_str(&format!(", origin {o}"));
+                    }
+                    d
                 }),
             );
         }

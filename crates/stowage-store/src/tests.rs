@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod model;
+mod sparse;
 
 use super::*;
 use futures::TryStreamExt;
