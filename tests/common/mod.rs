@@ -17,6 +17,7 @@ pub mod layout;
 #[path = "../../crates/stowage-cas/src/moto.rs"]
 pub mod moto;
 pub mod pki;
+pub mod sites;
 #[path = "../../crates/stowage-cas/src/testserver.rs"]
 pub mod testserver;
 

@@ -269,6 +269,53 @@ pub struct ProjectRecord {
     /// Created (unix ms).
     #[serde(rename = "c", default)]
     pub created_ms: u64,
+    /// Image indexes pushed to the project may name child manifests it does not hold (sparse
+    /// indexes: a mirror of some platforms of a signed index, whose digest must not change).
+    /// Off unless the operator turns it on; everywhere else a missing child refuses the push.
+    #[serde(rename = "sp", default)]
+    pub sparse_manifests: bool,
+}
+
+/// A change to a project's settings; `None` leaves a setting as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProjectChange {
+    /// Anyone may pull (true) or only those with a role (false).
+    pub public: Option<bool>,
+    /// Sparse image indexes are accepted (true) or refused (false).
+    pub sparse_manifests: Option<bool>,
+}
+
+impl ProjectChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.public.is_none() && self.sparse_manifests.is_none()
+    }
+
+    /// Applies the change to `rec`.
+    pub fn apply(&self, rec: &mut ProjectRecord) {
+        if let Some(p) = self.public {
+            rec.public = p;
+        }
+        if let Some(s) = self.sparse_manifests {
+            rec.sparse_manifests = s;
+        }
+    }
+
+    /// What it sets, for the audit log (`public, sparse manifests allowed`).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match self.public {
+            Some(true) => parts.push("public"),
+            Some(false) => parts.push("private"),
+            None => {}
+        }
+        match self.sparse_manifests {
+            Some(true) => parts.push("sparse manifests allowed"),
+            Some(false) => parts.push("sparse manifests refused"),
+            None => {}
+        }
+        parts.join(", ")
+    }
 }
 
 /// How a whole project shows in a listing.
@@ -286,6 +333,26 @@ pub enum ProjectView {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn project_changes_touch_only_what_they_name() {
+        let mut rec = ProjectRecord {
+            public: true,
+            created_ms: 1,
+            sparse_manifests: false,
+        };
+        let change = ProjectChange {
+            public: None,
+            sparse_manifests: Some(true),
+        };
+        change.apply(&mut rec);
+        assert!(rec.public && rec.sparse_manifests);
+        assert_eq!(change.describe(), "sparse manifests allowed");
+        assert!(ProjectChange::default().is_empty());
+        // Records stored before the setting existed read as "refused".
+        let old: ProjectRecord = serde_json::from_str(r#"{"pub":true,"c":5}"#).unwrap();
+        assert!(old.public && !old.sparse_manifests);
+    }
 
     #[test]
     fn roles_allow_what_they_say() {

@@ -12,7 +12,8 @@ pub mod name;
 pub mod range;
 
 pub use actor::{
-    Action, Actor, Principal, ProjectRecord, ProjectView, RobotRecord, Role, UserRecord,
+    Action, Actor, Principal, ProjectChange, ProjectRecord, ProjectView, RobotRecord, Role,
+    UserRecord,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod model;
+mod sparse;
 
 use std::sync::Arc;
 use std::time::Duration;

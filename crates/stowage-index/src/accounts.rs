@@ -205,6 +205,7 @@ mod tests {
             &ProjectRecord {
                 public: true,
                 created_ms: 4,
+                sparse_manifests: true,
             },
         )
         .unwrap();

@@ -36,6 +36,9 @@ pub enum Code {
     RangeInvalid,
     /// Authentication required.
     Unauthorized,
+    /// A tag is malformed, or tags were given where they are not taken (the Docker registry's
+    /// code, which the spec lets clients meet).
+    TagInvalid,
     /// Too many requests: the client should slow down (`Retry-After`).
     TooManyRequests,
     /// A server fault.
@@ -60,6 +63,7 @@ impl Code {
             Code::Denied => "DENIED",
             Code::RangeInvalid => "RANGE_INVALID",
             Code::Unauthorized => "UNAUTHORIZED",
+            Code::TagInvalid => "TAG_INVALID",
             Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::Unknown => "UNKNOWN",
         }
@@ -138,7 +142,7 @@ impl From<StoreError> for ApiError {
             StoreError::ManifestUnknown(_) => Self::new(S::NOT_FOUND, Code::ManifestUnknown, msg),
             StoreError::NameInvalid(_) => Self::new(S::BAD_REQUEST, Code::NameInvalid, msg),
             StoreError::NameUnknown(_) => Self::new(S::NOT_FOUND, Code::NameUnknown, msg),
-            StoreError::TagInvalid(_) => Self::new(S::BAD_REQUEST, Code::ManifestInvalid, msg),
+            StoreError::TagInvalid(_) => Self::new(S::BAD_REQUEST, Code::TagInvalid, msg),
             StoreError::SizeInvalid(_) => Self::new(S::BAD_REQUEST, Code::SizeInvalid, msg),
             // Both may cut a request body part-way: the rest is never read, so the connection
             // cannot carry another request and the client is told so.

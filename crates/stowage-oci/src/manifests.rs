@@ -5,10 +5,13 @@ use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use stowage_core::{Actor, Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
+use stowage_core::{Actor, Digest, Reference, RepoName, Tag, MAX_MANIFEST_BYTES};
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::{method_not_allowed, parse_digest, query_param, AppState};
+use crate::{method_not_allowed, parse_digest, query_pairs, query_param, AppState};
+
+/// Most `tag` parameters one manifest push takes (the spec asks for at least 10).
+pub(crate) const MAX_TAG_PARAMS: usize = 64;
 
 fn parse_reference(s: &str, for_put: bool) -> ApiResult<Reference> {
     if s.contains(':') {
@@ -97,13 +100,22 @@ async fn put(
             format!("manifest exceeds the limit of {MAX_MANIFEST_BYTES} bytes"),
         )
     };
+    let tags = tag_params(&req, reference)?;
     let bytes = read_limited(req.into_body(), MAX_MANIFEST_BYTES)
         .await?
         .ok_or_else(too_large)?;
-    let out = app
-        .store
-        .put_manifest(actor, repo, reference, content_type.as_deref(), bytes)
-        .await?;
+    let out = match reference {
+        Reference::Digest(d) if !tags.is_empty() => {
+            app.store
+                .put_manifest_tagged(actor, repo, d, &tags, content_type.as_deref(), bytes)
+                .await?
+        }
+        _ => {
+            app.store
+                .put_manifest(actor, repo, reference, content_type.as_deref(), bytes)
+                .await?
+        }
+    };
     let mut resp = (
         StatusCode::CREATED,
         [
@@ -119,12 +131,58 @@ async fn put(
         ],
     )
         .into_response();
+    if !tags.is_empty() {
+        // The tags applied, so that a client knows the registry took the parameters (one
+        // that does not see the header falls back to pushing each tag).
+        let names: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+        if let Ok(v) = names.join(", ").parse() {
+            resp.headers_mut().insert("oci-tag", v);
+        }
+    }
     if let Some(subject) = out.subject {
         if let Ok(v) = subject.to_string().parse() {
             resp.headers_mut().insert("oci-subject", v);
         }
     }
     Ok(resp)
+}
+
+/// The `tag` query parameters of a manifest push, validated and without repeats. They are
+/// taken only with a push by digest (a push by tag names its one tag in the path); a bad one
+/// refuses the whole push (`TAG_INVALID`), more than [`MAX_TAG_PARAMS`] answers 414.
+fn tag_params(req: &Request<Body>, reference: &Reference) -> ApiResult<Vec<Tag>> {
+    let raw: Vec<String> = query_pairs(req)
+        .into_iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v)
+        .collect();
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let invalid = |status, msg: String| ApiError::new(status, Code::TagInvalid, msg);
+    if let Reference::Tag(t) = reference {
+        return Err(invalid(
+            StatusCode::BAD_REQUEST,
+            format!("tag parameters are taken only with a push by digest, not with tag {t}"),
+        ));
+    }
+    if raw.len() > MAX_TAG_PARAMS {
+        return Err(invalid(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "{} tag parameters; a push takes at most {MAX_TAG_PARAMS}",
+                raw.len()
+            ),
+        ));
+    }
+    let mut tags: Vec<Tag> = Vec::with_capacity(raw.len());
+    for v in raw {
+        let t = Tag::parse(&v).map_err(|e| invalid(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    Ok(tags)
 }
 
 /// GET `/v2/<name>/referrers/<digest>[?artifactType=...]`: an image index of referrers.

@@ -8,6 +8,8 @@ use stowage_auth::authority::AuthSettings;
 use stowage_store::{Store, StoreConfig};
 use tower::ServiceExt;
 
+mod tag_params;
+
 struct Api {
     router: Router,
     _dir: tempfile::TempDir,

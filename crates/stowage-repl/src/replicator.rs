@@ -813,13 +813,12 @@ impl Flow {
             }
             drop(parsed);
             for child in &children {
-                let cdoc = self
-                    .source
-                    .get_manifest(repo, child)
-                    .await?
-                    .ok_or_else(|| {
-                        ReplError::NotFound(format!("child {child} of {digest} at the source"))
-                    })?;
+                // A child the source does not hold is one its sparse index was accepted
+                // without; the target accepts the index the same way, so it is not sent.
+                let Some(cdoc) = self.source.get_manifest(repo, child).await? else {
+                    tracing::debug!(%repo, %digest, %child, "child absent at the source");
+                    continue;
+                };
                 self.replicate_manifest(repo, child, cdoc, origin, depth + 1)
                     .await?;
             }

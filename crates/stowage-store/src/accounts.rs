@@ -2,7 +2,9 @@
 //! audit entry go in one batch. Passwords and secrets never reach this module: callers pass
 //! hashes (argon2id for passwords, SHA-256 for robot secrets).
 
-use stowage_core::{Action, Actor, ProjectRecord, RepoName, RobotRecord, Role, UserRecord};
+use stowage_core::{
+    Action, Actor, ProjectChange, ProjectRecord, RepoName, RobotRecord, Role, UserRecord,
+};
 use stowage_index::{AuditAction, Batch};
 
 use crate::{Result, Store, StoreError};
@@ -264,30 +266,38 @@ impl Store {
         Ok(())
     }
 
-    /// Sets whether `project` is public (anyone may pull).
+    /// Changes `project`'s settings (whether it is public, whether it takes sparse indexes),
+    /// audited in the same batch; returns the settings now. An empty change writes nothing.
     pub(crate) async fn set_project(
         &self,
         actor: &Actor,
         project: &str,
-        public: bool,
-    ) -> Result<()> {
+        change: ProjectChange,
+    ) -> Result<ProjectRecord> {
         check_project_name(project)?;
         let _g = self.inner.account_lock.lock().await;
-        let mut rec = self.inner.index.project(project)?.unwrap_or(ProjectRecord {
-            public: false,
-            created_ms: self.now_ms(),
-        });
-        rec.public = public;
+        let mut rec = self
+            .inner
+            .index
+            .project(project)?
+            .unwrap_or_else(|| ProjectRecord {
+                created_ms: self.now_ms(),
+                ..ProjectRecord::default()
+            });
+        if change.is_empty() {
+            return Ok(rec);
+        }
+        change.apply(&mut rec);
         let mut batch = Batch::new();
         batch.put_project(project, &rec)?;
         batch.audit(
             self.audit_entry(actor, AuditAction::ProjectUpdate)
                 .repo(project)
                 .target(project)
-                .detail(if public { "public" } else { "private" }),
+                .detail(change.describe()),
         );
         self.commit(batch).await?;
-        Ok(())
+        Ok(rec)
     }
 }
 

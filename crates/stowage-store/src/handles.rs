@@ -16,8 +16,8 @@ use bytes::Bytes;
 use futures::Stream;
 use stowage_core::ProjectView;
 use stowage_core::{
-    Action, Actor, Descriptor, Digest, ProjectRecord, Reference, RepoName, RobotRecord, Role,
-    UserRecord,
+    Action, Actor, Descriptor, Digest, ProjectChange, ProjectRecord, Reference, RepoName,
+    RobotRecord, Role, Tag, UserRecord,
 };
 use stowage_index::{AuditAction, AuditEntry, Index};
 
@@ -154,6 +154,23 @@ impl ClientStore {
     ) -> Result<PutManifestOutcome> {
         self.0
             .put_manifest(actor, repo, reference, content_type, bytes)
+            .await
+    }
+
+    /// Stores a manifest pushed by digest and sets `tags` to it in the same change (the
+    /// `?tag=` parameters of the push): all or nothing.
+    pub async fn put_manifest_tagged(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        digest: &Digest,
+        tags: &[Tag],
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<PutManifestOutcome> {
+        let reference = Reference::Digest(digest.clone());
+        self.0
+            .put_manifest_tagged(actor, repo, &reference, tags, content_type, bytes)
             .await
     }
 
@@ -763,9 +780,14 @@ impl AccountStore {
         Ok(self.0.index().projects()?)
     }
 
-    /// Marks a project public or private.
-    pub async fn set_project(&self, actor: &Actor, project: &str, public: bool) -> Result<()> {
-        self.0.set_project(actor, project, public).await
+    /// Changes a project's settings (public, sparse manifests); returns them as they now are.
+    pub async fn set_project(
+        &self,
+        actor: &Actor,
+        project: &str,
+        change: ProjectChange,
+    ) -> Result<ProjectRecord> {
+        self.0.set_project(actor, project, change).await
     }
 
     /// Current time from the store's clock.

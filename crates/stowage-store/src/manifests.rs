@@ -1,6 +1,8 @@
 //! Manifests and tags: put (with the reference check), get, delete, untag.
 
-use stowage_core::{parse_manifest, Actor, Descriptor, Digest, ManifestError, Reference, RepoName};
+use stowage_core::{
+    parse_manifest, Actor, Descriptor, Digest, ManifestError, Reference, RepoName, Tag,
+};
 use stowage_index::{AuditAction, Batch, BlobState, EventKind, ManifestRecord, RefKind, TagRecord};
 
 use crate::{Result, Store, StoreError};
@@ -25,6 +27,31 @@ pub struct PutManifestOutcome {
     pub subject: Option<Digest>,
 }
 
+/// What a manifest push asks for, besides the bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ManifestPush<'a> {
+    /// The tag it is pushed under, or its digest.
+    pub(crate) reference: &'a Reference,
+    /// Further tags set to it with the push (only with a digest reference).
+    pub(crate) tags: &'a [Tag],
+    /// The request's `Content-Type`.
+    pub(crate) content_type: Option<&'a str>,
+    /// Whether an index may name child manifests the repository does not hold.
+    pub(crate) children: Children,
+}
+
+/// Whether an index's child manifests must all be present when it is pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Children {
+    /// Every child must be present (invariant 2): the default.
+    Required,
+    /// Children may be absent (a sparse index): a client push to a project whose operator
+    /// allowed it, or a replicated index that its origin accepted. Absent children are still
+    /// recorded as references, so a child pushed later is reachable through the index and
+    /// cannot be deleted while the index stands; children that are present are still checked.
+    MayBeAbsent,
+}
+
 /// Who made a change recorded in the feed and the audit log, and the site it originated at
 /// (`None`: this site).
 #[derive(Clone, Copy, Debug)]
@@ -45,7 +72,8 @@ fn map_manifest_error(e: ManifestError) -> StoreError {
 impl Store {
     /// Stores a manifest under `reference` (a tag, which is then moved to it, or its digest).
     ///
-    /// Accepted only if every blob and child manifest it references is present in `repo`; the
+    /// Accepted only if every blob and child manifest it references is present in `repo`
+    /// (child manifests may be absent where `repo`'s project allows sparse indexes); the
     /// check and the index write happen under the shared locks of all referenced digests, so a
     /// concurrent deletion either completes before (and the put fails with
     /// [`StoreError::ManifestBlobUnknown`]) or waits until the references are recorded.
@@ -57,30 +85,83 @@ impl Store {
         content_type: Option<&str>,
         bytes: Vec<u8>,
     ) -> Result<PutManifestOutcome> {
+        self.put_manifest_tagged(actor, repo, reference, &[], content_type, bytes)
+            .await
+    }
+
+    /// [`Store::put_manifest`] that also sets `tags` to the manifest, in the same batch: the
+    /// `?tag=` parameters of a push by digest, the only way to tag a manifest whose digest is
+    /// not the registry's canonical sha256 (a push by tag hashes with sha256). All or nothing:
+    /// tags are only taken with a digest reference ([`StoreError::TagInvalid`] otherwise).
+    pub(crate) async fn put_manifest_tagged(
+        &self,
+        actor: &Actor,
+        repo: &RepoName,
+        reference: &Reference,
+        tags: &[Tag],
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<PutManifestOutcome> {
+        let sparse = self
+            .inner
+            .index
+            .project(repo.project())?
+            .is_some_and(|p| p.sparse_manifests);
+        let push = ManifestPush {
+            reference,
+            tags,
+            content_type,
+            children: if sparse {
+                Children::MayBeAbsent
+            } else {
+                Children::Required
+            },
+        };
         self.put_manifest_from(
             Author {
                 actor,
                 origin: None,
             },
             repo,
-            reference,
-            content_type,
+            push,
             bytes,
         )
         .await
     }
 
-    /// [`Store::put_manifest`] for a change that originated at site `origin` (replication),
-    /// or at this site when `None`.
+    /// [`Store::put_manifest_tagged`] for a change that originated at site `origin`
+    /// (replication), or at this site when `None`.
     pub(crate) async fn put_manifest_from(
         &self,
         by: Author<'_>,
         repo: &RepoName,
-        reference: &Reference,
-        content_type: Option<&str>,
+        push: ManifestPush<'_>,
         bytes: Vec<u8>,
     ) -> Result<PutManifestOutcome> {
         let (actor, origin) = (by.actor, by.origin);
+        let ManifestPush {
+            reference,
+            tags,
+            content_type,
+            children: child_rule,
+        } = push;
+        let tags: Vec<&Tag> = match reference {
+            Reference::Tag(t) if tags.is_empty() => vec![t],
+            Reference::Tag(t) => {
+                return Err(StoreError::TagInvalid(format!(
+                    "tag parameters are taken only with a push by digest, not with tag {t}"
+                )))
+            }
+            Reference::Digest(_) => {
+                let mut unique: Vec<&Tag> = Vec::with_capacity(tags.len());
+                for t in tags {
+                    if !unique.contains(&t) {
+                        unique.push(t);
+                    }
+                }
+                unique
+            }
+        };
         let parsed = parse_manifest(content_type, &bytes).map_err(map_manifest_error)?;
         let digest = match reference {
             Reference::Digest(d) => {
@@ -119,8 +200,10 @@ impl Store {
                 )));
             }
         }
+        let mut absent = 0usize;
         for desc in &children {
             match idx.manifest(repo, &desc.digest)? {
+                None if child_rule == Children::MayBeAbsent => absent += 1,
                 None => return Err(StoreError::ManifestBlobUnknown(desc.digest.clone())),
                 Some(rec) if rec.size != desc.size => {
                     return Err(StoreError::ManifestInvalid(format!(
@@ -182,15 +265,24 @@ impl Store {
                     digest.to_string(),
                     origin,
                 )
-                .detail(match origin {
-                    Some(o) => format!("{}, {} bytes, origin {o}", record.media_type, record.size),
-                    None => format!("{}, {} bytes", record.media_type, record.size),
+                .detail({
+                    let mut d = format!("{}, {} bytes", record.media_type, record.size);
+                    if absent > 0 {
+                        d.push_str(&format!(
+                            ", sparse: {absent} of {} children absent",
+                            record.children.len()
+                        ));
+                    }
+                    if let Some(o) = origin {
+                        d.push_str(&format!(", origin {o}"));
+                    }
+                    d
                 }),
             );
         }
-        let _tag_held;
-        if let Reference::Tag(tag) = reference {
-            _tag_held = self.lock_tag(repo, tag.as_str()).await;
+        let tag_names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let _tags_held = self.lock_tags(repo, &tag_names).await;
+        for tag in tags {
             let current = idx.tag(repo, tag.as_str())?;
             if current.as_ref().map(|t| &t.digest) != Some(&digest) {
                 let version = self.next_tag_version(repo, tag.as_str(), current.as_ref())?;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use stowage_core::{Actor, Digest, Reference, RepoName};
 use stowage_index::{keys, AuditAction, Batch, BlobState, EventKind, RefKind, TagRecord};
 
-use crate::manifests::Author;
+use crate::manifests::{Author, Children, ManifestPush};
 use crate::{Result, Store, StoreError};
 
 /// Stripes of the tag locks.
@@ -258,8 +258,9 @@ impl Store {
     }
 
     /// Stores a manifest received from a peer, recording `origin` as where it came from.
-    /// Returns whether it was new here. Fails like a push would when something it references
-    /// is missing ([`StoreError::ManifestBlobUnknown`]).
+    /// Returns whether it was new here. Fails like a push would when a blob it references is
+    /// missing ([`StoreError::ManifestBlobUnknown`]); an index's absent children are accepted
+    /// whatever this site's project settings, since the origin decided (see [`Children`]).
     pub(crate) async fn replica_put_manifest(
         &self,
         actor: &Actor,
@@ -273,14 +274,23 @@ impl Store {
             return Ok(false);
         }
         let content_type = (!media_type.is_empty()).then_some(media_type);
+        let reference = Reference::Digest(digest.clone());
+        let push = ManifestPush {
+            reference: &reference,
+            tags: &[],
+            content_type,
+            // The origin accepted the index under its own project's rule, and the replicator
+            // sends every child the origin holds before the index: a child absent here is
+            // absent there (a sparse index), so it is not demanded.
+            children: Children::MayBeAbsent,
+        };
         self.put_manifest_from(
             Author {
                 actor,
                 origin: Some(origin),
             },
             repo,
-            &Reference::Digest(digest.clone()),
-            content_type,
+            push,
             bytes,
         )
         .await?;

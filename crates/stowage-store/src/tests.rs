@@ -2,6 +2,7 @@
 
 mod model;
 pub(crate) mod pause;
+mod sparse;
 
 use super::*;
 use futures::TryStreamExt;

@@ -144,12 +144,18 @@ pub struct ProjectArgs {
 
 #[derive(Subcommand, Debug)]
 enum ProjectCommand {
-    /// Mark a project public (anyone may pull, without credentials) or private.
+    /// Change a project's settings: public (anyone may pull, without credentials) or
+    /// private; whether it accepts sparse image indexes. Settings not named stay as they are.
+    #[command(group(clap::ArgGroup::new("setting").required(true).multiple(true)))]
     Set {
         project: String,
         /// true or false.
-        #[arg(long, action = clap::ArgAction::Set)]
-        public: bool,
+        #[arg(long, action = clap::ArgAction::Set, group = "setting")]
+        public: Option<bool>,
+        /// true: image indexes may name child manifests the project does not hold (to mirror
+        /// some platforms of an index without changing its digest); false: refused.
+        #[arg(long, alias = "sparse", action = clap::ArgAction::Set, group = "setting")]
+        sparse_manifests: Option<bool>,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -650,29 +656,34 @@ pub fn project(args: ProjectArgs) -> Result<(), String> {
             ProjectCommand::Set {
                 project,
                 public,
+                sparse_manifests,
                 target,
             } => {
+                let change = stowage_core::ProjectChange {
+                    public,
+                    sparse_manifests,
+                };
                 match open(&target).await? {
                     Target::Online(mut c, server) => {
                         c.set_project(pb::SetProjectRequest {
                             project: project.clone(),
                             public,
+                            sparse_manifests,
                         })
                         .await
                         .map_err(|s| {
                             rpc_error(&format!("setting project {project}"), &server, &s)
                         })?;
                     }
-                    Target::Offline(store) => store
-                        .accounts()
-                        .set_project(&offline_actor(), &project, public)
-                        .await
-                        .map_err(|e| format!("setting project {project}: {e}"))?,
+                    Target::Offline(store) => {
+                        store
+                            .accounts()
+                            .set_project(&offline_actor(), &project, change)
+                            .await
+                            .map_err(|e| format!("setting project {project}: {e}"))?;
+                    }
                 }
-                done(&format!(
-                    "project {project} is {}",
-                    if public { "public" } else { "private" }
-                ))
+                done(&format!("project {project}: {}", change.describe()))
             }
             ProjectCommand::List { json, target } => {
                 let projects = match open(&target).await? {
@@ -692,22 +703,28 @@ pub fn project(args: ProjectArgs) -> Result<(), String> {
                             project,
                             public: p.public,
                             created_ms: p.created_ms,
+                            sparse_manifests: p.sparse_manifests,
                         })
                         .collect(),
                 };
+                let yes = |b: bool| if b { "yes" } else { "no" };
                 if json {
                     let v: Vec<_> = projects
                         .iter()
-                        .map(|p| serde_json::json!({"project": p.project, "public": p.public}))
+                        .map(|p| {
+                            serde_json::json!({"project": p.project, "public": p.public,
+                                               "sparse_manifests": p.sparse_manifests})
+                        })
                         .collect();
                     emit(&format!("{}\n", serde_json::Value::Array(v)))
                 } else {
-                    let mut text = format!("{:<32}{}\n", "PROJECT", "PUBLIC");
+                    let mut text = format!("{:<32}{:<8}{}\n", "PROJECT", "PUBLIC", "SPARSE");
                     for p in &projects {
                         text.push_str(&format!(
-                            "{:<32}{}\n",
+                            "{:<32}{:<8}{}\n",
                             p.project,
-                            if p.public { "yes" } else { "no" }
+                            yes(p.public),
+                            yes(p.sparse_manifests)
                         ));
                     }
                     emit(&text)

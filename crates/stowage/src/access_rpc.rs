@@ -422,8 +422,16 @@ impl Access for AccessService {
     ) -> Result<Response<pb::AccessEmpty>, Status> {
         let actor = actor_of(&req);
         let r = req.into_inner();
+        let mut change = stowage_core::ProjectChange {
+            public: r.public,
+            sparse_manifests: r.sparse_manifests,
+        };
+        if change.is_empty() {
+            // A client from before the optional fields, asking for `public = false`.
+            change.public = Some(false);
+        }
         self.accounts
-            .set_project(&actor, &r.project, r.public)
+            .set_project(&actor, &r.project, change)
             .await
             .map_err(|e| status(&format!("setting project {}", r.project), e))?;
         Ok(Response::new(pb::AccessEmpty {}))
@@ -442,6 +450,7 @@ impl Access for AccessService {
                 project,
                 public: p.public,
                 created_ms: p.created_ms,
+                sparse_manifests: p.sparse_manifests,
             })
             .collect();
         Ok(Response::new(pb::ListProjectsResponse { projects }))
