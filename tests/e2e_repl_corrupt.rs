@@ -178,7 +178,12 @@ async fn a_corrupt_source_blob_is_quarantined_and_parked_the_feed_goes_on_and_a_
         "private",
         &[
             Peer("cloud", &b.repl, "push", "repositories = [\"team-a/**\"]"),
-            Peer("third", &third.repl, "pull", "repositories = [\"elsewhere/**\"]"),
+            Peer(
+                "third",
+                &third.repl,
+                "pull",
+                "repositories = [\"elsewhere/**\"]",
+            ),
         ],
     );
     let c = client();
@@ -205,7 +210,10 @@ async fn a_corrupt_source_blob_is_quarantined_and_parked_the_feed_goes_on_and_a_
     );
     let status = peer_status(&a, "cloud");
     assert_eq!(status["parked"], entries.len(), "{status}");
-    assert_eq!(manifest_status(&c, &b, "team-a/app", "v1").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        manifest_status(&c, &b, "team-a/app", "v1").await,
+        StatusCode::NOT_FOUND
+    );
 
     // The source no longer serves the corrupt blob; the bad bytes are gone.
     assert_eq!(
@@ -234,14 +242,8 @@ async fn a_corrupt_source_blob_is_quarantined_and_parked_the_feed_goes_on_and_a_
     let (ok, v) = retry_all(&a);
     assert!(ok, "{v}");
     let results = v["results"].as_array().unwrap();
-    assert!(
-        results.iter().all(|r| r["outcome"] == "replicated"),
-        "{v}"
-    );
-    assert!(
-        results.iter().any(|r| r["repaired_from"] == "third"),
-        "{v}"
-    );
+    assert!(results.iter().all(|r| r["outcome"] == "replicated"), "{v}");
+    assert!(results.iter().any(|r| r["repaired_from"] == "third"), "{v}");
     assert!(pulls_identical(&c, &b.base, "team-a/app", "v1", &bad).await);
     assert!(pulls_identical(&c, &a.base, "team-a/app", "v1", &bad).await);
     assert!(parked(&a).is_empty());
@@ -266,8 +268,7 @@ async fn a_corrupt_source_blob_is_quarantined_and_parked_the_feed_goes_on_and_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_puller_parks_what_needs_a_blob_corrupt_at_its_source_and_repairs_it_from_another_peer(
-) {
+async fn a_puller_parks_what_needs_a_blob_corrupt_at_its_source_and_repairs_it_from_another_peer() {
     let root = tempfile::tempdir().unwrap();
     let origin = site(root.path(), "origin", &[]);
     let backup = site(root.path(), "backup", &[]);
@@ -276,7 +277,12 @@ async fn a_puller_parks_what_needs_a_blob_corrupt_at_its_source_and_repairs_it_f
         "edge",
         &[
             Peer("origin", &origin.repl, "pull", ""),
-            Peer("backup", &backup.repl, "pull", "repositories = [\"elsewhere/**\"]"),
+            Peer(
+                "backup",
+                &backup.repl,
+                "pull",
+                "repositories = [\"elsewhere/**\"]",
+            ),
         ],
     );
     let c = client();

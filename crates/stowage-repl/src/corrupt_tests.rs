@@ -29,10 +29,14 @@ fn blob_file(dir: &Path, d: &Digest) -> PathBuf {
     dir.join("cas/blobs/sha256").join(&hex[..2]).join(hex)
 }
 
-async fn site(dir: &Path) -> Local {
+async fn open(dir: &Path) -> Store {
     let mut cfg = StoreConfig::new(dir);
     cfg.site = Some("here".into());
-    Local::new(Store::open(cfg).await.unwrap().replica())
+    Store::open(cfg).await.unwrap()
+}
+
+async fn site(dir: &Path) -> Local {
+    Local::new(open(dir).await.replica())
 }
 
 async fn store_blob(l: &Local, bytes: &[u8]) -> Digest {
@@ -181,4 +185,48 @@ async fn a_read_fault_over_intact_bytes_does_not_quarantine() {
     let (sent, err) = read(&l, &d, 0).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(sent, bytes.len());
+}
+
+#[tokio::test]
+async fn a_purged_corrupt_blob_still_parks_rather_than_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let l = Local::new(store.replica());
+    let bytes = data(50_000, 4);
+    let d = store_blob(&l, &bytes).await;
+    damage(dir.path(), &d, 0);
+    let (_, err) = read(&l, &d, 0).await;
+    assert!(
+        matches!(err, Some(ReplError::SourceCorrupt { .. })),
+        "{err:?}"
+    );
+    // Garbage collection purges the quarantine when its retention passes: the record goes,
+    // the repository's link and the manifests that need the blob stay.
+    let at = l
+        .store()
+        .index()
+        .blob(&d)
+        .unwrap()
+        .unwrap()
+        .quarantine
+        .unwrap()
+        .at_ms;
+    let purged = store
+        .gc_ops()
+        .purge_blob(&Actor::system("gc"), &d, at)
+        .await
+        .unwrap();
+    assert_eq!(purged, Some(bytes.len() as u64));
+    assert!(l.store().index().blob(&d).unwrap().is_none());
+    match l.read_blob(&repo(), &d, 0).await {
+        Err(ReplError::SourceCorrupt { digest, .. }) => assert_eq!(digest, d),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a purged blob was read"),
+    }
+    // A repository that never linked it gets a plain not-found.
+    let other = RepoName::parse("team/other").unwrap();
+    assert!(matches!(
+        l.read_blob(&other, &d, 0).await,
+        Err(ReplError::NotFound(_))
+    ));
 }

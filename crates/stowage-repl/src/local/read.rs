@@ -61,31 +61,39 @@ impl Local {
         Ok((info.size, stream))
     }
 
-    /// The error for a blob `repo` links that the store does not serve: the source's
-    /// corruption when it is quarantined as corrupt, else `unknown`.
+    /// The error for a blob the store does not serve in `repo`: when `repo` still links it,
+    /// the source's corruption (quarantined as corrupt, or its record gone because garbage
+    /// collection purged that quarantine), so the entries that need it are parked rather
+    /// than holding up the feed; else `unknown`. Blobs garbage collection quarantined for
+    /// being unreferenced are unlinked first, so they stay `unknown`.
     fn unserved(&self, repo: &RepoName, digest: &Digest, unknown: StoreError) -> Result<ReplError> {
         let idx = self.store.index();
-        if let Some(rec) = idx.blob(digest).map_err(StoreError::from)? {
-            if let (
-                BlobState::Deleted,
-                Some(Quarantine {
-                    reason: QuarantineReason::Corrupt { detail },
-                    ..
-                }),
-            ) = (rec.state, &rec.quarantine)
-            {
-                if idx.repo_has_blob(repo, digest).map_err(StoreError::from)? {
-                    return Ok(ReplError::SourceCorrupt {
-                        digest: digest.clone(),
-                        message: format!(
-                            "blob {digest} is quarantined as corrupt at source site {} ({detail})",
-                            self.site_name()
-                        ),
-                    });
-                }
-            }
+        if !idx.repo_has_blob(repo, digest).map_err(StoreError::from)? {
+            return Ok(unknown.into());
         }
-        Ok(unknown.into())
+        let site = self.site_name();
+        let message = match idx.blob(digest).map_err(StoreError::from)? {
+            Some(rec) => match (rec.state, rec.quarantine) {
+                (
+                    BlobState::Deleted,
+                    Some(Quarantine {
+                        reason: QuarantineReason::Corrupt { detail },
+                        ..
+                    }),
+                ) => format!(
+                    "blob {digest} is quarantined as corrupt at source site {site} ({detail})"
+                ),
+                _ => return Ok(unknown.into()),
+            },
+            None => format!(
+                "blob {digest} is linked in {repo} at source site {site} but stored there no more \
+                 (quarantined as corrupt, then purged)"
+            ),
+        };
+        Ok(ReplError::SourceCorrupt {
+            digest: digest.clone(),
+            message,
+        })
     }
 
     fn site_name(&self) -> &str {
