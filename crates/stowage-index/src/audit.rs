@@ -91,6 +91,14 @@ pub enum AuditAction {
     /// A replication request from a peer (only recorded when refused; applied changes are
     /// recorded as the change itself, with the peer as actor).
     Replication,
+    /// A blob whose stored bytes failed verification taken out of service (quarantined as
+    /// corrupt, its bytes removed) until good bytes replace it.
+    BlobCorrupt,
+    /// A replication feed entry set aside in the dead-letter list (it needs a blob that is
+    /// corrupt at its source), or taken out of it again once replicated.
+    ReplicationPark,
+    /// An operator asked for parked replication entries to be tried again.
+    ReplicationRetry,
     /// Old audit entries removed by retention.
     AuditPrune,
     /// The recorded end of the chain was found missing or behind the stored entries at start
@@ -147,6 +155,9 @@ pub const ALL_ACTIONS: &[(AuditAction, &str)] = &[
     (AuditAction::ProjectUpdate, "project_update"),
     (AuditAction::Admin, "admin"),
     (AuditAction::Replication, "replication"),
+    (AuditAction::BlobCorrupt, "blob_corrupt"),
+    (AuditAction::ReplicationPark, "replication_park"),
+    (AuditAction::ReplicationRetry, "replication_retry"),
     (AuditAction::AuditPrune, "audit_prune"),
     (AuditAction::AuditRepair, "audit_repair"),
 ];

@@ -24,8 +24,8 @@ use rocksdb::{
 use stowage_core::{Descriptor, Digest, RepoName};
 
 pub use records::{
-    BlobRecord, BlobState, Event, EventKind, HoldKind, ManifestRecord, Quarantine, RefKind,
-    RepoRecord, TagRecord, UploadRecord,
+    BlobRecord, BlobState, Event, EventKind, HoldKind, ManifestRecord, Quarantine,
+    QuarantineReason, RefKind, RepoRecord, TagRecord, UploadRecord,
 };
 
 mod snapshot;

@@ -28,9 +28,40 @@ pub struct Quarantine {
     /// Repositories that held it when it was quarantined (a restore links it back into them).
     #[serde(rename = "r", default)]
     pub repos: Vec<String>,
-    /// The garbage-collection run that quarantined it.
+    /// The garbage-collection run that quarantined it (0 for a corrupt blob).
     #[serde(rename = "run", default)]
     pub run_id: u64,
+    /// Why: nothing held it (garbage collection), or its bytes failed verification. Absent in
+    /// records written before corrupt blobs were quarantined (all of those are collected).
+    #[serde(
+        rename = "why",
+        default,
+        skip_serializing_if = "QuarantineReason::is_unreferenced"
+    )]
+    pub reason: QuarantineReason,
+}
+
+/// Why a blob is quarantined. The two differ in what brings the blob back: a collected blob's
+/// bytes are intact, so an operator may restore it; a corrupt blob's bytes are removed when it
+/// is quarantined, and only good bytes (pushed again, or fetched from another site) do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuarantineReason {
+    /// Garbage collection found that nothing holds it any more.
+    #[default]
+    Unreferenced,
+    /// Its stored bytes did not match its digest (or recorded checksum) when read.
+    Corrupt {
+        /// What did not match, as found.
+        detail: String,
+    },
+}
+
+impl QuarantineReason {
+    /// Whether this is the garbage-collection reason (the default, not written).
+    pub fn is_unreferenced(&self) -> bool {
+        matches!(self, QuarantineReason::Unreferenced)
+    }
 }
 
 /// One stored blob, global to the site (deduplicated across repositories).

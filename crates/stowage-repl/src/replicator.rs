@@ -1,41 +1,43 @@
 //! The replicator: one task per configured peer that follows a source feed from a durable
 //! cursor and brings the target up to date, plus anti-entropy.
 //!
-//! Per batch of feed entries and per repository: the manifests put (children first, each after
-//! the blobs it needs, only those the target lacks), then the latest state of every tag touched
-//! (whatever happened to it in between), then referrers, then manifest deletes. Everything is
+//! A batch of feed entries is applied as a whole (see [`crate::flow`]). Everything is
 //! idempotent, so a batch that fails half way is simply retried; the cursor moves past a batch
-//! only once the target confirmed all of it.
+//! only once the target confirmed all of it, or once the entries it could not confirm because
+//! a blob is corrupt at the source are durably parked (see [`crate::parked`]): one bad blob
+//! does not hold up the rest of the feed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use stowage_core::{parse_manifest, Digest, RepoName};
-use stowage_index::{Event, EventKind};
-use stowage_rpc::v1 as pb;
-use stowage_store::{StoreError, TagState};
+use stowage_core::Digest;
+use stowage_index::Event;
+use stowage_store::StoreError;
 use tokio::sync::watch;
 
+use crate::anti_entropy::SyncReport;
 use crate::error::{ReplError, Result};
+use crate::flow::Flow;
 use crate::glob::Filters;
-use crate::local::{BlobHeader, Local, ManifestDoc};
+use crate::local::Local;
+use crate::parked::{DeadLetters, ParkReason, Parked, ParkedId};
 use crate::remote::Remote;
 use crate::site::Site;
+use crate::status::{PeerState, PeerStatus};
 
 /// How long a site keeps blobs of a transfer in progress from garbage collection.
-const TRANSFER_HOLD: Duration = Duration::from_secs(3600);
+pub(crate) const TRANSFER_HOLD: Duration = Duration::from_secs(3600);
 /// Feed entries handled per batch.
 const BATCH: usize = 256;
 /// How long a replicator waits on the source's feed for new entries before looking around
 /// (stop signal, anti-entropy timer).
 const FEED_WAIT: Duration = Duration::from_secs(1);
 /// Attempts at one blob (each resumes from what the target holds) before the batch fails.
-const BLOB_ATTEMPTS: usize = 5;
+pub(crate) const BLOB_ATTEMPTS: usize = 5;
 /// Deepest index nesting followed.
-const MAX_DEPTH: usize = 8;
+pub(crate) const MAX_DEPTH: usize = 8;
 
 /// Which way content flows between this site and a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,28 +144,9 @@ impl PeerConfig {
     }
 }
 
-/// What one anti-entropy comparison found and repaired.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    /// Buckets whose hashes differed.
-    pub buckets_differing: u32,
-    /// Repositories compared one by one (those in differing buckets).
-    pub repositories_compared: u32,
-    /// Repositories whose state differed.
-    pub repositories_differing: u32,
-    /// Manifests the target lacked and received.
-    pub manifests_repaired: u32,
-    /// Tag states the target lacked (or held older) and received.
-    pub tags_repaired: u32,
-    /// Manifests the target holds that the source does not (left alone).
-    pub extra_at_target: u32,
-    /// How long it took.
-    pub duration: Duration,
-}
-
 /// Token bucket for a peer's blob bytes.
 #[derive(Debug)]
-struct Limiter {
+pub(crate) struct Limiter {
     rate: f64,
     state: tokio::sync::Mutex<(f64, Instant)>,
 }
@@ -176,7 +159,7 @@ impl Limiter {
         }
     }
 
-    async fn take(&self, n: usize) {
+    pub(crate) async fn take(&self, n: usize) {
         let mut s = self.state.lock().await;
         let now = Instant::now();
         // A burst of at most one second's worth.
@@ -190,18 +173,19 @@ impl Limiter {
     }
 }
 
+/// One configured peer and its figures.
 #[derive(Debug)]
-struct Peer {
-    cfg: PeerConfig,
-    remote: Remote,
-    status: Mutex<pb::PeerStatus>,
-    limiter: Option<Limiter>,
+pub(crate) struct Peer {
+    pub(crate) cfg: PeerConfig,
+    pub(crate) remote: Remote,
+    status: Mutex<PeerStatus>,
+    pub(crate) limiter: Option<Limiter>,
     /// One anti-entropy run at a time.
     sync_lock: tokio::sync::Mutex<()>,
 }
 
 impl Peer {
-    fn update(&self, f: impl FnOnce(&mut pb::PeerStatus)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
@@ -213,7 +197,7 @@ impl Peer {
                 s.retries += 1;
             }
             s.last_error = e.to_string();
-            s.state = "error".into();
+            s.state = PeerState::Error;
         });
     }
 }
@@ -232,41 +216,22 @@ struct Cursor {
 /// Replication of this site with its configured peers. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Replicator {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    local: Local,
-    site: String,
-    peers: Vec<Arc<Peer>>,
-}
-
-/// Per-repository work of one batch.
-#[derive(Debug, Default)]
-struct RepoWork {
-    /// Manifests put, with the site each came from, in feed order.
-    manifests: Vec<(Digest, String)>,
-    /// Tags touched.
-    tags: BTreeSet<String>,
-    /// Manifests deleted, with their origin.
-    deletes: Vec<(Digest, String)>,
-}
-
-/// One replication in progress between a source and a target.
-struct Flow {
-    peer: Arc<Peer>,
-    source: Site,
-    target: Site,
-    /// The source site's name (origin of changes that carry none).
-    source_site: String,
+pub(crate) struct Inner {
+    pub(crate) local: Local,
+    pub(crate) site: String,
+    pub(crate) peers: Vec<Arc<Peer>>,
+    pub(crate) parked: DeadLetters,
 }
 
 fn cursor_key(peer: &str) -> Vec<u8> {
     format!("repl/cursor/{peer}").into_bytes()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -293,13 +258,7 @@ impl Replicator {
             }
             let remote = Remote::new(&cfg.endpoint, cfg.tls.clone())
                 .map_err(|e| e.context(format!("peer {}", cfg.name)))?;
-            let status = pb::PeerStatus {
-                name: cfg.name.clone(),
-                endpoint: cfg.endpoint.clone(),
-                direction: cfg.direction.as_str().into(),
-                state: "connecting".into(),
-                ..Default::default()
-            };
+            let status = PeerStatus::new(&cfg.name, &cfg.endpoint, cfg.direction);
             out.push(Arc::new(Peer {
                 limiter: cfg.bandwidth.map(Limiter::new),
                 remote,
@@ -310,6 +269,7 @@ impl Replicator {
         }
         Ok(Self {
             inner: Arc::new(Inner {
+                parked: DeadLetters::new(local.store().clone()),
                 local,
                 site,
                 peers: out,
@@ -327,13 +287,29 @@ impl Replicator {
         &self.inner.local
     }
 
-    /// Every peer's figures (cursor lag computed from the last look at the source).
-    pub fn status(&self) -> Vec<pb::PeerStatus> {
+    /// Every peer's figures (cursor lag computed from the last look at the source; the
+    /// parked count read from the index now).
+    pub fn status(&self) -> Vec<PeerStatus> {
         self.inner
             .peers
             .iter()
-            .map(|p| p.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|p| {
+                let mut s = p.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                match self.inner.parked.count(&p.cfg.name) {
+                    Ok(n) => s.parked = n,
+                    Err(e) => {
+                        tracing::warn!(peer = %p.cfg.name, error = %e, "counting parked entries")
+                    }
+                }
+                s
+            })
             .collect()
+    }
+
+    /// Blobs this site quarantined since start because their bytes failed verification when
+    /// read for replication.
+    pub fn corrupt_found(&self) -> u64 {
+        self.inner.local.corrupt_found()
     }
 
     /// Starts one task per peer; they end when `stop` turns true.
@@ -354,7 +330,7 @@ impl Replicator {
             .collect()
     }
 
-    fn peer(&self, name: &str) -> Result<Arc<Peer>> {
+    pub(crate) fn peer(&self, name: &str) -> Result<Arc<Peer>> {
         self.inner
             .peers
             .iter()
@@ -364,7 +340,7 @@ impl Replicator {
     }
 
     /// Source, target and the target's site name for `peer`, after greeting it.
-    async fn flow(&self, peer: &Arc<Peer>) -> Result<(Flow, String)> {
+    pub(crate) async fn flow(&self, peer: &Arc<Peer>) -> Result<(Flow, String)> {
         let (peer_site, _) = peer.remote.hello(&self.inner.site).await?;
         if peer_site == self.inner.site {
             return Err(ReplError::Invalid(format!(
@@ -479,7 +455,7 @@ impl Replicator {
             target: target_site.to_string(),
         };
         let value = serde_json::to_vec(&c)
-            .map_err(|e| ReplError::Other(format!("encoding a cursor: {e}")))?;
+            .map_err(|e| ReplError::Record(format!("encoding a cursor: {e}")))?;
         self.inner
             .local
             .store()
@@ -505,7 +481,7 @@ impl Replicator {
                 Ok(f) => f,
                 Err(e) => {
                     peer.failed(&e, true);
-                    peer.update(|s| s.state = "connecting".into());
+                    peer.update(|s| s.state = PeerState::Connecting);
                     if sleep_or_stop(backoff, stop.clone()).await {
                         return;
                     }
@@ -530,7 +506,7 @@ impl Replicator {
                 // Periodic anti-entropy when due, also while the source is busy.
                 if next_sync.is_some_and(|t| Instant::now() >= t) {
                     next_sync = peer.cfg.anti_entropy_interval.map(|i| Instant::now() + i);
-                    peer.update(|s| s.state = "anti_entropy".into());
+                    peer.update(|s| s.state = PeerState::AntiEntropy);
                     let ran = tokio::select! {
                         r = self.sync_flow(&flow) => r,
                         _ = stop.wait_for(|v| *v) => return,
@@ -562,7 +538,7 @@ impl Replicator {
                         s.lag_events = last.saturating_sub(cursor);
                         if s.lag_events == 0 {
                             s.lag_seconds = 0.0;
-                            s.state = "in_sync".into();
+                            s.state = PeerState::InSync;
                         }
                     });
                     // An empty read past the end of a source that was reset (its feed is
@@ -580,13 +556,13 @@ impl Replicator {
                 if let Some((_, first)) = page.events.first() {
                     let first_ts = first.ts_ms;
                     peer.update(|s| {
-                        s.state = "replicating".into();
+                        s.state = PeerState::Replicating;
                         s.source_sequence = last;
                         s.lag_events = last.saturating_sub(cursor);
                         s.lag_seconds = now_ms().saturating_sub(first_ts) as f64 / 1000.0;
                     });
                     let applied = tokio::select! {
-                        r = flow.apply_batch(&page.events, &target_site) => r,
+                        r = self.apply_page(&flow, &page.events, &target_site) => r,
                         _ = stop.wait_for(|v| *v) => return,
                     };
                     if let Err(e) = applied {
@@ -632,11 +608,73 @@ impl Replicator {
                     s.last_error.clear();
                     if s.lag_events == 0 {
                         s.lag_seconds = 0.0;
-                        s.state = "in_sync".into();
+                        s.state = PeerState::InSync;
                     }
                 });
             }
         }
+    }
+
+    /// Applies a page of feed entries. When the page fails because a blob is corrupt at the
+    /// source, its entries are applied one by one instead and each that fails for that reason
+    /// is parked (durably, before the caller moves the cursor past it); any other failure
+    /// fails the page, which is retried as a whole (entries parked so far stay parked once).
+    async fn apply_page(
+        &self,
+        flow: &Flow,
+        events: &[(u64, Event)],
+        target_site: &str,
+    ) -> Result<()> {
+        match flow.apply_batch(events, target_site).await {
+            Err(e) if e.corrupt_blob().is_some() => {
+                tracing::warn!(peer = %flow.peer.cfg.name, error = %e, "a blob is corrupt at the source; applying the page entry by entry");
+            }
+            other => return other,
+        }
+        for entry in events {
+            let Err(e) = flow
+                .apply_batch(std::slice::from_ref(entry), target_site)
+                .await
+            else {
+                continue;
+            };
+            let Some(blob) = e.corrupt_blob().cloned() else {
+                return Err(e);
+            };
+            self.park(flow, entry, blob, &e).await?;
+        }
+        Ok(())
+    }
+
+    /// Parks feed entry `entry`, which needs `blob`, corrupt at the source.
+    async fn park(
+        &self,
+        flow: &Flow,
+        entry: &(u64, Event),
+        blob: Digest,
+        e: &ReplError,
+    ) -> Result<()> {
+        let (seq, event) = entry;
+        let id = ParkedId {
+            peer: flow.peer.cfg.name.clone(),
+            seq: *seq,
+        };
+        let parked = Parked {
+            event: event.clone(),
+            source_site: flow.source_site.clone(),
+            reason: ParkReason::SourceCorrupt,
+            blob,
+            parked_ms: now_ms(),
+            attempts: 0,
+            last_attempt_ms: 0,
+            last_error: e.to_string(),
+        };
+        let actor = stowage_core::Actor::system("replication");
+        if self.inner.parked.park(&id, &parked, &actor).await? {
+            tracing::error!(entry = %id, blob = %parked.blob, error = %e, "feed entry parked: `stowage repl parked` lists it, `stowage repl retry` tries it again");
+            flow.peer.update(|s| s.entries_parked += 1);
+        }
+        Ok(())
     }
 
     /// Runs anti-entropy with peer `name` now.
@@ -646,7 +684,7 @@ impl Replicator {
         self.sync_flow(&flow).await
     }
 
-    async fn sync_flow(&self, flow: &Flow) -> Result<SyncReport> {
+    pub(crate) async fn sync_flow(&self, flow: &Flow) -> Result<SyncReport> {
         let _one = flow.peer.sync_lock.lock().await;
         let r = flow.anti_entropy().await?;
         flow.peer.update(|s| {
@@ -654,396 +692,6 @@ impl Replicator {
             s.anti_entropy_repairs += u64::from(r.manifests_repaired + r.tags_repaired);
         });
         Ok(r)
-    }
-}
-
-impl Flow {
-    fn cfg(&self) -> &PeerConfig {
-        &self.peer.cfg
-    }
-
-    async fn apply_batch(&self, events: &[(u64, Event)], target_site: &str) -> Result<()> {
-        let filters = &self.cfg().filters;
-        let mut work: BTreeMap<String, RepoWork> = BTreeMap::new();
-        for (_, ev) in events {
-            let origin = ev
-                .origin
-                .clone()
-                .unwrap_or_else(|| self.source_site.clone());
-            // Changes that came from the target go no further: no loops between sites.
-            if origin == target_site || !filters.repo_ok(&ev.repo) {
-                continue;
-            }
-            match (&ev.kind, &ev.digest, &ev.tag) {
-                (EventKind::ManifestPut, Some(d), _) if filters.all_manifests() => {
-                    work.entry(ev.repo.clone())
-                        .or_default()
-                        .manifests
-                        .push((d.clone(), origin));
-                }
-                (EventKind::TagSet | EventKind::TagDeleted, _, Some(t)) if filters.tag_ok(t) => {
-                    work.entry(ev.repo.clone())
-                        .or_default()
-                        .tags
-                        .insert(t.clone());
-                }
-                (EventKind::ManifestDeleted, Some(d), _) if self.cfg().replicate_deletes => {
-                    work.entry(ev.repo.clone())
-                        .or_default()
-                        .deletes
-                        .push((d.clone(), origin));
-                }
-                _ => {}
-            }
-        }
-        for (repo, w) in work {
-            let name = crate::convert::repo(&repo)?;
-            self.apply_repo(&name, w)
-                .await
-                .map_err(|e| e.context(format!("replicating {repo}")))?;
-        }
-        Ok(())
-    }
-
-    async fn apply_repo(&self, repo: &RepoName, w: RepoWork) -> Result<()> {
-        let mut seen = HashSet::new();
-        let mut referrers = Vec::new();
-        for (digest, origin) in w.manifests {
-            if !seen.insert(digest.clone()) {
-                continue;
-            }
-            // Latest state: a manifest deleted since its event does not travel.
-            let Some(doc) = self.source.get_manifest(repo, &digest).await? else {
-                continue;
-            };
-            if has_subject(&doc) {
-                referrers.push((digest, doc, origin));
-                continue;
-            }
-            self.replicate_manifest(repo, &digest, doc, &origin, 0)
-                .await?;
-        }
-        for tag in &w.tags {
-            self.replicate_tag(repo, tag).await?;
-        }
-        for (digest, doc, origin) in referrers {
-            self.replicate_manifest(repo, &digest, doc, &origin, 0)
-                .await?;
-        }
-        for (digest, origin) in w.deletes {
-            if self.source.has_manifest(repo, &digest).await? {
-                continue;
-            }
-            if self.target.delete_manifest(repo, &digest, &origin).await? {
-                self.peer.update(|s| s.deletes_applied += 1);
-            }
-        }
-        Ok(())
-    }
-
-    /// Brings tag `tag` of `repo` at the target to the source's current state.
-    async fn replicate_tag(&self, repo: &RepoName, tag: &str) -> Result<bool> {
-        let Some(state) = self.source.tag_state(repo, tag).await? else {
-            return Ok(false);
-        };
-        let applied = match &state {
-            TagState::Set { digest, version } => {
-                let doc = self
-                    .source
-                    .get_manifest(repo, digest)
-                    .await?
-                    .ok_or_else(|| {
-                        // The tag moved and the manifest went meanwhile: the retry reads again.
-                        ReplError::Other(format!(
-                            "tag {repo}:{tag} points at {digest}, which is gone at the source"
-                        ))
-                    })?;
-                self.replicate_manifest(repo, digest, doc, &version.origin, 0)
-                    .await?;
-                let applied = self.target.apply_tag(repo, tag, &state).await?;
-                if applied {
-                    self.peer.update(|s| s.tags_applied += 1);
-                }
-                applied
-            }
-            TagState::Deleted { .. } if self.cfg().replicate_deletes => {
-                let applied = self.target.apply_tag(repo, tag, &state).await?;
-                if applied {
-                    self.peer.update(|s| s.deletes_applied += 1);
-                }
-                applied
-            }
-            TagState::Deleted { .. } => false,
-        };
-        Ok(applied)
-    }
-
-    /// Sends manifest `digest` and what it needs (children, then blobs) unless the target
-    /// already holds it.
-    fn replicate_manifest<'a>(
-        &'a self,
-        repo: &'a RepoName,
-        digest: &'a Digest,
-        doc: ManifestDoc,
-        origin: &'a str,
-        depth: usize,
-    ) -> futures::future::BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            if self.target.has_manifest(repo, digest).await? {
-                return Ok(());
-            }
-            if depth > MAX_DEPTH {
-                return Err(ReplError::Invalid(format!(
-                    "manifest {digest}: indexes nested deeper than {MAX_DEPTH}"
-                )));
-            }
-            let parsed = parse_manifest(Some(&doc.media_type), &doc.bytes).map_err(|e| {
-                ReplError::Invalid(format!("manifest {repo}@{digest} at the source: {e}"))
-            })?;
-            let children: Vec<Digest> = parsed
-                .manifest_references()
-                .into_iter()
-                .map(|d| d.digest.clone())
-                .collect();
-            let mut blobs: Vec<(Digest, u64)> = Vec::new();
-            for b in parsed.blob_references() {
-                if !blobs.iter().any(|(d, _)| d == &b.digest) {
-                    blobs.push((b.digest.clone(), b.size));
-                }
-            }
-            drop(parsed);
-            for child in &children {
-                // A child the source does not hold is one its sparse index was accepted
-                // without; the target accepts the index the same way, so it is not sent.
-                let Some(cdoc) = self.source.get_manifest(repo, child).await? else {
-                    tracing::debug!(%repo, %digest, %child, "child absent at the source");
-                    continue;
-                };
-                self.replicate_manifest(repo, child, cdoc, origin, depth + 1)
-                    .await?;
-            }
-            self.transfer_blobs(repo, &blobs).await?;
-            if self.target.put_manifest(repo, digest, doc, origin).await? {
-                self.peer.update(|s| s.manifests_sent += 1);
-            }
-            Ok(())
-        })
-    }
-
-    async fn transfer_blobs(&self, repo: &RepoName, blobs: &[(Digest, u64)]) -> Result<()> {
-        if blobs.is_empty() {
-            return Ok(());
-        }
-        if let Site::Local(l) = &self.source {
-            // Collection at the source keeps what is being sent.
-            let store = l.store();
-            store.pin_blobs(
-                blobs.iter().map(|(d, _)| d),
-                store.now_ms() + TRANSFER_HOLD.as_millis() as u64,
-            )?;
-        }
-        let missing = self
-            .target
-            .missing_blobs(repo, blobs, TRANSFER_HOLD)
-            .await?;
-        let sizes: HashMap<&Digest, u64> = blobs.iter().map(|(d, s)| (d, *s)).collect();
-        let missing_set: HashSet<&Digest> = missing.iter().map(|(d, _)| d).collect();
-        let (skipped_n, skipped_bytes) = blobs
-            .iter()
-            .filter(|(d, _)| !missing_set.contains(d))
-            .fold((0u64, 0u64), |(n, b), (_, s)| (n + 1, b + s));
-        self.peer.update(|s| {
-            s.blobs_skipped += skipped_n;
-            s.bytes_skipped += skipped_bytes;
-        });
-        let concurrency = self.cfg().concurrency.max(1);
-        let mut transfers: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::new();
-        for (d, held) in missing.iter() {
-            let size = sizes.get(d).copied().unwrap_or(0);
-            transfers.push(self.transfer_blob(repo.clone(), d.clone(), size, *held));
-        }
-        futures::stream::iter(transfers)
-            .buffer_unordered(concurrency)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
-    }
-
-    fn transfer_blob(
-        &self,
-        repo: RepoName,
-        digest: Digest,
-        size: u64,
-        offset: u64,
-    ) -> futures::future::BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.transfer_blob_inner(&repo, &digest, size, offset).await })
-    }
-
-    async fn transfer_blob_inner(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        size: u64,
-        mut offset: u64,
-    ) -> Result<()> {
-        for _ in 0..BLOB_ATTEMPTS {
-            let (src_size, stream) = self.source.read_blob(repo, digest, offset).await?;
-            if src_size != size {
-                return Err(ReplError::Invalid(format!(
-                    "blob {digest} is {src_size} bytes at the source, its manifest says {size}"
-                )));
-            }
-            if offset > 0 {
-                tracing::info!(%digest, offset, "resuming a blob transfer");
-                self.peer.update(|s| s.bytes_resumed += offset);
-            }
-            let peer = self.peer.clone();
-            let counted = stream
-                .then(move |item| {
-                    let peer = peer.clone();
-                    async move {
-                        if let Ok(b) = &item {
-                            if let Some(l) = &peer.limiter {
-                                l.take(b.len()).await;
-                            }
-                            peer.update(|s| s.bytes_sent += b.len() as u64);
-                        }
-                        item
-                    }
-                })
-                .boxed();
-            let header = BlobHeader {
-                repo: repo.clone(),
-                digest: digest.clone(),
-                size,
-                offset,
-            };
-            match self.target.put_blob(header, counted).await {
-                Ok((_, true)) => {
-                    self.peer.update(|s| s.blobs_sent += 1);
-                    return Ok(());
-                }
-                Ok((held, false)) => offset = held,
-                Err(ReplError::OffsetMismatch { held }) => offset = held,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ReplError::Unavailable(format!(
-            "blob {digest}: not complete after {BLOB_ATTEMPTS} attempts"
-        )))
-    }
-
-    /// Compares source and target by hashes and repairs what the target lacks.
-    async fn anti_entropy(&self) -> Result<SyncReport> {
-        let started = Instant::now();
-        let filters = &self.cfg().filters;
-        let mut r = SyncReport::default();
-        let (sb, tb) = futures::try_join!(
-            self.source.bucket_hashes(filters),
-            self.target.bucket_hashes(filters)
-        )?;
-        if sb.len() != 256 || tb.len() != 256 {
-            return Err(ReplError::Invalid(format!(
-                "bucket hashes: {} and {} instead of 256",
-                sb.len(),
-                tb.len()
-            )));
-        }
-        let differing: Vec<u8> = (0..=255u8)
-            .filter(|b| sb[*b as usize] != tb[*b as usize])
-            .collect();
-        r.buckets_differing = differing.len() as u32;
-        if !differing.is_empty() {
-            let (sr, tr) = futures::try_join!(
-                self.source.repo_hashes(filters, &differing),
-                self.target.repo_hashes(filters, &differing)
-            )?;
-            let sr: BTreeMap<String, [u8; 32]> = sr.into_iter().collect();
-            let tr: BTreeMap<String, [u8; 32]> = tr.into_iter().collect();
-            let names: BTreeSet<&String> = sr.keys().chain(tr.keys()).collect();
-            r.repositories_compared = names.len() as u32;
-            for name in names {
-                if sr.get(name) == tr.get(name) {
-                    continue;
-                }
-                r.repositories_differing += 1;
-                let repo = crate::convert::repo(name)?;
-                self.repair_repo(&repo, &mut r)
-                    .await
-                    .map_err(|e| e.context(format!("repairing {repo}")))?;
-            }
-        }
-        r.duration = started.elapsed();
-        Ok(r)
-    }
-
-    async fn repair_repo(&self, repo: &RepoName, r: &mut SyncReport) -> Result<()> {
-        let filters = &self.cfg().filters;
-        let (ss, ts) = futures::try_join!(
-            self.source.repo_state(repo, filters),
-            self.target.repo_state(repo, filters)
-        )?;
-        let target_manifests: HashSet<&Digest> = ts.manifests.iter().collect();
-        let source_manifests: HashSet<&Digest> = ss.manifests.iter().collect();
-        r.extra_at_target += ts
-            .manifests
-            .iter()
-            .filter(|d| !source_manifests.contains(d))
-            .count() as u32;
-        let origin = self.source_site.clone();
-        let mut referrers = Vec::new();
-        // A manifest the target deleted stays deleted: anti-entropy never undoes a delete (the
-        // delete travels to the source through the feed, if deletes replicate that way).
-        let deleted_at_target: HashSet<&Digest> = ts.deleted_manifests.iter().collect();
-        if filters.all_manifests() {
-            for d in ss
-                .manifests
-                .iter()
-                .filter(|d| !target_manifests.contains(d) && !deleted_at_target.contains(d))
-            {
-                let Some(doc) = self.source.get_manifest(repo, d).await? else {
-                    continue;
-                };
-                if has_subject(&doc) {
-                    referrers.push((d.clone(), doc));
-                    continue;
-                }
-                self.replicate_manifest(repo, d, doc, &origin, 0).await?;
-                r.manifests_repaired += 1;
-            }
-        }
-        let target_tags: HashMap<&String, &TagState> =
-            ts.tags.iter().map(|(t, s)| (t, s)).collect();
-        for (tag, state) in &ss.tags {
-            let newer = target_tags
-                .get(tag)
-                .is_none_or(|t| t.version() < state.version());
-            if newer && self.replicate_tag(repo, tag).await? {
-                r.tags_repaired += 1;
-            }
-        }
-        for (d, doc) in referrers {
-            self.replicate_manifest(repo, &d, doc, &origin, 0).await?;
-            r.manifests_repaired += 1;
-        }
-        Ok(())
-    }
-}
-
-fn has_subject(doc: &ManifestDoc) -> bool {
-    parse_manifest(Some(&doc.media_type), &doc.bytes).is_ok_and(|p| p.subject.is_some())
-}
-
-/// Figures of one anti-entropy run for the wire.
-pub fn sync_to_proto(r: &SyncReport) -> pb::SyncResponse {
-    pb::SyncResponse {
-        buckets_differing: r.buckets_differing,
-        repositories_compared: r.repositories_compared,
-        repositories_differing: r.repositories_differing,
-        manifests_repaired: r.manifests_repaired,
-        tags_repaired: r.tags_repaired,
-        extra_at_target: r.extra_at_target,
-        duration_ms: r.duration.as_millis() as u64,
     }
 }
 

@@ -1,9 +1,9 @@
-//! The `Replication` gRPC service: this site's side for peers, and `Status` / `Sync` for the
-//! operator's `stowage repl`.
+//! The `Replication` gRPC service: this site's side for peers, and `Status`, `Sync`,
+//! `ListParked` and `RetryParked` for the operator's `stowage repl`.
 //!
 //! The same service is mounted twice, in two roles: on the replication listener for peers
 //! (every call identified by the peer's client certificate, [`PeerGate`]), and on the admin
-//! listener for the operator (only `Status` and `Sync`, behind the admin authentication). A
+//! listener for the operator (only the operator calls, behind the admin authentication). A
 //! call made in the wrong role is refused.
 //!
 //! A peer may apply only changes whose origin it may relay (its own site and the sites its
@@ -24,13 +24,16 @@ use stowage_rpc::v1 as pb;
 use stowage_rpc::v1::replication_server::{Replication, ReplicationServer};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::anti_entropy::sync_to_proto;
 use crate::convert;
 use crate::error::ReplError;
 use crate::glob::Filters;
 use crate::local::{BlobHeader, Local};
+use crate::parked::{ParkReason, Parked, ParkedId};
 use crate::policy::{Grant, PeerPolicy};
 use crate::remote::{rechunk, CHUNK, MAX_MESSAGE};
-use crate::replicator::{sync_to_proto, PeerAccess, PeerRole, Replicator};
+use crate::replicator::{PeerAccess, PeerRole, Replicator};
+use crate::retry::{RetryOutcome, RetrySelection};
 
 /// Longest long poll a reader may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -40,7 +43,7 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 pub enum Role {
     /// Peers on the replication listener, identified by [`PeerGate`].
     Peers(Arc<PeerGate>),
-    /// The operator on the admin listener (authenticated there): `Status` and `Sync` only.
+    /// The operator on the admin listener (authenticated there): the operator calls only.
     Operator,
 }
 
@@ -141,7 +144,12 @@ type BlobStreamOut = Pin<Box<dyn Stream<Item = Result<pb::BlobChunk, Status>> + 
 /// Logs failures the peer will see, with what was asked.
 fn fail(doing: &str, e: ReplError) -> Status {
     match &e {
-        ReplError::Other(_) => tracing::error!(error = %e, "replication request failed: {doing}"),
+        ReplError::Storage(_) | ReplError::Task(_) | ReplError::Record(_) => {
+            tracing::error!(error = %e, "replication request failed: {doing}")
+        }
+        ReplError::SourceCorrupt { .. } => {
+            tracing::error!(error = %e, "replication request met a corrupt blob: {doing}")
+        }
         _ => tracing::debug!(error = %e, "replication request refused: {doing}"),
     }
     e.into()
@@ -534,8 +542,9 @@ impl Replication for ReplicationService {
             peers: self
                 .replicator
                 .as_ref()
-                .map(|r| r.status())
+                .map(|r| r.status().iter().map(crate::status::to_proto).collect())
                 .unwrap_or_default(),
+            corrupt_blobs_quarantined: self.local.corrupt_found(),
         }))
     }
 
@@ -555,5 +564,105 @@ impl Replication for ReplicationService {
             .map_err(|e| fail(&format!("anti-entropy with {peer}"), e))?;
         tracing::info!(peer, ?r, "anti-entropy on request done");
         Ok(Response::new(sync_to_proto(&r)))
+    }
+
+    async fn list_parked(
+        &self,
+        req: Request<pb::ListParkedRequest>,
+    ) -> Result<Response<pb::ListParkedResponse>, Status> {
+        self.operator_only("ListParked")?;
+        let peer = req.into_inner().peer;
+        let repl = self.replicator()?;
+        let entries = repl
+            .parked((!peer.is_empty()).then_some(peer.as_str()))
+            .map_err(|e| fail("listing parked entries", e))?;
+        Ok(Response::new(pb::ListParkedResponse {
+            entries: entries
+                .iter()
+                .map(|(id, p)| parked_to_proto(id, p))
+                .collect(),
+        }))
+    }
+
+    async fn retry_parked(
+        &self,
+        req: Request<pb::RetryParkedRequest>,
+    ) -> Result<Response<pb::RetryParkedResponse>, Status> {
+        self.operator_only("RetryParked")?;
+        // The admin gate put the operator's identity on the call.
+        let actor = req
+            .extensions()
+            .get::<Actor>()
+            .cloned()
+            .unwrap_or_else(|| Actor::system("admin"));
+        let r = req.into_inner();
+        let which = match (r.all, r.ids.is_empty()) {
+            (true, true) => RetrySelection::All {
+                peer: (!r.peer.is_empty()).then_some(r.peer),
+            },
+            (false, false) => RetrySelection::Ids(
+                r.ids
+                    .iter()
+                    .map(|id| ParkedId::parse(id))
+                    .collect::<Result<_, ReplError>>()?,
+            ),
+            (true, false) => {
+                return Err(Status::invalid_argument(
+                    "name entries or ask for all of them, not both",
+                ))
+            }
+            (false, true) => {
+                return Err(Status::invalid_argument(
+                    "name the entries to retry, or ask for all of them",
+                ))
+            }
+        };
+        let results = self
+            .replicator()?
+            .retry_parked(which, &actor)
+            .await
+            .map_err(|e| fail("retrying parked entries", e))?;
+        Ok(Response::new(pb::RetryParkedResponse {
+            results: results
+                .into_iter()
+                .map(|r| pb::RetryResult {
+                    id: r.id.to_string(),
+                    outcome: match r.outcome {
+                        RetryOutcome::Replicated => pb::RetryOutcome::Replicated,
+                        RetryOutcome::StillParked => pb::RetryOutcome::StillParked,
+                        RetryOutcome::Unknown => pb::RetryOutcome::Unknown,
+                    } as i32,
+                    repaired_from: r.repaired_from.unwrap_or_default(),
+                    error: r.error.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+impl ReplicationService {
+    fn replicator(&self) -> Result<&Replicator, Status> {
+        self.replicator
+            .as_ref()
+            .ok_or_else(|| Status::not_found("no replication peers are configured"))
+    }
+}
+
+/// A parked entry for the wire.
+fn parked_to_proto(id: &ParkedId, p: &Parked) -> pb::ParkedEntry {
+    pb::ParkedEntry {
+        id: id.to_string(),
+        peer: id.peer.clone(),
+        sequence: id.seq,
+        event: Some(convert::event_to_proto(id.seq, &p.event)),
+        source_site: p.source_site.clone(),
+        reason: match p.reason {
+            ParkReason::SourceCorrupt => pb::ParkReason::SourceCorrupt,
+        } as i32,
+        blob: p.blob.to_string(),
+        parked_ms: p.parked_ms,
+        attempts: p.attempts,
+        last_attempt_ms: p.last_attempt_ms,
+        last_error: p.last_error.clone(),
     }
 }

@@ -301,6 +301,7 @@ impl Store {
                         at_ms: now,
                         repos: out.unlinked.iter().map(|r| r.to_string()).collect(),
                         run_id,
+                        reason: stowage_index::QuarantineReason::Unreferenced,
                     });
                     batch.put_blob(digest, &rec);
                     batch.audit(
@@ -396,6 +397,16 @@ impl Store {
             }
             Some(rec) => rec,
         };
+        if let Some(Quarantine {
+            reason: stowage_index::QuarantineReason::Corrupt { detail },
+            ..
+        }) = &rec.quarantine
+        {
+            // Its bytes are (or were) wrong: only good bytes bring it back.
+            return Err(StoreError::Conflict(format!(
+                "blob {digest} is quarantined as corrupt ({detail}): push it again or repair it from a peer"
+            )));
+        }
         match self.inner.cas.size(digest).await? {
             Some(n) if n == rec.size => {}
             Some(n) => {

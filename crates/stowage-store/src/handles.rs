@@ -492,6 +492,42 @@ impl ReplicaStore {
         Ok(())
     }
 
+    /// Replication bookkeeping that an operator must be able to trace (the dead-letter list):
+    /// puts and deletes under the given keys of the extension keyspace, with `audit`, in one
+    /// batch.
+    pub async fn put_meta_audited(
+        &self,
+        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let mut batch = stowage_index::Batch::new();
+        for (key, value) in changes {
+            match value {
+                Some(v) => batch.put_meta(&key, v),
+                None => batch.delete_meta(&key),
+            }
+        }
+        batch.audit(audit);
+        self.0.commit_quiet(batch).await?;
+        Ok(())
+    }
+
+    /// Reports bytes of `digest` that failed verification when read: checked again, and
+    /// quarantined as corrupt (audited as by `actor`, with `found`) if they really are wrong.
+    pub async fn quarantine_corrupt(
+        &self,
+        actor: &Actor,
+        digest: &Digest,
+        found: &str,
+    ) -> Result<crate::CorruptCheck> {
+        self.0.quarantine_corrupt(actor, digest, found).await
+    }
+
+    /// Makes way for good bytes of a blob quarantined as corrupt (see `integrity`).
+    pub async fn clear_corrupt(&self, digest: &Digest) -> Result<crate::RepairReady> {
+        self.0.clear_corrupt(digest).await
+    }
+
     /// Current time from the store's clock.
     pub fn now_ms(&self) -> u64 {
         self.0.now_ms()

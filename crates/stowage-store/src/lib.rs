@@ -22,6 +22,7 @@ mod audit;
 pub mod error;
 mod gc;
 pub mod handles;
+mod integrity;
 pub mod locks;
 mod manifests;
 mod replica;
@@ -46,6 +47,7 @@ pub use error::{Result, StoreError};
 
 pub use gc::{BlobSweep, LinkCandidate, PendingRepair};
 pub use handles::{AccountStore, ClientStore, GcStore, ReplicaStore};
+pub use integrity::{CorruptCheck, RepairReady};
 pub use manifests::{ManifestContent, PutManifestOutcome};
 pub use replica::{TagState, TagVersion};
 pub use uploads::UploadStatus;

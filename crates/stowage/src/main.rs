@@ -11,6 +11,7 @@ mod gc_cli;
 mod gc_rpc;
 mod metrics;
 mod repl_cli;
+mod repl_metrics;
 mod serve;
 mod upload_expiry;
 

@@ -157,7 +157,10 @@ async fn serve_metrics(
     }
     let mut body = render(&gc.metrics(), gc.running().is_some());
     if let Some(r) = repl {
-        body.push_str(&render_replication(&r.status()));
+        body.push_str(&crate::repl_metrics::render_replication(
+            &r.status(),
+            r.corrupt_found(),
+        ));
     }
     body.push_str(&render_limits(&limits));
     (
@@ -464,115 +467,9 @@ fn count_series(c: &Counts) -> [(&'static str, &'static str, u64); 14] {
     ]
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Per-peer replication series: `(name, type, help, value)` of one peer's status.
-fn peer_series(
-    p: &stowage_rpc::v1::PeerStatus,
-) -> [(&'static str, &'static str, &'static str, f64); 13] {
-    [
-        (
-            "stowage_replication_lag_events",
-            "gauge",
-            "Source feed entries not yet applied at the target.",
-            p.lag_events as f64,
-        ),
-        (
-            "stowage_replication_lag_seconds",
-            "gauge",
-            "Age of the oldest source feed entry not yet applied (0 when in sync).",
-            p.lag_seconds,
-        ),
-        (
-            "stowage_replication_cursor",
-            "gauge",
-            "Last source feed sequence confirmed by the target.",
-            p.cursor as f64,
-        ),
-        (
-            "stowage_replication_in_sync",
-            "gauge",
-            "1 when the target has everything the source's feed holds.",
-            f64::from(u8::from(p.state == "in_sync")),
-        ),
-        (
-            "stowage_replication_bytes_sent_total",
-            "counter",
-            "Blob bytes sent to the target.",
-            p.bytes_sent as f64,
-        ),
-        (
-            "stowage_replication_bytes_skipped_total",
-            "counter",
-            "Blob bytes not sent because the target had them.",
-            p.bytes_skipped as f64,
-        ),
-        (
-            "stowage_replication_bytes_resumed_total",
-            "counter",
-            "Blob bytes not sent again because a transfer resumed.",
-            p.bytes_resumed as f64,
-        ),
-        (
-            "stowage_replication_blobs_sent_total",
-            "counter",
-            "Blobs sent to the target.",
-            p.blobs_sent as f64,
-        ),
-        (
-            "stowage_replication_manifests_sent_total",
-            "counter",
-            "Manifests stored at the target.",
-            p.manifests_sent as f64,
-        ),
-        (
-            "stowage_replication_tags_applied_total",
-            "counter",
-            "Tag states applied at the target.",
-            p.tags_applied as f64,
-        ),
-        (
-            "stowage_replication_errors_total",
-            "counter",
-            "Failed replication steps.",
-            p.errors as f64,
-        ),
-        (
-            "stowage_replication_retries_total",
-            "counter",
-            "Replication steps retried.",
-            p.retries as f64,
-        ),
-        (
-            "stowage_replication_anti_entropy_repairs_total",
-            "counter",
-            "Manifests and tags repaired by anti-entropy.",
-            p.anti_entropy_repairs as f64,
-        ),
-    ]
-}
-
-/// Replication series for every peer.
-pub fn render_replication(peers: &[stowage_rpc::v1::PeerStatus]) -> String {
-    let mut out = String::new();
-    let Some(first) = peers.first() else {
-        return out;
-    };
-    for (i, (name, kind, help, _)) in peer_series(first).iter().enumerate() {
-        header(&mut out, name, kind, help);
-        for p in peers {
-            let value = peer_series(p)[i].3;
-            let _ = writeln!(
-                out,
-                "{name}{{peer=\"{}\",direction=\"{}\"}} {value}",
-                p.name, p.direction
-            );
-        }
-    }
-    out
 }
 
 /// Seconds, from milliseconds, as Prometheus prints them.

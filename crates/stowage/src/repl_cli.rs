@@ -1,4 +1,5 @@
-//! `stowage repl`: replication status and on-demand anti-entropy of a running daemon.
+//! `stowage repl`: replication status, on-demand anti-entropy, and the dead-letter list (feed
+//! entries parked because a blob they need was corrupt at the source) of a running daemon.
 
 use crate::admin::{cli_runtime, emit, rpc_error};
 use crate::client::{AdminChannel, ClientArgs};
@@ -27,6 +28,36 @@ enum ReplCommand {
     Sync {
         /// The peer's name in the daemon's configuration.
         peer: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Feed entries set aside because a blob they need failed verification at the source
+    /// (quarantined there): their ids, the blob, why and how often they were retried.
+    Parked {
+        /// Only this peer's entries.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Try parked entries again: a blob missing here is first fetched from a configured peer
+    /// that has a good copy; entries that replicate leave the list.
+    Retry {
+        /// Entries to retry (`PEER:SEQUENCE`, as `repl parked` lists them).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every parked entry (of --peer, when given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this peer's entries.
+        #[arg(long, requires = "all")]
+        peer: Option<String>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -66,7 +97,102 @@ pub fn peer_json(p: &pb::PeerStatus) -> serde_json::Value {
         "last_success_ms": p.last_success_ms,
         "anti_entropy_runs": p.anti_entropy_runs,
         "anti_entropy_repairs": p.anti_entropy_repairs,
+        "parked": p.parked,
+        "entries_parked": p.entries_parked,
+        "blobs_repaired": p.blobs_repaired,
     })
+}
+
+/// One parked entry as JSON.
+pub fn parked_json(e: &pb::ParkedEntry) -> serde_json::Value {
+    let event = e.event.as_ref();
+    serde_json::json!({
+        "id": e.id,
+        "peer": e.peer,
+        "sequence": e.sequence,
+        "source_site": e.source_site,
+        "reason": reason(e.reason),
+        "blob": e.blob,
+        "kind": event.map(|ev| kind(ev.kind)).unwrap_or("unknown"),
+        "repository": event.map(|ev| ev.repository.as_str()).unwrap_or_default(),
+        "digest": event.map(|ev| ev.digest.as_str()).unwrap_or_default(),
+        "tag": event.map(|ev| ev.tag.as_str()).unwrap_or_default(),
+        "parked_ms": e.parked_ms,
+        "attempts": e.attempts,
+        "last_attempt_ms": e.last_attempt_ms,
+        "last_error": e.last_error,
+    })
+}
+
+fn reason(r: i32) -> &'static str {
+    match pb::ParkReason::try_from(r) {
+        Ok(pb::ParkReason::SourceCorrupt) => "source_corrupt",
+        Ok(pb::ParkReason::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn kind(k: i32) -> &'static str {
+    match pb::EventKind::try_from(k) {
+        Ok(pb::EventKind::BlobPut) => "blob_put",
+        Ok(pb::EventKind::BlobLinked) => "blob_linked",
+        Ok(pb::EventKind::BlobUnlinked) => "blob_unlinked",
+        Ok(pb::EventKind::ManifestPut) => "manifest_put",
+        Ok(pb::EventKind::ManifestDeleted) => "manifest_deleted",
+        Ok(pb::EventKind::TagSet) => "tag_set",
+        Ok(pb::EventKind::TagDeleted) => "tag_deleted",
+        Ok(pb::EventKind::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn outcome(o: i32) -> &'static str {
+    match pb::RetryOutcome::try_from(o) {
+        Ok(pb::RetryOutcome::Replicated) => "replicated",
+        Ok(pb::RetryOutcome::StillParked) => "still_parked",
+        Ok(pb::RetryOutcome::Unknown) => "unknown",
+        Ok(pb::RetryOutcome::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+/// The dead-letter list as a table.
+pub fn parked_text(entries: &[pb::ParkedEntry]) -> String {
+    if entries.is_empty() {
+        return "no parked entries\n".to_string();
+    }
+    let mut out = format!(
+        "{:<24}{:<18}{:<40}{:>9}  {}\n",
+        "ID", "KIND", "REFERENCE", "ATTEMPTS", "BLOB / LAST ERROR"
+    );
+    for e in entries {
+        let (kind, reference) = match &e.event {
+            Some(ev) => {
+                let r = if ev.tag.is_empty() {
+                    format!("{}@{}", ev.repository, short(&ev.digest))
+                } else {
+                    format!("{}:{}", ev.repository, ev.tag)
+                };
+                (kind(ev.kind), r)
+            }
+            None => ("unknown", String::new()),
+        };
+        out.push_str(&format!(
+            "{:<24}{:<18}{:<40}{:>9}  {} ({}, at {})\n{:>91}  {}\n",
+            e.id,
+            kind,
+            reference,
+            e.attempts,
+            e.blob,
+            reason(e.reason),
+            e.source_site,
+            "",
+            e.last_error
+        ));
+    }
+    out
+}
+
+/// A digest cut to its algorithm and 12 hex digits, for tables.
+fn short(d: &str) -> &str {
+    d.get(..19).unwrap_or(d)
 }
 
 fn bytes(n: u64) -> String {
@@ -92,12 +218,21 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:<16}{:<6}{:<13}{:>10}{:>9}{:>12}{:>12}{:>8}  {}\n",
-        "PEER", "DIR", "STATE", "LAG", "LAG(s)", "SENT", "SKIPPED", "ERRORS", "LAST ERROR"
+        "{:<16}{:<6}{:<13}{:>10}{:>9}{:>12}{:>12}{:>8}{:>8}  {}\n",
+        "PEER",
+        "DIR",
+        "STATE",
+        "LAG",
+        "LAG(s)",
+        "SENT",
+        "SKIPPED",
+        "PARKED",
+        "ERRORS",
+        "LAST ERROR"
     ));
     for p in &s.peers {
         out.push_str(&format!(
-            "{:<16}{:<6}{:<13}{:>10}{:>9.1}{:>12}{:>12}{:>8}  {}\n",
+            "{:<16}{:<6}{:<13}{:>10}{:>9.1}{:>12}{:>12}{:>8}{:>8}  {}\n",
             p.name,
             p.direction,
             p.state,
@@ -105,8 +240,15 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
             p.lag_seconds,
             bytes(p.bytes_sent),
             bytes(p.bytes_skipped),
+            p.parked,
             p.errors,
             p.last_error
+        ));
+    }
+    if s.corrupt_blobs_quarantined > 0 {
+        out.push_str(&format!(
+            "{} blobs quarantined as corrupt since start (`stowage repl parked` lists the entries waiting for them)\n",
+            s.corrupt_blobs_quarantined
         ));
     }
     out
@@ -130,6 +272,7 @@ pub fn command(args: ReplArgs) -> Result<(), String> {
                 let v = serde_json::json!({
                     "site": s.site,
                     "feed_sequence": s.feed_sequence,
+                    "corrupt_blobs_quarantined": s.corrupt_blobs_quarantined,
                     "peers": s.peers.iter().map(peer_json).collect::<Vec<_>>(),
                 });
                 emit(&format!("{v}\n"))
@@ -156,6 +299,7 @@ pub fn command(args: ReplArgs) -> Result<(), String> {
                     "manifests_repaired": r.manifests_repaired,
                     "tags_repaired": r.tags_repaired,
                     "extra_at_target": r.extra_at_target,
+                    "skipped_corrupt": r.skipped_corrupt,
                     "duration_ms": r.duration_ms,
                 });
                 emit(&format!("{v}\n"))
@@ -171,6 +315,84 @@ pub fn command(args: ReplArgs) -> Result<(), String> {
                     r.duration_ms
                 ))
             }
+        }
+        ReplCommand::Parked { peer, json, conn } => {
+            let server = conn.server.clone();
+            let r = rt.block_on(async {
+                connect(&conn)
+                    .await?
+                    .list_parked(pb::ListParkedRequest {
+                        peer: peer.unwrap_or_default(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|e| rpc_error("listing parked entries", &server, &e))
+            })?;
+            if json {
+                let v = serde_json::json!({
+                    "entries": r.entries.iter().map(parked_json).collect::<Vec<_>>(),
+                });
+                emit(&format!("{v}\n"))
+            } else {
+                emit(&parked_text(&r.entries))
+            }
+        }
+        ReplCommand::Retry {
+            ids,
+            all,
+            peer,
+            json,
+            conn,
+        } => {
+            let server = conn.server.clone();
+            let r = rt.block_on(async {
+                connect(&conn)
+                    .await?
+                    .retry_parked(pb::RetryParkedRequest {
+                        ids,
+                        all,
+                        peer: peer.unwrap_or_default(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|e| rpc_error("retrying parked entries", &server, &e))
+            })?;
+            let still = r
+                .results
+                .iter()
+                .filter(|x| x.outcome != pb::RetryOutcome::Replicated as i32)
+                .count();
+            if json {
+                let v = serde_json::json!({
+                    "results": r.results.iter().map(|x| serde_json::json!({
+                        "id": x.id,
+                        "outcome": outcome(x.outcome),
+                        "repaired_from": x.repaired_from,
+                        "error": x.error,
+                    })).collect::<Vec<_>>(),
+                });
+                emit(&format!("{v}\n"))?;
+            } else {
+                let mut out = String::new();
+                if r.results.is_empty() {
+                    out.push_str("no parked entries to retry\n");
+                }
+                for x in &r.results {
+                    out.push_str(&format!("{}: {}", x.id, outcome(x.outcome)));
+                    if !x.repaired_from.is_empty() {
+                        out.push_str(&format!(" (blob repaired from {})", x.repaired_from));
+                    }
+                    if !x.error.is_empty() {
+                        out.push_str(&format!(": {}", x.error));
+                    }
+                    out.push('\n');
+                }
+                emit(&out)?;
+            }
+            if still > 0 {
+                return Err(format!("{still} entries are still parked"));
+            }
+            Ok(())
         }
     }
 }
