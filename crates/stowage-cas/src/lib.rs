@@ -39,6 +39,7 @@
 mod direct;
 pub mod faulty;
 mod local;
+mod multipart;
 mod read;
 pub mod storage;
 
@@ -213,6 +214,8 @@ pub struct Cas {
     memory: bool,
     /// An object store whose create-if-absent copies the start-up probe saw work.
     conditional: Arc<AtomicBool>,
+    /// Aborts of multipart uploads whose writer was dropped.
+    aborts: multipart::Aborts,
 }
 
 /// The object path of a committed blob.
@@ -271,7 +274,14 @@ impl Cas {
             local_root,
             memory,
             conditional: Arc::new(AtomicBool::new(false)),
+            aborts: multipart::Aborts::default(),
         })
+    }
+
+    /// Waits until the background aborts of multipart uploads whose writer was dropped (a
+    /// client that went away mid-request) have ended: for a clean shutdown, and for tests.
+    pub async fn settle_aborts(&self) {
+        self.aborts.settle().await;
     }
 
     /// The options in force.
@@ -378,6 +388,8 @@ impl Cas {
             .put_multipart(&path)
             .await
             .map_err(be_err(format!("starting part {path}")))?;
+        // Aborted if this future is dropped before the upload ends (the client went away).
+        let multipart = self.aborts.guard(multipart, path.to_string());
         let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
         let mut written: u64 = 0;
         let result: Result<(), CasError> = async {
@@ -596,6 +608,7 @@ impl Cas {
             .put_multipart(target)
             .await
             .map_err(be_err(format!("starting to publish blob {digest}")))?;
+        let multipart = self.aborts.guard(multipart, target.to_string());
         let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
         let written: Result<(), CasError> = async {
             let mut chunks = self.parts_stream(upload, parts);
@@ -772,6 +785,8 @@ impl Cas {
 
 #[cfg(test)]
 mod azurite;
+#[cfg(test)]
+mod cleanup_tests;
 #[cfg(test)]
 mod moto;
 #[cfg(test)]
