@@ -127,3 +127,83 @@ async fn a_streamed_publish_dropped_midway_leaves_no_multipart_upload() {
     );
     assert_eq!(cas.size(&digest).await.unwrap(), None);
 }
+
+/// The sweep aborts incomplete multipart uploads that a crash left under the store's key
+/// prefix, in staging (unless their session is live) and at blob keys; with a time bound, only
+/// those started before it; never another prefix's. Stray staged objects go too.
+///
+/// moto reports every upload as started on 2010-11-10, so "young" is shown by a bound before
+/// that date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_aborts_stale_multipart_uploads_under_its_prefix() {
+    let bucket = crate::moto::bucket();
+    let blob = format!("site-a/blobs/sha256/ab/ab{}", "0".repeat(62));
+    for key in [
+        "site-a/uploads/gone.00000000",
+        "site-a/uploads/live.00000000",
+        blob.as_str(),
+        "site-b/uploads/other.00000000",
+    ] {
+        crate::moto::start_multipart(&bucket, key);
+    }
+    let backend =
+        storage::s3_backend(crate::tests::s3_builder_in(&bucket), Some("/site-a/")).unwrap();
+    assert!(backend.is_remote());
+    let cas = Cas::open(backend, s3_opts()).unwrap();
+    let mut h = Hasher::new(Algorithm::Sha256);
+    cas.write_part(
+        "gone",
+        1,
+        futures::stream::iter(chunks(b"x")),
+        &mut h,
+        10,
+        true,
+    )
+    .await
+    .unwrap();
+    let live: std::collections::HashSet<String> = ["live".to_string()].into();
+    let mut all = crate::moto::multipart_uploads(&bucket);
+    all.sort();
+    assert_eq!(all.len(), 4, "{all:?}");
+
+    // Everything is younger than a bound in 2001: nothing goes.
+    let early = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    let swept = cas.sweep_uploads(&live, Some(early)).await.unwrap();
+    assert_eq!(swept, UploadSweep::default());
+    let mut left = crate::moto::multipart_uploads(&bucket);
+    left.sort();
+    assert_eq!(left, all);
+    assert_eq!(cas.part_size("gone", 1).await.unwrap(), Some(1));
+
+    // Older than now: the stale ones under the prefix go, the live session's stays.
+    let swept = cas
+        .sweep_uploads(&live, Some(std::time::SystemTime::now()))
+        .await
+        .unwrap();
+    assert_eq!(
+        swept,
+        UploadSweep {
+            staged: 1,
+            multipart: 2,
+            multipart_failures: 0
+        }
+    );
+    let mut left = crate::moto::multipart_uploads(&bucket);
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "site-a/uploads/live.00000000",
+            "site-b/uploads/other.00000000"
+        ]
+    );
+    assert_eq!(cas.part_size("gone", 1).await.unwrap(), None);
+
+    // At start (no bound) with no live session: the live one's upload goes too.
+    let swept = cas.sweep_uploads(&Default::default(), None).await.unwrap();
+    assert_eq!(swept.multipart, 1);
+    assert_eq!(
+        crate::moto::multipart_uploads(&bucket),
+        ["site-b/uploads/other.00000000"]
+    );
+}

@@ -41,6 +41,7 @@ pub mod faulty;
 mod local;
 mod multipart;
 mod read;
+mod s3uploads;
 pub mod storage;
 
 use std::path::PathBuf;
@@ -56,6 +57,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use stowage_core::{Digest, Hasher};
 
 pub use read::BlobStream;
+pub use s3uploads::S3Uploads;
 pub use storage::{StorageConfig, StorageKind};
 
 /// Errors from the blob store. Each says what was being done.
@@ -106,6 +108,23 @@ pub enum CasError {
     /// The configured store cannot be built or does not work.
     #[error("blob store configuration: {0}")]
     Config(String),
+    /// A request sent outside `object_store`'s calls (S3's `ListMultipartUploads`) failed.
+    #[error("{context}: {source}")]
+    Request {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        #[source]
+        source: object_store::client::HttpError,
+    },
+    /// The store answered such a request with an error status or an unreadable answer.
+    #[error("{context}: {detail}")]
+    Answer {
+        /// What was being done.
+        context: String,
+        /// The status and what the store said, or what could not be read.
+        detail: String,
+    },
     /// Local file I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -157,6 +176,33 @@ pub enum Backend {
     Memory,
     /// Any other `object_store` implementation (S3, GCS, Azure), built by the caller.
     Custom(Arc<dyn ObjectStore>),
+    /// S3 or an S3-compatible server: the store (key prefix applied), and the handle that lists
+    /// and aborts its incomplete multipart uploads, which `object_store` cannot list
+    /// ([`Cas::sweep_uploads`] uses it). Built by [`storage::s3_backend`].
+    S3 {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// Its incomplete multipart uploads.
+        uploads: S3Uploads,
+    },
+}
+
+impl Backend {
+    /// Whether the bytes are on a remote object store (probed at start).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Backend::Custom(_) | Backend::S3 { .. })
+    }
+}
+
+/// What [`Cas::sweep_uploads`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadSweep {
+    /// Staged objects (parts, joined parts, temporary files) of uploads that are not live.
+    pub staged: usize,
+    /// Incomplete multipart uploads aborted (S3).
+    pub multipart: usize,
+    /// Multipart listings or aborts that failed: logged, and tried again by the next sweep.
+    pub multipart_failures: usize,
 }
 
 /// Smallest multipart part object stores accept (S3: 5 MiB for every part but the last).
@@ -216,6 +262,8 @@ pub struct Cas {
     conditional: Arc<AtomicBool>,
     /// Aborts of multipart uploads whose writer was dropped.
     aborts: multipart::Aborts,
+    /// Lists and aborts incomplete multipart uploads (S3 only).
+    pending_uploads: Option<S3Uploads>,
 }
 
 /// The object path of a committed blob.
@@ -247,10 +295,11 @@ impl Cas {
     /// Opens the blob store on `backend`.
     pub fn open(backend: Backend, mut opts: CasOptions) -> Result<Cas, CasError> {
         let memory = matches!(backend, Backend::Memory);
-        if matches!(backend, Backend::Custom(_)) {
+        if backend.is_remote() {
             // Object stores refuse multipart parts (all but the last) under 5 MiB.
             opts.part_size = opts.part_size.max(MIN_REMOTE_PART);
         }
+        let mut pending_uploads = None;
         let (store, local_root): (Arc<dyn ObjectStore>, _) = match backend {
             Backend::Filesystem { root } => {
                 std::fs::create_dir_all(&root).map_err(|source| CasError::Io {
@@ -267,6 +316,10 @@ impl Cas {
             }
             Backend::Memory => (Arc::new(InMemory::new()), None),
             Backend::Custom(store) => (store, None),
+            Backend::S3 { store, uploads } => {
+                pending_uploads = Some(uploads);
+                (store, None)
+            }
         };
         Ok(Cas {
             store,
@@ -275,6 +328,7 @@ impl Cas {
             memory,
             conditional: Arc::new(AtomicBool::new(false)),
             aborts: multipart::Aborts::default(),
+            pending_uploads,
         })
     }
 
@@ -683,11 +737,104 @@ impl Cas {
         }
     }
 
-    /// Removes staging of uploads that are not in `live` (after a crash or restart).
+    /// Removes staging of uploads that are not in `live` (after a crash or restart), whatever
+    /// its age. Returns how many staged objects went. See [`Cas::sweep_uploads`], which also
+    /// aborts incomplete multipart uploads.
     pub async fn remove_stray_uploads(
         &self,
         live: &std::collections::HashSet<String>,
     ) -> Result<usize, CasError> {
+        self.remove_stray_staging(live, None).await
+    }
+
+    /// Removes what interrupted uploads left behind, the one entry point for it (at start and
+    /// at every garbage collection):
+    ///
+    /// - staged objects of uploads not in `live` (a crash between writing bytes and recording
+    ///   the session, or after a session ended but before its staging went);
+    /// - on S3, incomplete multipart uploads: under staging (those of uploads not in `live`)
+    ///   and at blob keys (streamed publishes), whose writer died or whose abort failed.
+    ///
+    /// With `before`, only what was last written (staged objects) or started (multipart
+    /// uploads) before that time is touched, so writes in progress are safe as long as they
+    /// are younger; without it, everything not live goes: only for a start, when nothing is in
+    /// flight. Errors of the staged-object sweep are returned; multipart listings and aborts
+    /// that fail are logged and counted (an S3-compatible server without the listing, or a
+    /// role without `s3:ListBucketMultipartUploads`, must not stop the daemon).
+    pub async fn sweep_uploads(
+        &self,
+        live: &std::collections::HashSet<String>,
+        before: Option<std::time::SystemTime>,
+    ) -> Result<UploadSweep, CasError> {
+        let staged = self.remove_stray_staging(live, before).await?;
+        let (multipart, multipart_failures) = self.abort_stale_multipart(live, before).await;
+        Ok(UploadSweep {
+            staged,
+            multipart,
+            multipart_failures,
+        })
+    }
+
+    /// Aborts the stale incomplete multipart uploads (see [`Cas::sweep_uploads`]); how many,
+    /// and how many listings or aborts failed.
+    async fn abort_stale_multipart(
+        &self,
+        live: &std::collections::HashSet<String>,
+        before: Option<std::time::SystemTime>,
+    ) -> (usize, usize) {
+        let Some(pending) = &self.pending_uploads else {
+            return (0, 0);
+        };
+        let (mut aborted, mut failed) = (0, 0);
+        for under in ["uploads/", "blobs/"] {
+            let uploads = match pending.list(under).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(under, error = %e, "listing incomplete multipart uploads failed; tried again at the next sweep");
+                    failed += 1;
+                    continue;
+                }
+            };
+            for upload in uploads {
+                let session = upload.key.strip_prefix("uploads/").map(upload_of);
+                if session.is_some_and(|id| live.contains(id)) {
+                    continue;
+                }
+                let stale = match (before, upload.initiated) {
+                    (None, _) => true,
+                    (Some(before), Some(started)) => started < before,
+                    // No start time to judge by: kept, unless nothing is in flight.
+                    (Some(_), None) => false,
+                };
+                if !stale {
+                    continue;
+                }
+                match pending.abort(&upload).await {
+                    Ok(()) => {
+                        tracing::info!(key = %upload.key, "aborted a stale multipart upload");
+                        aborted += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %upload.key, error = %e, "aborting a stale multipart upload failed; tried again at the next sweep");
+                        failed += 1;
+                    }
+                }
+            }
+        }
+        (aborted, failed)
+    }
+
+    /// Removes staged objects of uploads not in `live`, last written before `before` if given.
+    async fn remove_stray_staging(
+        &self,
+        live: &std::collections::HashSet<String>,
+        before: Option<std::time::SystemTime>,
+    ) -> Result<usize, CasError> {
+        let old_enough = |written: Option<std::time::SystemTime>| match (before, written) {
+            (None, _) => true,
+            (Some(before), Some(t)) => t < before,
+            (Some(_), None) => false,
+        };
         if let Some(root) = &self.local_root {
             // Read the folder directly: it also holds `#`-suffixed temporary files of
             // interrupted multipart writes, which listing through object_store does not show.
@@ -704,18 +851,33 @@ impl Cas {
             let mut removed = 0;
             while let Some(entry) = entries.next_entry().await.map_err(listing)? {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !live.contains(upload_of(&name)) {
-                    let path = entry.path();
-                    let gone = if entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
-                        tokio::fs::remove_dir_all(&path).await
-                    } else {
-                        tokio::fs::remove_file(&path).await
+                if live.contains(upload_of(&name)) {
+                    continue;
+                }
+                if before.is_some() {
+                    // Gone meanwhile (its upload ended): nothing to judge or remove.
+                    let Ok(meta) = entry.metadata().await else {
+                        continue;
                     };
-                    gone.map_err(|source| CasError::Io {
-                        context: format!("removing stray staging {}", path.display()),
-                        source,
-                    })?;
-                    removed += 1;
+                    if !old_enough(meta.modified().ok()) {
+                        continue;
+                    }
+                }
+                let path = entry.path();
+                let gone = if entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
+                    tokio::fs::remove_dir_all(&path).await
+                } else {
+                    tokio::fs::remove_file(&path).await
+                };
+                match gone {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(CasError::Io {
+                            context: format!("removing stray staging {}", path.display()),
+                            source,
+                        })
+                    }
                 }
             }
             return Ok(removed);
@@ -725,7 +887,9 @@ impl Cas {
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(be_err("listing uploads"))?;
             if let Some(name) = meta.location.filename() {
-                if !live.contains(upload_of(name)) {
+                if !live.contains(upload_of(name))
+                    && old_enough(Some(std::time::SystemTime::from(meta.last_modified)))
+                {
                     stray.push(meta.location);
                 }
             }

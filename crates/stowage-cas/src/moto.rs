@@ -63,3 +63,11 @@ pub fn multipart_uploads(bucket: &str) -> Vec<String> {
         .map(|rest| rest.split("</Key>").next().unwrap().to_string())
         .collect()
 }
+
+/// Starts a multipart upload to `key` in `bucket` and leaves it incomplete, as a process that
+/// died in the middle of a write does.
+pub fn start_multipart(bucket: &str, key: &str) {
+    let status =
+        testserver::request("POST", port(), &format!("/{bucket}/{key}?uploads"), &[]).unwrap();
+    assert_eq!(status, 200, "starting a multipart upload to {key}");
+}
