@@ -46,10 +46,12 @@ pub(crate) trait BlobBackend: Send + Sync + std::fmt::Debug {
     /// - Durable on `Ok`: the local engine has synced the file (and, with `durable`, its
     ///   directory entry, so that it survives a crash); object stores have completed the
     ///   upload.
-    /// - On `Err` nothing of the object remains. If the future is dropped instead, what was
-    ///   started is removed in the background (object stores: the multipart upload is aborted;
-    ///   the local engine: the temporary file is unlinked), and failing that by
-    ///   [`BlobBackend::remove_stray_staging`] and [`BlobBackend::abort_stale_multipart`].
+    /// - On `Err` nothing of the object remains. If the future is dropped instead, object
+    ///   stores abort the multipart upload in the background (failing that,
+    ///   [`BlobBackend::abort_stale_multipart`] finds it); the local engine may leave a part
+    ///   file cut short, which is never counted (a part is recorded only after `Ok`), is
+    ///   overwritten by a retry of the chunk, and goes with its session or with
+    ///   [`BlobBackend::remove_stray_staging`].
     async fn write_part(
         &self,
         path: &Path,
