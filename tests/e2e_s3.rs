@@ -99,6 +99,20 @@ async fn a_chunked_upload_survives_kill9_on_s3() {
 }
 
 /// `stowage serve` that must fail at start: its stderr.
+/// Multipart uploads a crash left in the bucket (a part being written, a blob being published
+/// by streaming) are aborted when the daemon starts: S3 would otherwise keep and bill their
+/// parts forever, out of sight of object listings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_uploads_left_by_a_crash_are_aborted_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, bucket) = (moto::endpoint(), moto::bucket());
+    moto::start_multipart(&bucket, "uploads/crashed.00000000");
+    moto::start_multipart(&bucket, &format!("blobs/sha256/ab/ab{}", "0".repeat(62)));
+    assert_eq!(moto::multipart_uploads(&bucket).len(), 2);
+    let _d = s3_daemon(dir.path(), &endpoint, &bucket);
+    assert_eq!(moto::multipart_uploads(&bucket), Vec::<String>::new());
+}
+
 fn failed_start(dir: &Path, endpoint: &str, bucket: &str) -> String {
     failed_start_with(dir, &s3_flags(endpoint, bucket), &S3_ENV)
 }

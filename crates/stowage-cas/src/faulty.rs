@@ -1,5 +1,6 @@
 //! A fault-injecting wrapper around any object store, for tests: failed requests, added
-//! latency, and torn multipart writes (parts uploaded, the completion lost).
+//! latency, reads that never answer, and torn multipart writes (parts uploaded, the completion
+//! lost).
 //!
 //! Faults are counted down: `fail_puts(2)` fails the next two writes, then writes work again.
 //! Everything else passes through to the wrapped store.
@@ -25,6 +26,8 @@ struct State {
     fail_reads: AtomicU32,
     fail_copies: AtomicU32,
     tear_uploads: AtomicU32,
+    stall_reads: AtomicU32,
+    stalled: tokio::sync::Notify,
     latency_ms: AtomicU64,
     injected: AtomicU64,
 }
@@ -61,6 +64,18 @@ impl Faults {
     /// fails and nothing is published.
     pub fn tear_uploads(&self, n: u32) {
         self.state.tear_uploads.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` reads of an object's bytes (not `head` requests) never answer: they stay
+    /// pending until dropped. Each one, when it stalls, signals [`Faults::stalled`].
+    pub fn stall_reads(&self, n: u32) {
+        self.state.stall_reads.store(n, Ordering::SeqCst);
+    }
+
+    /// Resolves once a read has stalled (counting stalls since the last call; one that
+    /// happened before this call counts).
+    pub async fn stalled(&self) {
+        self.state.stalled.notified().await;
     }
 
     /// Every request waits this long first.
@@ -188,6 +203,11 @@ impl ObjectStore for FaultyStore {
     ) -> object_store::Result<GetResult> {
         self.faults.delay().await;
         self.faults.fault(&self.faults.state.fail_reads, "get")?;
+        if !options.head && take(&self.faults.state.stall_reads) {
+            self.faults.state.injected.fetch_add(1, Ordering::SeqCst);
+            self.faults.state.stalled.notify_one();
+            futures::future::pending::<()>().await;
+        }
         self.inner.get_opts(location, options).await
     }
 

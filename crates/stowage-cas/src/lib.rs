@@ -9,6 +9,13 @@
 //!
 //! The two-character shard keeps directories small on file systems (256 shards per algorithm).
 //!
+//! # Engines
+//!
+//! [`Cas`] names objects and checks arguments; the bytes go to one engine behind the
+//! `BlobBackend` trait (`backend.rs`, where each method's contract is written): the local file
+//! system engine (`fs.rs`, with the direct-I/O writer of `local.rs`) or the object store
+//! engine (`object.rs`: S3, GCS, Azure, memory).
+//!
 //! # Write path
 //!
 //! An upload session stores each request body (one OCI `PATCH`, or the body of a monolithic
@@ -36,25 +43,34 @@
 //! when `commit` returns `Ok`, the bytes are durable, and only then may the index say the blob
 //! exists.
 
+mod backend;
 mod direct;
 pub mod faulty;
+mod fs;
 mod local;
+mod multipart;
+mod object;
 mod read;
+mod s3uploads;
 pub mod storage;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::ObjectStore;
 use stowage_core::{Digest, Hasher};
 
+use backend::BlobBackend;
+use object::ObjectBackend;
+
 pub use read::BlobStream;
+pub use s3uploads::S3Uploads;
 pub use storage::{StorageConfig, StorageKind};
 
 /// Errors from the blob store. Each says what was being done.
@@ -105,6 +121,23 @@ pub enum CasError {
     /// The configured store cannot be built or does not work.
     #[error("blob store configuration: {0}")]
     Config(String),
+    /// A request sent outside `object_store`'s calls (S3's `ListMultipartUploads`) failed.
+    #[error("{context}: {source}")]
+    Request {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        #[source]
+        source: object_store::client::HttpError,
+    },
+    /// The store answered such a request with an error status or an unreadable answer.
+    #[error("{context}: {detail}")]
+    Answer {
+        /// What was being done.
+        context: String,
+        /// The status and what the store said, or what could not be read.
+        detail: String,
+    },
     /// Local file I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -116,7 +149,7 @@ pub enum CasError {
     },
 }
 
-fn be_err(context: impl Into<String>) -> impl FnOnce(object_store::Error) -> CasError {
+pub(crate) fn be_err(context: impl Into<String>) -> impl FnOnce(object_store::Error) -> CasError {
     let context = context.into();
     move |source| CasError::Backend { context, source }
 }
@@ -156,6 +189,33 @@ pub enum Backend {
     Memory,
     /// Any other `object_store` implementation (S3, GCS, Azure), built by the caller.
     Custom(Arc<dyn ObjectStore>),
+    /// S3 or an S3-compatible server: the store (key prefix applied), and the handle that lists
+    /// and aborts its incomplete multipart uploads, which `object_store` cannot list
+    /// ([`Cas::sweep_uploads`] uses it). Built by [`storage::s3_backend`].
+    S3 {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// Its incomplete multipart uploads.
+        uploads: S3Uploads,
+    },
+}
+
+impl Backend {
+    /// Whether the bytes are on a remote object store (probed at start).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Backend::Custom(_) | Backend::S3 { .. })
+    }
+}
+
+/// What [`Cas::sweep_uploads`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadSweep {
+    /// Staged objects (parts, joined parts, temporary files) of uploads that are not live.
+    pub staged: usize,
+    /// Incomplete multipart uploads aborted (S3).
+    pub multipart: usize,
+    /// Multipart listings or aborts that failed: logged, and tried again by the next sweep.
+    pub multipart_failures: usize,
 }
 
 /// Smallest multipart part object stores accept (S3: 5 MiB for every part but the last).
@@ -202,17 +262,12 @@ pub enum CommitOutcome {
     AlreadyPresent,
 }
 
-/// The blob store.
+/// The blob store: names objects and checks arguments, and leaves the bytes to its engine
+/// (see `backend.rs` for the contract every engine keeps).
 #[derive(Clone, Debug)]
 pub struct Cas {
-    store: Arc<dyn ObjectStore>,
+    backend: Arc<dyn BlobBackend>,
     opts: CasOptions,
-    /// Local root when the backend is the file system (used for cleanup of stray staging).
-    local_root: Option<PathBuf>,
-    /// The backend is the in-memory store.
-    memory: bool,
-    /// An object store whose create-if-absent copies the start-up probe saw work.
-    conditional: Arc<AtomicBool>,
 }
 
 /// The object path of a committed blob.
@@ -227,51 +282,53 @@ pub fn blob_path(digest: &Digest) -> Path {
 }
 
 // Staging is flat (one folder for all uploads): no folder to create and sync per upload.
-fn part_path(upload: &str, part: u32) -> Path {
+pub(crate) fn part_path(upload: &str, part: u32) -> Path {
     Path::from(format!("uploads/{upload}.{part:08}"))
 }
 
-fn combined_path(upload: &str) -> Path {
+pub(crate) fn combined_path(upload: &str) -> Path {
     Path::from(format!("uploads/{upload}.combined"))
 }
 
 /// The upload id a staging object name belongs to.
-fn upload_of(name: &str) -> &str {
+pub(crate) fn upload_of(name: &str) -> &str {
     name.split(['.', '#']).next().unwrap_or(name)
 }
 
 impl Cas {
     /// Opens the blob store on `backend`.
     pub fn open(backend: Backend, mut opts: CasOptions) -> Result<Cas, CasError> {
-        let memory = matches!(backend, Backend::Memory);
-        if matches!(backend, Backend::Custom(_)) {
+        if backend.is_remote() {
             // Object stores refuse multipart parts (all but the last) under 5 MiB.
             opts.part_size = opts.part_size.max(MIN_REMOTE_PART);
         }
-        let (store, local_root): (Arc<dyn ObjectStore>, _) = match backend {
-            Backend::Filesystem { root } => {
-                std::fs::create_dir_all(&root).map_err(|source| CasError::Io {
-                    context: format!("creating blob root {}", root.display()),
-                    source,
-                })?;
-                let fs = LocalFileSystem::new_with_prefix(&root)
-                    .map_err(be_err(format!("opening {}", root.display())))?
-                    .with_fsync(true)
-                    // No automatic removal of emptied folders: staging is one shared folder, and
-                    // removing it when it empties races with the next upload creating a file in it.
-                    .with_automatic_cleanup(false);
-                (Arc::new(fs), Some(root))
-            }
-            Backend::Memory => (Arc::new(InMemory::new()), None),
-            Backend::Custom(store) => (store, None),
+        let tuning = object::Tuning {
+            part_size: opts.part_size,
+            max_parts_in_flight: opts.max_parts_in_flight,
+            max_server_copy: opts.max_server_copy,
         };
-        Ok(Cas {
-            store,
-            opts,
-            local_root,
-            memory,
-            conditional: Arc::new(AtomicBool::new(false)),
-        })
+        let backend: Arc<dyn BlobBackend> = match backend {
+            Backend::Filesystem { root } => {
+                Arc::new(fs::FsBackend::open(root, tuning, opts.direct_io)?)
+            }
+            Backend::Memory => Arc::new(ObjectBackend::new(
+                Arc::new(InMemory::new()),
+                tuning,
+                true,
+                None,
+            )),
+            Backend::Custom(store) => Arc::new(ObjectBackend::new(store, tuning, false, None)),
+            Backend::S3 { store, uploads } => {
+                Arc::new(ObjectBackend::new(store, tuning, false, Some(uploads)))
+            }
+        };
+        Ok(Cas { backend, opts })
+    }
+
+    /// Waits until the background aborts of multipart uploads whose writer was dropped (a
+    /// client that went away mid-request) have ended: for a clean shutdown, and for tests.
+    pub async fn settle_aborts(&self) {
+        self.backend.settle().await;
     }
 
     /// The options in force.
@@ -284,65 +341,21 @@ impl Cas {
     /// `copy_if_not_exists` configured). Elsewhere two concurrent commits of one digest may both
     /// write the object: the same bytes under the same key, which still leaves one object.
     pub fn atomic_publish(&self) -> bool {
-        self.local_root.is_some() || self.memory || self.conditional.load(Ordering::Relaxed)
+        self.backend.atomic_publish()
     }
 
     /// Checks that the store answers and accepts writes: puts a small probe object, reads it
     /// back, copies it create-if-absent twice (to learn whether the store refuses the second
     /// copy: see [`Cas::atomic_publish`]) and deletes what it wrote, within `timeout`.
     pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), CasError> {
-        let id = uuid::Uuid::new_v4();
-        let path = Path::from(format!("probe/{id}"));
-        let copy = Path::from(format!("probe/{id}.copy"));
-        let body = Bytes::from_static(b"stowage probe");
-        let check = async {
-            self.store
-                .put(&path, body.clone().into())
-                .await
-                .map_err(be_err("writing a probe object"))?;
-            let got = self
-                .store
-                .get(&path)
-                .await
-                .map_err(be_err("reading the probe object back"))?
-                .bytes()
-                .await
-                .map_err(be_err("reading the probe object back"))?;
-            if got != body {
-                return Err(CasError::Config(
-                    "the probe object read back differs from what was written".into(),
-                ));
-            }
-            let conditional = match self.store.copy_if_not_exists(&path, &copy).await {
-                Ok(()) => match self.store.copy_if_not_exists(&path, &copy).await {
-                    Err(object_store::Error::AlreadyExists { .. }) => Ok(true),
-                    Ok(()) => {
-                        tracing::warn!(
-                            "the blob store accepted a create-if-absent copy over an existing \
-                             object: publishes are treated as unconditional"
-                        );
-                        Ok(false)
-                    }
-                    Err(e) => Err(be_err("copying the probe object again")(e)),
-                },
-                Err(object_store::Error::NotSupported { .. })
-                | Err(object_store::Error::NotImplemented { .. }) => Ok(false),
-                Err(e) => Err(be_err("copying the probe object")(e)),
-            };
-            // The copy goes whatever the copies answered; the probe object below.
-            self.delete_quiet(&copy).await;
-            let conditional = conditional?;
-            self.conditional.store(conditional, Ordering::Relaxed);
-            self.store
-                .delete(&path)
-                .await
-                .map_err(be_err("deleting the probe object"))?;
-            tracing::info!(create_if_absent = conditional, "blob store probe passed");
-            Ok(())
-        };
-        tokio::time::timeout(timeout, check)
+        tokio::time::timeout(timeout, self.backend.probe())
             .await
-            .map_err(|_| CasError::Config(format!("no answer within {} s", timeout.as_secs())))?
+            .map_err(|_| CasError::Config(format!("no answer within {} s", timeout.as_secs())))??;
+        tracing::info!(
+            create_if_absent = self.atomic_publish(),
+            "blob store probe passed"
+        );
+        Ok(())
     }
 
     /// Streams `body` into part `part` of upload `upload`, feeding every byte to `hasher`.
@@ -353,86 +366,25 @@ impl Cas {
     /// body that is committed right away).
     /// Returns the number of bytes written. On any error nothing of this part remains, but
     /// `hasher` may have seen some of its bytes: the caller must then rebuild its hash state
-    /// from the parts that exist ([`Cas::rehash_parts`]).
+    /// from the parts that exist ([`Cas::rehash_parts`]). If the returned future is dropped
+    /// (the client went away), what the write started is removed in the background.
     pub async fn write_part<S, E>(
         &self,
         upload: &str,
         part: u32,
-        mut body: S,
+        body: S,
         hasher: &mut Hasher,
         limit: u64,
         durable: bool,
     ) -> Result<u64, CasError>
     where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let path = part_path(upload, part);
-        if let Some(root) = &self.local_root {
-            let file = root.join(path.as_ref());
-            return local::write_part(file, body, hasher, limit, durable, self.opts.direct_io)
-                .await;
-        }
-        let multipart = self
-            .store
-            .put_multipart(&path)
+        let body = body.map(|chunk| chunk.map_err(|e| e.to_string())).boxed();
+        self.backend
+            .write_part(&part_path(upload, part), body, hasher, limit, durable)
             .await
-            .map_err(be_err(format!("starting part {path}")))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
-        let mut written: u64 = 0;
-        let result: Result<(), CasError> = async {
-            while let Some(chunk) = next_chunk(&mut body, &mut written, limit).await? {
-                hasher.update(&chunk);
-                writer
-                    .wait_for_capacity(self.opts.max_parts_in_flight)
-                    .await
-                    .map_err(be_err(format!("writing part {path}")))?;
-                writer.put(chunk);
-            }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) if written == 0 => {
-                // Nothing arrived: leave no empty part behind.
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(part = %path, error = %abort, "aborting empty part");
-                }
-                Ok(0)
-            }
-            Ok(()) => {
-                writer
-                    .finish()
-                    .await
-                    .map_err(be_err(format!("completing part {path}")))?;
-                Ok(written)
-            }
-            Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(part = %path, error = %abort, "aborting failed part");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// The bytes of `parts` of `upload`, in order, as one stream.
-    fn parts_stream<'a>(
-        &'a self,
-        upload: &'a str,
-        parts: &'a [u32],
-    ) -> impl Stream<Item = Result<Bytes, CasError>> + Unpin + 'a {
-        futures::stream::iter(parts)
-            .then(move |part| async move {
-                let path = part_path(upload, *part);
-                let context = format!("reading part {path}");
-                match read::open(&self.store, &path, None, false).await {
-                    Ok(s) => s.map(move |c| c.map_err(be_err(context.clone()))).boxed(),
-                    Err(e) => futures::stream::once(async move { Err(be_err(context)(e)) }).boxed(),
-                }
-            })
-            .flatten()
-            .boxed()
     }
 
     /// Rebuilds the hash state of an upload from its stored parts (after a restart or a failed
@@ -445,7 +397,7 @@ impl Cas {
     ) -> Result<(Hasher, u64), CasError> {
         let mut hasher = Hasher::new(algorithm);
         let mut size = 0;
-        let mut chunks = self.parts_stream(upload, parts);
+        let mut chunks = backend::parts_stream(&*self.backend, upload, parts);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             size += chunk.len() as u64;
@@ -456,277 +408,68 @@ impl Cas {
 
     /// Size of part `part` of `upload`, `None` when it is not stored.
     pub async fn part_size(&self, upload: &str, part: u32) -> Result<Option<u64>, CasError> {
-        self.head_size(&part_path(upload, part)).await
-    }
-
-    /// Size of the object at `path`, `None` when absent.
-    async fn head_size(&self, path: &Path) -> Result<Option<u64>, CasError> {
-        match self.store.head(path).await {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(be_err(format!("stat of {path}"))(e)),
-        }
+        self.backend.head(&part_path(upload, part)).await
     }
 
     /// Publishes the parts of `upload` as blob `digest`, which the caller has verified, and
-    /// removes the parts. Durable when it returns `Ok`.
+    /// removes the parts. Durable when it returns `Ok`. On an error the parts may remain: the
+    /// caller removes them ([`Cas::abort`]).
     pub async fn commit(
         &self,
         upload: &str,
         parts: &[u32],
         digest: &Digest,
     ) -> Result<CommitOutcome, CasError> {
-        let target = blob_path(digest);
-        if let (Some(root), [only]) = (&self.local_root, parts) {
-            // Local fast path: one blocking call links, syncs and removes the staged name.
-            let part = root.join(part_path(upload, *only).as_ref());
-            let blob = root.join(target.as_ref());
-            let stored = tokio::task::spawn_blocking(move || local::publish(&part, &blob))
-                .await
-                .map_err(|e| CasError::Internal(format!("publish task: {e}")))??;
-            return Ok(if stored {
-                CommitOutcome::Stored
-            } else {
-                CommitOutcome::AlreadyPresent
-            });
-        }
-        if let (Some(root), [_, _, ..]) = (&self.local_root, parts) {
-            // Local fast path for many parts: the kernel copies them into one staged file
-            // (copy_file_range, no trip through user space), which is then published like a
-            // single part.
-            let staged: Vec<std::path::PathBuf> = parts
-                .iter()
-                .map(|p| root.join(part_path(upload, *p).as_ref()))
-                .collect();
-            let combined = root.join(combined_path(upload).as_ref());
-            let blob = root.join(target.as_ref());
-            let stored = tokio::task::spawn_blocking(move || {
-                local::concatenate(&staged, &combined)?;
-                local::publish(&combined, &blob)
-            })
+        self.backend
+            .commit(upload, parts, &blob_path(digest), digest)
             .await
-            .map_err(|e| CasError::Internal(format!("concatenate task: {e}")))??;
-            self.abort(upload, parts).await;
-            return Ok(if stored {
-                CommitOutcome::Stored
-            } else {
-                CommitOutcome::AlreadyPresent
-            });
-        }
-        // Object stores (and memory).
-        let single = match parts {
-            [] => {
-                // An empty blob: publish an empty object.
-                let staged = combined_path(upload);
-                self.store
-                    .put(&staged, Bytes::new().into())
-                    .await
-                    .map_err(be_err(format!("staging empty blob {digest}")))?;
-                Some(staged)
-            }
-            [only] => {
-                let part = part_path(upload, *only);
-                // Only stores with a copy limit pay for asking the part's size.
-                let too_large = self.opts.max_server_copy < u64::MAX
-                    && self
-                        .head_size(&part)
-                        .await?
-                        .is_some_and(|size| size > self.opts.max_server_copy);
-                (!too_large).then_some(part)
-            }
-            _ => None,
-        };
-        let outcome = match single {
-            Some(source) => self.publish_copy(&source, &target, digest).await?,
-            None => {
-                self.publish_streamed(upload, parts, &target, digest)
-                    .await?
-            }
-        };
-        self.abort(upload, parts).await;
-        Ok(outcome)
-    }
-
-    /// Publishes staged object `source` as blob `digest` (at `target`) by a server-side copy,
-    /// create-if-absent where the store has it. The caller removes the staging.
-    async fn publish_copy(
-        &self,
-        source: &Path,
-        target: &Path,
-        digest: &Digest,
-    ) -> Result<CommitOutcome, CasError> {
-        // A copy, not a rename: a rename is a copy and a delete, and a failed delete (its request
-        // is not retried by the store clients) would fail a publish that already happened.
-        match self.copy_retrying(source, target, true).await {
-            Ok(()) => Ok(CommitOutcome::Stored),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(CommitOutcome::AlreadyPresent),
-            Err(object_store::Error::NotSupported { .. })
-            | Err(object_store::Error::NotImplemented { .. }) => {
-                // No create-if-absent: content addressing makes an overwrite by identical bytes
-                // harmless, but skip it when the object is already there.
-                if self.size(digest).await?.is_some() {
-                    return Ok(CommitOutcome::AlreadyPresent);
-                }
-                self.copy_retrying(source, target, false)
-                    .await
-                    .map_err(be_err(format!("publishing blob {digest}")))?;
-                Ok(CommitOutcome::Stored)
-            }
-            Err(e) => Err(be_err(format!("publishing blob {digest}"))(e)),
-        }
-    }
-
-    /// Publishes the parts of `upload` as blob `digest` (at `target`) by streaming them through
-    /// a multipart upload at `target`: for several parts (one write instead of a joined copy
-    /// and a server-side copy of it) and for parts larger than the store copies in one request.
-    /// The object appears only when the upload completes, with every byte. No create-if-absent
-    /// exists for multipart uploads, so an object already present is left as it is.
-    async fn publish_streamed(
-        &self,
-        upload: &str,
-        parts: &[u32],
-        target: &Path,
-        digest: &Digest,
-    ) -> Result<CommitOutcome, CasError> {
-        if self.size(digest).await?.is_some() {
-            return Ok(CommitOutcome::AlreadyPresent);
-        }
-        let multipart = self
-            .store
-            .put_multipart(target)
-            .await
-            .map_err(be_err(format!("starting to publish blob {digest}")))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(multipart, self.opts.part_size);
-        let written: Result<(), CasError> = async {
-            let mut chunks = self.parts_stream(upload, parts);
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk?;
-                writer
-                    .wait_for_capacity(self.opts.max_parts_in_flight)
-                    .await
-                    .map_err(be_err(format!("publishing blob {digest}")))?;
-                writer.put(chunk);
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = written {
-            if let Err(abort) = writer.abort().await {
-                tracing::warn!(blob = %digest, error = %abort, "aborting a failed publish");
-            }
-            return Err(e);
-        }
-        writer
-            .finish()
-            .await
-            .map_err(be_err(format!("completing blob {digest}")))?;
-        Ok(CommitOutcome::Stored)
-    }
-
-    /// Copies `from` to `to` (create-if-absent with `create`), trying again after a transient
-    /// failure: a copy is idempotent here (content addressing: the same bytes under the same
-    /// key), and a create-if-absent copy retried after one that did land answers
-    /// `AlreadyExists`, which the caller takes as published.
-    async fn copy_retrying(
-        &self,
-        from: &Path,
-        to: &Path,
-        create: bool,
-    ) -> Result<(), object_store::Error> {
-        let mut wait = std::time::Duration::from_millis(100);
-        let mut attempt = 0;
-        loop {
-            let copied = if create {
-                self.store.copy_if_not_exists(from, to).await
-            } else {
-                self.store.copy(from, to).await
-            };
-            match copied {
-                Ok(()) => return Ok(()),
-                Err(object_store::Error::Generic { .. }) if attempt < 4 => {
-                    attempt += 1;
-                    tracing::debug!(%from, %to, attempt, "copy failed; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// Removes every staged object of `upload` (best effort; stray staging is also swept on
-    /// start by [`Cas::remove_stray_uploads`]).
+    /// start by [`Cas::sweep_uploads`]).
     pub async fn abort(&self, upload: &str, parts: &[u32]) {
-        for part in parts {
-            self.delete_quiet(&part_path(upload, *part)).await;
-        }
-        self.delete_quiet(&combined_path(upload)).await;
+        self.backend.remove_staging(upload, parts).await;
     }
 
-    async fn delete_quiet(&self, path: &Path) {
-        match self.store.delete(path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(%path, error = %e, "removing staged object"),
-        }
+    /// Removes staging of uploads that are not in `live` (after a crash or restart), whatever
+    /// its age. Returns how many staged objects went. See [`Cas::sweep_uploads`], which also
+    /// aborts incomplete multipart uploads.
+    pub async fn remove_stray_uploads(&self, live: &HashSet<String>) -> Result<usize, CasError> {
+        self.backend.remove_stray_staging(live, None).await
     }
 
-    /// Removes staging of uploads that are not in `live` (after a crash or restart).
-    pub async fn remove_stray_uploads(
+    /// Removes what interrupted uploads left behind, the one entry point for it (at start and
+    /// at every garbage collection):
+    ///
+    /// - staged objects of uploads not in `live` (a crash between writing bytes and recording
+    ///   the session, or after a session ended but before its staging went);
+    /// - on S3, incomplete multipart uploads: under staging (those of uploads not in `live`)
+    ///   and at blob keys (streamed publishes), whose writer died or whose abort failed.
+    ///
+    /// With `before`, only what was last written (staged objects) or started (multipart
+    /// uploads) before that time is touched, so writes in progress are safe as long as they
+    /// are younger; without it, everything not live goes: only for a start, when nothing is in
+    /// flight. Errors of the staged-object sweep are returned; multipart listings and aborts
+    /// that fail are logged and counted (an S3-compatible server without the listing, or a
+    /// role without `s3:ListBucketMultipartUploads`, must not stop the daemon).
+    pub async fn sweep_uploads(
         &self,
-        live: &std::collections::HashSet<String>,
-    ) -> Result<usize, CasError> {
-        if let Some(root) = &self.local_root {
-            // Read the folder directly: it also holds `#`-suffixed temporary files of
-            // interrupted multipart writes, which listing through object_store does not show.
-            let uploads = root.join("uploads");
-            let listing = |source| CasError::Io {
-                context: format!("listing {}", uploads.display()),
-                source,
-            };
-            let mut entries = match tokio::fs::read_dir(&uploads).await {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-                Err(source) => return Err(listing(source)),
-            };
-            let mut removed = 0;
-            while let Some(entry) = entries.next_entry().await.map_err(listing)? {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !live.contains(upload_of(&name)) {
-                    let path = entry.path();
-                    let gone = if entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
-                        tokio::fs::remove_dir_all(&path).await
-                    } else {
-                        tokio::fs::remove_file(&path).await
-                    };
-                    gone.map_err(|source| CasError::Io {
-                        context: format!("removing stray staging {}", path.display()),
-                        source,
-                    })?;
-                    removed += 1;
-                }
-            }
-            return Ok(removed);
-        }
-        let mut listing = self.store.list(Some(&Path::from("uploads")));
-        let mut stray = Vec::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(be_err("listing uploads"))?;
-            if let Some(name) = meta.location.filename() {
-                if !live.contains(upload_of(name)) {
-                    stray.push(meta.location);
-                }
-            }
-        }
-        let n = stray.len();
-        for path in stray {
-            self.delete_quiet(&path).await;
-        }
-        Ok(n)
+        live: &HashSet<String>,
+        before: Option<SystemTime>,
+    ) -> Result<UploadSweep, CasError> {
+        let staged = self.backend.remove_stray_staging(live, before).await?;
+        let (multipart, multipart_failures) =
+            self.backend.abort_stale_multipart(live, before).await;
+        Ok(UploadSweep {
+            staged,
+            multipart,
+            multipart_failures,
+        })
     }
 
     /// The stored size of a blob, or `None` when the store has no such object.
     pub async fn size(&self, digest: &Digest) -> Result<Option<u64>, CasError> {
-        self.head_size(&blob_path(digest)).await
+        self.backend.head(&blob_path(digest)).await
     }
 
     /// Streams blob `digest` (of `size` bytes, as the index records it), whole or the byte range
@@ -751,7 +494,7 @@ impl Cas {
         }
         let path = blob_path(digest);
         let verify = self.opts.verify_reads && range.is_none();
-        let stream = match read::open(&self.store, &path, range, self.opts.direct_io).await {
+        let stream = match self.backend.open(&path, range, self.opts.direct_io).await {
             Ok(s) => s,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(CasError::NotFound(digest.clone()))
@@ -763,15 +506,17 @@ impl Cas {
 
     /// Deletes a blob's bytes. Deleting an absent blob is not an error.
     pub async fn delete(&self, digest: &Digest) -> Result<(), CasError> {
-        match self.store.delete(&blob_path(digest)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(be_err(format!("deleting blob {digest}"))(e)),
-        }
+        self.backend
+            .delete(&blob_path(digest))
+            .await
+            .map_err(be_err(format!("deleting blob {digest}")))
     }
 }
 
 #[cfg(test)]
 mod azurite;
+#[cfg(test)]
+mod cleanup_tests;
 #[cfg(test)]
 mod moto;
 #[cfg(test)]

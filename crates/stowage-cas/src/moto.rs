@@ -51,3 +51,23 @@ pub fn bucket() -> String {
     assert_eq!(status, 200, "creating bucket {name}");
     name
 }
+
+/// The keys of the incomplete multipart uploads in `bucket`, from moto's ListMultipartUploads
+/// (read here with a plain request, independently of the code under test; moto does not check
+/// signatures).
+pub fn multipart_uploads(bucket: &str) -> Vec<String> {
+    let (status, text) = testserver::get(port(), &format!("/{bucket}?uploads")).unwrap();
+    assert_eq!(status, 200, "listing multipart uploads of {bucket}: {text}");
+    text.split("<Key>")
+        .skip(1)
+        .map(|rest| rest.split("</Key>").next().unwrap().to_string())
+        .collect()
+}
+
+/// Starts a multipart upload to `key` in `bucket` and leaves it incomplete, as a process that
+/// died in the middle of a write does.
+pub fn start_multipart(bucket: &str, key: &str) {
+    let status =
+        testserver::request("POST", port(), &format!("/{bucket}/{key}?uploads"), &[]).unwrap();
+    assert_eq!(status, 200, "starting a multipart upload to {key}");
+}

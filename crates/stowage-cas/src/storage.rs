@@ -9,7 +9,7 @@ use std::time::Duration;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, RetryConfig};
 
-use crate::{Backend, CasError};
+use crate::{Backend, CasError, S3Uploads};
 
 /// The kind of blob store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,7 +174,8 @@ impl StorageConfig {
                     // Parsed (and refused with object_store's message) by `build`.
                     b = b.with_config(object_store::aws::AmazonS3ConfigKey::CopyIfNotExists, c);
                 }
-                Arc::new(b.build().map_err(built)?)
+                return s3_backend(b, self.prefix.as_deref())
+                    .map_err(|e| CasError::Config(format!("{}: {e}", self.describe())));
             }
             StorageKind::Gcs => {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
@@ -202,12 +203,33 @@ impl StorageConfig {
                 Arc::new(b.build().map_err(built)?)
             }
         };
-        let store = match self.prefix.as_deref().map(|p| p.trim_matches('/')) {
-            Some(p) if !p.is_empty() => {
-                Arc::new(PrefixStore::new(store, p)) as Arc<dyn ObjectStore>
-            }
-            _ => store,
-        };
-        Ok(Backend::Custom(store))
+        Ok(Backend::Custom(with_prefix(store, self.prefix.as_deref())))
     }
+}
+
+/// `store` with every key under `prefix` (none when absent or empty).
+fn with_prefix(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> Arc<dyn ObjectStore> {
+    match prefix.map(|p| p.trim_matches('/')) {
+        Some(p) if !p.is_empty() => Arc::new(PrefixStore::new(store, p)),
+        _ => store,
+    }
+}
+
+/// The S3 backend that `builder` describes, with every key under `prefix`: the store, and the
+/// listing of its incomplete multipart uploads (see [`S3Uploads`]).
+pub fn s3_backend(
+    builder: object_store::aws::AmazonS3Builder,
+    prefix: Option<&str>,
+) -> Result<Backend, CasError> {
+    let s3 = Arc::new(
+        builder
+            .clone()
+            .build()
+            .map_err(|e| CasError::Config(e.to_string()))?,
+    );
+    let uploads = S3Uploads::new(&builder, s3.clone(), prefix)?;
+    Ok(Backend::S3 {
+        store: with_prefix(s3, prefix),
+        uploads,
+    })
 }

@@ -45,8 +45,13 @@ fn s3_conditional_store() -> Arc<dyn ObjectStore> {
 }
 
 fn s3_builder() -> object_store::aws::AmazonS3Builder {
+    s3_builder_in(&crate::moto::bucket())
+}
+
+/// An S3 store builder for `bucket` on the suite's moto server.
+pub(crate) fn s3_builder_in(bucket: &str) -> object_store::aws::AmazonS3Builder {
     object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(crate::moto::bucket())
+        .with_bucket_name(bucket)
         .with_endpoint(crate::moto::endpoint())
         .with_region("us-east-1")
         .with_access_key_id("test")

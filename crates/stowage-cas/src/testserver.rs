@@ -56,6 +56,20 @@ pub fn request(
     path: &str,
     headers: &[(&str, String)],
 ) -> Result<u16, String> {
+    exchange(method, port, path, headers).map(|(status, _)| status)
+}
+
+/// A minimal HTTP/1.1 `GET`; the status code and the whole response text (headers and body).
+pub fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    exchange("GET", port, path, &[])
+}
+
+fn exchange(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
@@ -66,8 +80,10 @@ pub fn request(
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    buf.split_whitespace()
+    let status = buf
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "no status".to_string())
+        .ok_or_else(|| "no status".to_string())?;
+    Ok((status, buf))
 }

@@ -321,6 +321,12 @@ pub(crate) async fn execute(
             site.upload_bytes_expired += bytes;
         }
     }
+    // What interrupted uploads left in the blob store (staging without a session, incomplete
+    // multipart uploads on S3), older than the expiry. A failure is logged, not fatal to the
+    // run: the next run tries again, and start-up sweeps it too.
+    if let Err(e) = store.sweep_upload_leftovers(upload_cutoff).await {
+        tracing::warn!(error = %e, "sweeping what interrupted uploads left failed");
+    }
     let repaired = store.repair_pending(upload_cutoff).await?;
     if repaired.cleared > 0 {
         tracing::info!(

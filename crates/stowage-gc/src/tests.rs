@@ -592,6 +592,33 @@ async fn stale_uploads_expire_with_their_bytes() {
     assert_eq!(staging, 0, "staged bytes of the expired upload remain");
 }
 
+/// Staging that no session owns (a crash between writing a part and recording its session) is
+/// swept by every run once it is older than the upload expiry; younger staging stays, as it may
+/// belong to a write in progress.
+#[tokio::test]
+async fn runs_sweep_unowned_staging_older_than_the_upload_expiry() {
+    let e = env().await;
+    let staging = e.dir.path().join("cas/uploads");
+    std::fs::create_dir_all(&staging).unwrap();
+    let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    for (name, written) in [
+        ("old.00000000", T0 - HOUR),
+        ("young.00000000", T0 + 2 * HOUR),
+    ] {
+        let f = std::fs::File::create(staging.join(name)).unwrap();
+        f.set_modified(at(written)).unwrap();
+    }
+    // The default expiry is 24 h: the cutoff is T0 + 1 h.
+    e.age(25 * HOUR);
+    e.gc(false).await;
+    let mut left: Vec<String> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["young.00000000"]);
+}
+
 #[tokio::test]
 async fn crash_leftovers_are_repaired_on_open() {
     let dir = tempfile::tempdir().unwrap();

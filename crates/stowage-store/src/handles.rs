@@ -444,6 +444,12 @@ impl GcStore {
         self.0.idle_uploads(idle_before_ms)
     }
 
+    /// Removes what interrupted uploads left in the blob store before `before_ms`: staged
+    /// objects of sessions that no longer exist, and stale incomplete multipart uploads (S3).
+    pub async fn sweep_upload_leftovers(&self, before_ms: u64) -> Result<stowage_cas::UploadSweep> {
+        self.0.sweep_upload_leftovers(Some(before_ms)).await
+    }
+
     /// Removes an idle upload session.
     pub async fn expire_upload(
         &self,

@@ -265,7 +265,7 @@ impl Store {
         let backend = config.backend.clone().unwrap_or(Backend::Filesystem {
             root: config.data_dir.join("cas"),
         });
-        let remote = matches!(backend, Backend::Custom(_));
+        let remote = backend.is_remote();
         let cas = Cas::open(backend, config.cas.clone())?;
         if remote {
             // An object store that is unreachable or refuses writes is an error at start, not
@@ -379,19 +379,10 @@ impl Store {
 
     /// Start-up repair: staging without a session record is removed (a crash between writing
     /// bytes and recording the session, or after a session ended but before its staging was
-    /// removed).
+    /// removed), and so are incomplete multipart uploads a crash left on the object store.
     async fn recover(&self) -> Result<()> {
-        let live: std::collections::HashSet<String> = self
-            .inner
-            .index
-            .uploads()?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        let removed = self.inner.cas.remove_stray_uploads(&live).await?;
-        if removed > 0 {
-            tracing::info!(removed, "removed stray upload staging");
-        }
+        // Nothing is in flight yet: whatever is not live goes, however young.
+        self.sweep_upload_leftovers(None).await?;
         // Nothing is in flight yet, so every publish intent left is from before the restart.
         let repaired = self.repair_pending(u64::MAX).await?;
         if repaired.orphans_removed > 0 || repaired.cleared > 0 {
@@ -402,6 +393,35 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Removes what interrupted uploads left in the blob store (see
+    /// [`Cas::sweep_uploads`]): staged objects of sessions that are neither recorded nor open
+    /// here, and stale incomplete multipart uploads; with `before_ms`, only what is older.
+    pub(crate) async fn sweep_upload_leftovers(
+        &self,
+        before_ms: Option<u64>,
+    ) -> Result<stowage_cas::UploadSweep> {
+        let mut live: std::collections::HashSet<String> = self
+            .inner
+            .index
+            .uploads()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        live.extend(self.sessions().keys().cloned());
+        let before =
+            before_ms.map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        let swept = self.inner.cas.sweep_uploads(&live, before).await?;
+        if swept != stowage_cas::UploadSweep::default() {
+            tracing::info!(
+                staged = swept.staged,
+                multipart = swept.multipart,
+                multipart_failures = swept.multipart_failures,
+                "removed what interrupted uploads left in the blob store"
+            );
+        }
+        Ok(swept)
     }
 
     /// The index (read access for GC, replication and tools).
