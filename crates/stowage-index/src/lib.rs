@@ -366,6 +366,16 @@ impl Batch {
         );
     }
 
+    /// Records that `upload` is about to publish bytes as `digest` (see [`Index::put_pending`]);
+    /// committed on its own, synced, before the bytes are published.
+    pub fn put_pending(&mut self, digest: &Digest, upload: &str, at_ms: u64) {
+        self.put(
+            cf::PENDING,
+            keys::pending(digest, upload),
+            at_ms.to_be_bytes().to_vec(),
+        );
+    }
+
     /// Clears the publish intent of `upload` for `digest` (written with the blob's record).
     pub fn clear_pending(&mut self, digest: &Digest, upload: &str) {
         self.del(cf::PENDING, keys::pending(digest, upload));
@@ -976,9 +986,9 @@ impl Index {
     }
 
     /// Records that upload `upload` is about to publish bytes as `digest` (an intent, cleared
-    /// by the batch that indexes the blob). Not synced on its own: it only has to survive a
-    /// process crash, and the blob's synced commit carries it to disk with everything before
-    /// it. After a crash, intents left behind name bytes that may be published but unindexed.
+    /// by the batch that indexes the blob), without syncing: for tests and tools. The store
+    /// writes intents with [`Batch::put_pending`] through a synced commit, so that an intent
+    /// survives a power loss that the published bytes survive.
     pub fn put_pending(&self, digest: &Digest, upload: &str, at_ms: u64) -> Result<(), IndexError> {
         let cf = self.cf(cf::PENDING)?;
         self.db

@@ -475,10 +475,15 @@ impl Store {
                     .await;
             }
         }
-        // Publish intent: if the process dies after the bytes are published but before the
-        // batch below is durable, start-up repair finds this entry and removes the unindexed
-        // bytes (they would otherwise be invisible to index-driven garbage collection).
-        idx.put_pending(digest, id, self.now_ms())?;
+        // Publish intent: if the process dies (or the power goes) after the bytes are published
+        // but before the batch below is durable, start-up repair finds this entry and removes
+        // the unindexed bytes (they would otherwise be invisible to index-driven garbage
+        // collection). The bytes are synced when published, so the intent is synced before
+        // them: an unsynced intent could be lost while the bytes survive. Concurrent pushes
+        // share the sync through the index's group commit.
+        let mut intent = Batch::new();
+        intent.put_pending(digest, id, self.now_ms());
+        self.commit_quiet(intent).await?;
         batch.clear_pending(digest, id);
         let outcome = self.inner.cas.commit(id, parts, digest).await?;
         if outcome == CommitOutcome::AlreadyPresent {
