@@ -494,11 +494,31 @@ async fn delete_untagged_false_keeps_every_manifest() {
     assert_eq!(r.totals.blobs_quarantined, 1);
 }
 
-#[tokio::test]
+fn phase_rank(p: crate::Phase) -> usize {
+    use crate::Phase::*;
+    [
+        Queued,
+        Mark,
+        SweepManifests,
+        SweepBlobs,
+        Purge,
+        Uploads,
+        Done,
+    ]
+    .iter()
+    .position(|q| *q == p)
+    .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_racing_a_sweep_either_keeps_the_blob_or_fails_cleanly() {
     // A layer uploaded long ago and never referenced is a candidate; a manifest referencing it
-    // arrives while the run sweeps. Whatever the interleaving, the manifest is either stored
-    // with its layer served, or refused with MANIFEST_BLOB_UNKNOWN.
+    // (pushed without a HEAD first, so nothing holds the layer) arrives while the run works:
+    // as the run starts, while it marks, while it sweeps manifests (the layer is decided but
+    // not swept yet), or after it swept blobs. Whatever the interleaving, the manifest is
+    // either stored with its layer served, or refused with MANIFEST_BLOB_UNKNOWN; and over the
+    // rounds both paths run.
+    let (mut stored, mut refused, mut kept_on_recheck) = (0u32, 0u32, 0u64);
     for round in 0..40u32 {
         let e = env().await;
         let layer = format!("layer for round {round}").into_bytes();
@@ -514,10 +534,25 @@ async fn push_racing_a_sweep_either_keeps_the_blob_or_fails_cleanly() {
                         "digest": ld.to_string(), "size": ls}]
         }))
         .unwrap();
+        let at = [
+            crate::Phase::Queued,
+            crate::Phase::Mark,
+            crate::Phase::SweepManifests,
+            crate::Phase::SweepBlobs,
+            crate::Phase::Purge,
+        ][round as usize % 5];
+        let mut progress = e.gc.progress();
         let store = e.store.clone();
         let push = tokio::spawn(async move {
-            for _ in 0..round % 7 {
-                tokio::task::yield_now().await;
+            // Wait until the run reaches the round's phase (or ends), then push at once.
+            loop {
+                let reached = progress
+                    .borrow_and_update()
+                    .as_ref()
+                    .is_some_and(|p| phase_rank(p.phase) >= phase_rank(at));
+                if reached || progress.changed().await.is_err() {
+                    break;
+                }
             }
             store
                 .client()
@@ -525,27 +560,38 @@ async fn push_racing_a_sweep_either_keeps_the_blob_or_fails_cleanly() {
                 .await
         });
         let run = e.gc(false).await;
+        kept_on_recheck += run.totals.kept_on_recheck;
         match push.await.unwrap() {
             Ok(out) => {
+                stored += 1;
                 assert!(e.has_manifest("app", &out.digest));
                 assert_eq!(e.read("app", &ld).await.unwrap(), layer, "round {round}");
                 assert!(e.read("app", &cd).await.is_ok());
             }
             Err(StoreError::ManifestBlobUnknown(_)) => {
+                refused += 1;
                 assert!(
                     run.totals.blobs_swept > 0,
                     "round {round}: refused but nothing swept"
                 );
+                assert!(!e.store.get_manifest(&repo("app"), &tag("latest")).is_ok());
             }
             Err(other) => panic!("round {round}: unexpected error {other}"),
         }
         // Nothing served is missing its bytes, and a second run finds a consistent state.
         e.gc(false).await;
-        if let Ok(t) = e.store.get_manifest(&repo("app"), &tag("latest")) {
-            let _ = t;
+        if e.store.get_manifest(&repo("app"), &tag("latest")).is_ok() {
             assert!(e.read("app", &ld).await.is_ok());
+            assert!(e.read("app", &cd).await.is_ok());
         }
     }
+    // Both sides of the race ran: a test where the push always won (or always lost) would
+    // say nothing about the other path.
+    eprintln!(
+        "push racing a sweep: {stored} stored, {refused} refused, {kept_on_recheck} kept on re-check"
+    );
+    assert!(stored > 0, "no round stored its manifest");
+    assert!(refused > 0, "no round took the refusal path");
 }
 
 #[tokio::test]
