@@ -73,6 +73,26 @@ pub use read::BlobStream;
 pub use s3uploads::S3Uploads;
 pub use storage::{StorageConfig, StorageKind};
 
+impl CasError {
+    /// Whether the error is the file system (or quota) running out of space: `ENOSPC` or
+    /// `EDQUOT` anywhere in its chain of causes.
+    pub fn is_storage_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::StorageFull
+                    || io.kind() == std::io::ErrorKind::QuotaExceeded
+                    || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                {
+                    return true;
+                }
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 /// Errors from the blob store. Each says what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum CasError {

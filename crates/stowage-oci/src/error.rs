@@ -171,6 +171,8 @@ impl From<StoreError> for ApiError {
                     .with_header("connection", "close".into())
             }
             StoreError::NotFound(_) => Self::new(S::NOT_FOUND, Code::NameUnknown, msg),
+            StoreError::StorageFull => Self::new(S::INSUFFICIENT_STORAGE, Code::Unknown, msg)
+                .with_header("retry-after", "60".into()),
             StoreError::ReplicaRefused(_) => Self::new(S::FORBIDDEN, Code::Denied, msg),
             StoreError::TooManyPins { .. }
             | StoreError::Cas(_)

@@ -129,9 +129,9 @@ impl From<StoreError> for ReplError {
             | StoreError::BlobUploadInvalid(_)
             | StoreError::RangeNotSatisfiable { .. }
             | StoreError::Unsupported(_) => ReplError::Invalid(e.to_string()),
-            StoreError::TooManyPins { .. } | StoreError::TooManyUploads(_) => {
-                ReplError::Exhausted(e.to_string())
-            }
+            StoreError::TooManyPins { .. }
+            | StoreError::TooManyUploads(_)
+            | StoreError::StorageFull => ReplError::Exhausted(e.to_string()),
             StoreError::ReplicaRefused(_) => ReplError::Refused(e.to_string()),
             StoreError::Conflict(_) => ReplError::Conflict(e.to_string()),
             StoreError::Cas(_)

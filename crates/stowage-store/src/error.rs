@@ -95,15 +95,31 @@ pub enum StoreError {
         /// The name configured now.
         configured: String,
     },
+    /// The file system holding the data has less free space than the configured reserve (or
+    /// ran out while writing): new blob bytes are refused until space is freed, so the index
+    /// always has room to record what is already stored.
+    #[error("storage full: new blob bytes are refused until space is freed; try again later")]
+    StorageFull,
     /// The blob store failed.
     #[error(transparent)]
-    Cas(#[from] CasError),
+    Cas(CasError),
     /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
     /// Something that should be impossible (a bug or corrupt state), with context.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<CasError> for StoreError {
+    fn from(e: CasError) -> Self {
+        if e.is_storage_full() {
+            tracing::warn!(error = %e, "storage full while writing blob bytes");
+            StoreError::StorageFull
+        } else {
+            StoreError::Cas(e)
+        }
+    }
 }
 
 /// Shorthand.

@@ -77,6 +77,10 @@ pub struct StoreConfig {
     pub site_source: SiteSource,
     /// Bounds on upload sessions, so that no one client can exhaust the daemon.
     pub limits: StoreLimits,
+    /// Space kept free on the file system of the data dir (and of a local blob store): below it
+    /// new blob bytes are refused with [`StoreError::StorageFull`], so the index (and RocksDB's
+    /// compactions) always have room. 0 turns the check off.
+    pub min_free_bytes: u64,
     /// How long a digest a client has just seen (a `HEAD` or `GET` that found it, an upload or
     /// mount that stored it) is kept from garbage collection, so that a push that skipped an
     /// existing layer does not fail on its manifest. Held for between one and two windows;
@@ -131,6 +135,7 @@ impl StoreConfig {
             site_source: SiteSource::Default,
             limits: StoreLimits::default(),
             seen_window_ms: 10 * 60 * 1000,
+            min_free_bytes: 1 << 30,
         }
     }
 }
@@ -548,6 +553,41 @@ impl Store {
             }),
             _ => Err(StoreError::BlobUnknown(digest.clone())),
         }
+    }
+
+    /// Refuses new blob bytes while the file system of the data dir (or of the local blob
+    /// store) has less than [`StoreConfig::min_free_bytes`] available. A failing `statvfs` is
+    /// logged and does not refuse anything.
+    pub(crate) fn check_free_space(&self) -> Result<()> {
+        let min = self.inner.config.min_free_bytes;
+        if min == 0 {
+            return Ok(());
+        }
+        let cas_root = match &self.inner.config.backend {
+            Some(Backend::Filesystem { root }) => Some(root.clone()),
+            None => Some(self.inner.config.data_dir.join("cas")),
+            Some(_) => None,
+        };
+        for path in std::iter::once(self.inner.config.data_dir.clone()).chain(cas_root) {
+            match rustix::fs::statvfs(&path) {
+                Ok(st) => {
+                    let available = st.f_bavail.saturating_mul(st.f_frsize);
+                    if available < min {
+                        tracing::warn!(
+                            path = %path.display(),
+                            available,
+                            reserve = min,
+                            "storage full: refusing new blob bytes"
+                        );
+                        return Err(StoreError::StorageFull);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read free space")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs synchronous index work on a blocking thread, off the async workers.

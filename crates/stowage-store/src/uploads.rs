@@ -83,6 +83,7 @@ impl Store {
         repo: &RepoName,
         resumable: bool,
     ) -> Result<String> {
+        self.check_free_space()?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now_ms();
         let owner = actor.principal.to_string();
@@ -255,6 +256,7 @@ impl Store {
                 });
             }
         }
+        self.check_free_space()?;
         let limits = &self.inner.config.limits;
         let (max_total, max_mine) = (limits.max_staged_bytes, limits.max_staged_bytes_per_actor);
         let owner = s.record.owner.clone().unwrap_or_default();

@@ -155,6 +155,7 @@ async fn serve(s: Settings) -> Result<(), String> {
     };
     cfg.limits = s.security.limits.store.clone();
     cfg.seen_window_ms = s.gc_seen_window.as_millis() as u64;
+    cfg.min_free_bytes = s.min_free_space;
     cfg.backend = Some(s.storage.backend(&s.data_dir).map_err(|e| e.to_string())?);
     cfg.cas.max_server_copy = s.storage.max_server_copy();
     if let Some(p) = s.part_size {

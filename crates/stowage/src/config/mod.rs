@@ -159,6 +159,11 @@ pub struct ServeArgs {
     /// `header:NAME:VALUE` (`[storage] copy_if_not_exists`).
     #[arg(long, env = "STOWAGE_STORAGE_COPY_IF_NOT_EXISTS", value_name = "MODE")]
     pub storage_copy_if_not_exists: Option<String>,
+    /// Space kept free on the data dir's file system: below it new blob bytes are refused with
+    /// 507 and `Retry-After`, so the index always has room (`[storage] min_free_space`; "0"
+    /// turns the check off). Default: 1G
+    #[arg(long, env = "STOWAGE_STORAGE_MIN_FREE_SPACE", value_name = "BYTES", value_parser = parse_size)]
+    pub storage_min_free_space: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +178,7 @@ struct StorageFile {
     allow_http: Option<bool>,
     part_size: Option<toml::Value>,
     copy_if_not_exists: Option<String>,
+    min_free_space: Option<toml::Value>,
 }
 
 /// The config file's shape: the same options as the command line.
@@ -301,6 +307,8 @@ pub struct Settings {
     pub storage: stowage_cas::StorageConfig,
     /// Part size of large blob writes, if set.
     pub part_size: Option<u64>,
+    /// Space kept free on the data dir's file system (0: no check).
+    pub min_free_space: u64,
     /// TLS, authentication, audit and limits.
     pub security: security::Security,
     /// A replicated tag version further than this in the future is refused.
@@ -576,6 +584,16 @@ impl ServeArgs {
                 .or(sf.copy_if_not_exists)
                 .filter(|c| !c.trim().is_empty()),
         };
+        let min_free_space = match (self.storage_min_free_space, sf.min_free_space) {
+            (Some(v), _) => v,
+            (None, Some(toml::Value::Integer(i))) => u64::try_from(i)
+                .map_err(|_| format!("[storage] min_free_space: {i} is negative"))?,
+            (None, Some(toml::Value::String(s))) => parse_size(&s)?,
+            (None, Some(other)) => {
+                return Err(format!("[storage] min_free_space: unexpected {other}"))
+            }
+            (None, None) => 1 << 30,
+        };
         let part_size = match (self.storage_part_size, sf.part_size) {
             (Some(v), _) => Some(v),
             (None, Some(toml::Value::Integer(i))) => Some(
@@ -670,6 +688,7 @@ impl ServeArgs {
             peer_access,
             storage,
             part_size,
+            min_free_space,
             security,
             max_clock_skew,
         })
