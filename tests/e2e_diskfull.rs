@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Disk full: the data dir on a small file system of its own (a loop-mounted ext4 image the
 //! test makes). Pushes are refused with 507 and `Retry-After` once free space falls under the
 //! reserve, nothing stored is damaged, the index keeps working (tags, manifests, a GC run), and
