@@ -513,13 +513,19 @@ impl Store {
         let mut candidates = view.candidates;
 
         // Present blobs against their stored bytes.
-        let present: Vec<(&Digest, &BlobRecord)> = view
+        // Owned items and a cloned store: the future stays `Send` for any caller.
+        let present: Vec<(Digest, BlobRecord)> = view
             .blobs
             .iter()
             .filter(|(_, r)| r.state == BlobState::Present)
+            .map(|(d, r)| (d.clone(), r.clone()))
             .collect();
+        let verify = opts.verify_bytes;
         let checked: Vec<(Option<Defect>, u64)> = futures::stream::iter(present)
-            .map(|(d, rec)| self.check_blob(d, rec, opts.verify_bytes))
+            .map(|(d, rec)| {
+                let store = self.clone();
+                async move { store.check_blob(&d, &rec, verify).await }
+            })
             .buffer_unordered(PARALLEL)
             .try_collect()
             .await?;
