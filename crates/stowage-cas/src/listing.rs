@@ -85,4 +85,48 @@ mod tests {
         assert_eq!(digest_of(&Path::from("blobs/sha256/ab/garbage")), None);
         assert_eq!(digest_of(&Path::from("blobs/sha256/ab")), None);
     }
+
+    /// Every backend lists exactly its committed blobs, with sizes, and no staged parts.
+    #[tokio::test]
+    async fn every_backend_lists_committed_blobs_only() {
+        use futures::TryStreamExt;
+        use stowage_core::{Algorithm, Hasher};
+        for (name, cas, _dir) in crate::tests::named_backends().await {
+            let mut want = Vec::new();
+            for (id, n) in [("a", 10usize), ("b", 70_000)] {
+                let bytes = vec![n as u8; n];
+                let mut h = Hasher::new(Algorithm::Sha256);
+                let chunk =
+                    futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
+                cas.write_part(id, 0, chunk, &mut h, u64::MAX, true)
+                    .await
+                    .unwrap();
+                let d = h.finish();
+                cas.commit(id, &[0], &d).await.unwrap();
+                want.push((blob_path(&d).to_string(), Some(d), n as u64));
+            }
+            // Staged, never committed: not a blob.
+            let mut h = Hasher::new(Algorithm::Sha256);
+            let chunk =
+                futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(vec![
+                    1u8;
+                    100
+                ]))]);
+            cas.write_part("staged", 0, chunk, &mut h, u64::MAX, true)
+                .await
+                .unwrap();
+            let mut got: Vec<(String, Option<Digest>, u64)> = cas
+                .list_blobs()
+                .map_ok(|b| (b.key, b.digest, b.size))
+                .try_collect()
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{name}");
+            let listed: Vec<StoredBlob> = cas.list_blobs().try_collect().await.unwrap();
+            cas.delete_listed(&listed[0]).await.unwrap();
+            assert_eq!(cas.list_blobs().count().await, 1, "{name}");
+        }
+    }
 }
