@@ -107,8 +107,7 @@ mod tests {
             }
             // Staged, never committed: not a blob.
             let mut h = Hasher::new(Algorithm::Sha256);
-            let chunk =
-                futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(vec![
+            let chunk = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(vec![
                     1u8;
                     100
                 ]))]);
