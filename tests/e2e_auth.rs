@@ -600,6 +600,7 @@ async fn matrix(mode: &'static str) {
             &["project", "list"][..],
             &["audit", "verify"][..],
             &["repl", "status"][..],
+            &["fsck"][..],
         ] {
             let mut all = args.to_vec();
             all.extend(["--server", &w.d.admin, "--user", user]);

@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         root.join("stowage/v1/admin.proto"),
         root.join("stowage/v1/access.proto"),
+        root.join("stowage/v1/fsck.proto"),
         root.join("stowage/v1/replication.proto"),
     ];
     for p in &protos {

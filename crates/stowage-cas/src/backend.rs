@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use stowage_core::{Digest, Hasher};
 
 use crate::{be_err, combined_path, part_path, CasError, CommitOutcome};
@@ -94,6 +94,9 @@ pub(crate) trait BlobBackend: Send + Sync + std::fmt::Debug {
         target: &Path,
         digest: &Digest,
     ) -> Result<CommitOutcome, CasError>;
+
+    /// Every object under `prefix` (committed objects only: no unfinished writes).
+    fn list(&self, prefix: &Path) -> BoxStream<'static, object_store::Result<ObjectMeta>>;
 
     /// Deletes the object at `path`. Deleting an absent object is not an error.
     async fn delete(&self, path: &Path) -> Result<(), object_store::Error>;

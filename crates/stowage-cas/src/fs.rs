@@ -138,6 +138,13 @@ impl BlobBackend for FsBackend {
         })
     }
 
+    fn list(
+        &self,
+        prefix: &Path,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.objects.list(prefix)
+    }
+
     async fn delete(&self, path: &Path) -> Result<(), object_store::Error> {
         self.objects.delete(path).await
     }

@@ -47,6 +47,7 @@ mod backend;
 mod direct;
 pub mod faulty;
 mod fs;
+mod listing;
 mod local;
 mod multipart;
 mod object;
@@ -69,6 +70,7 @@ use stowage_core::{Digest, Hasher};
 use backend::BlobBackend;
 use object::ObjectBackend;
 
+pub use listing::StoredBlob;
 pub use read::BlobStream;
 pub use s3uploads::S3Uploads;
 pub use storage::{StorageConfig, StorageKind};

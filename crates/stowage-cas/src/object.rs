@@ -296,6 +296,13 @@ impl BlobBackend for ObjectBackend {
         Ok(outcome)
     }
 
+    fn list(
+        &self,
+        prefix: &Path,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.store.list(Some(prefix))
+    }
+
     async fn delete(&self, path: &Path) -> Result<(), object_store::Error> {
         match self.store.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

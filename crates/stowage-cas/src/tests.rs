@@ -106,7 +106,7 @@ fn gcs_store() -> Option<Arc<dyn ObjectStore>> {
 
 /// The suite's backends, named, each probed as the daemon probes it at start (which tells the
 /// Cas whether the store's create-if-absent copies work).
-async fn named_backends() -> Vec<(&'static str, Cas, Option<tempfile::TempDir>)> {
+pub(crate) async fn named_backends() -> Vec<(&'static str, Cas, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let small = CasOptions {
         part_size: 64 * 1024,

@@ -104,6 +104,8 @@ pub enum AuditAction {
     /// The recorded end of the chain was found missing or behind the stored entries at start
     /// (the chain went on from the last stored entry).
     AuditRepair,
+    /// The consistency check (`stowage fsck --repair`) repaired the index or the blob store.
+    FsckRepair,
 }
 
 impl AuditAction {
@@ -160,6 +162,7 @@ pub const ALL_ACTIONS: &[(AuditAction, &str)] = &[
     (AuditAction::ReplicationRetry, "replication_retry"),
     (AuditAction::AuditPrune, "audit_prune"),
     (AuditAction::AuditRepair, "audit_repair"),
+    (AuditAction::FsckRepair, "fsck_repair"),
 ];
 
 /// How it ended.

@@ -29,6 +29,7 @@ pub use records::{
 };
 
 mod snapshot;
+mod snapshot_scan;
 pub use audit::{
     AuditAction, AuditEntry, AuditFilter, AuditOutcome, AuditProblem, AuditRecord,
     AuditVerifyReport,

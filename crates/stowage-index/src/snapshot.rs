@@ -61,7 +61,7 @@ impl<'a> Snapshot<'a> {
     }
 
     /// Visits every `(key, value)` of a column family in key order.
-    fn each(
+    pub(crate) fn each(
         &self,
         name: &'static str,
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), IndexError>,

@@ -140,7 +140,11 @@ impl Store {
 
     /// What is wrong with the stored bytes of `digest` (`size` bytes as recorded), or `None`
     /// when they hash to it. A read that breaks off is an error, not a verdict.
-    async fn stored_mismatch(&self, digest: &Digest, size: u64) -> Result<Option<String>> {
+    pub(crate) async fn stored_mismatch(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<String>> {
         let missing = || Some("its bytes are missing from the blob store".to_string());
         match self.inner.cas.size(digest).await? {
             None => return Ok(missing()),

@@ -20,6 +20,8 @@
 mod accounts;
 mod audit;
 pub mod error;
+pub mod fsck;
+mod fsck_repair;
 mod gc;
 pub mod handles;
 mod integrity;
@@ -45,6 +47,7 @@ pub use accounts::{check_project_name, check_user_name};
 pub use audit::{AuditStats, Auditor};
 pub use error::{Result, StoreError};
 
+pub use fsck::{Defect, Finding, FsckOptions, FsckReport};
 pub use gc::{BlobSweep, LinkCandidate, PendingRepair};
 pub use handles::{AccountStore, ClientStore, GcStore, ReplicaStore};
 pub use integrity::{CorruptCheck, RepairReady};

@@ -345,6 +345,7 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, String> {
     use crate::admin_auth::Gated;
+    let fsck = crate::fsck_rpc::FsckService::new(store.clone());
     let svc = AdminService {
         store,
         data_dir: settings.data_dir.display().to_string(),
@@ -361,6 +362,7 @@ pub fn spawn(
             .add_service(health)
             .add_service(Gated::new(AdminServer::new(svc), gate.clone()))
             .add_service(Gated::new(access.into_server(), gate.clone()))
+            .add_service(Gated::new(fsck.into_server(), gate.clone()))
             .add_service(Gated::new(repl.into_server(), gate))
             .serve_with_incoming_shutdown(stowage_auth::net::incoming(listener, stop), async move {
                 let _ = done.wait_for(|v| *v).await;

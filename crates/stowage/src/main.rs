@@ -7,6 +7,8 @@ mod admin_auth;
 mod audit_tasks;
 mod client;
 mod config;
+mod fsck_cli;
+mod fsck_rpc;
 mod gc_cli;
 mod gc_rpc;
 mod metrics;
@@ -50,6 +52,9 @@ enum Command {
     /// Garbage collection on a running daemon (admin gRPC): start and follow runs, list past
     /// runs, restore quarantined blobs.
     Gc(gc_cli::GcArgs),
+    /// Check the index against the blob store on a running daemon (admin gRPC), read-only
+    /// unless --repair. Exit status 2 when defects were found.
+    Fsck(fsck_cli::FsckArgs),
     /// Replication on a running daemon (gRPC): per-peer status and on-demand anti-entropy.
     Repl(repl_cli::ReplArgs),
     /// Users: add, change passwords, grant roles in projects, remove.
@@ -71,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Info { conn, json } => admin::info_command(&conn, json),
         Command::Gc(args) => gc_cli::command(args),
+        Command::Fsck(args) => return fsck_cli::command(args),
         Command::Repl(args) => repl_cli::command(args),
         Command::User(args) => access_cli::user(args),
         Command::Robot(args) => access_cli::robot(args),
