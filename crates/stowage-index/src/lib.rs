@@ -28,6 +28,7 @@ pub use records::{
     QuarantineReason, RefKind, RepoRecord, TagRecord, UploadRecord,
 };
 
+mod scan;
 mod snapshot;
 pub use audit::{
     AuditAction, AuditEntry, AuditFilter, AuditOutcome, AuditProblem, AuditRecord,
