@@ -12,6 +12,8 @@ mod gc_rpc;
 mod metrics;
 mod repl_cli;
 mod repl_metrics;
+mod scrub_cli;
+mod scrub_rpc;
 mod serve;
 mod upload_expiry;
 
@@ -52,6 +54,9 @@ enum Command {
     Gc(gc_cli::GcArgs),
     /// Replication on a running daemon (gRPC): per-peer status and on-demand anti-entropy.
     Repl(repl_cli::ReplArgs),
+    /// Integrity scrub on a running daemon (admin gRPC): run one now and wait for its report,
+    /// or show the run in progress and the last report.
+    Scrub(scrub_cli::ScrubArgs),
     /// Users: add, change passwords, grant roles in projects, remove.
     User(access_cli::UserArgs),
     /// Robot accounts: machine credentials bound to one project.
@@ -72,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Info { conn, json } => admin::info_command(&conn, json),
         Command::Gc(args) => gc_cli::command(args),
         Command::Repl(args) => repl_cli::command(args),
+        Command::Scrub(args) => scrub_cli::command(args),
         Command::User(args) => access_cli::user(args),
         Command::Robot(args) => access_cli::robot(args),
         Command::Project(args) => access_cli::project(args),
