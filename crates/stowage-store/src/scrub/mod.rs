@@ -271,7 +271,7 @@ impl Scrubber {
         Some(crate::task::spawn_named("scrub-schedule", async move {
             let mut stop_wait = stop.clone();
             loop {
-                let wait = match this.due_in(interval) {
+                let wait = match this.due_in(interval).await {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::error!(error = %e, "scrub schedule cannot read past runs");
@@ -308,18 +308,29 @@ impl Scrubber {
         }))
     }
 
-    /// How long until the next scheduled run: none for an interrupted run.
-    fn due_in(&self, interval: Duration) -> Result<Duration> {
-        let idx = self.inner.store.index();
+    /// How long until the next scheduled run: none for an interrupted run; one interval after
+    /// the last run ended, or after the schedule first started on this site (a site is not
+    /// scrubbed the moment it is created or upgraded, and a restart does not postpone it).
+    async fn due_in(&self, interval: Duration) -> Result<Duration> {
+        let store = &self.inner.store;
+        let idx = store.index();
         if idx.meta(report::CURSOR_KEY)?.is_some() {
             return Ok(Duration::ZERO);
         }
-        let Some(last) = self.reports(1)?.into_iter().next() else {
-            return Ok(Duration::ZERO);
+        let since = match self.reports(1)?.into_iter().next() {
+            Some(last) => last.finished_ms,
+            None => match idx.meta(report::EPOCH_KEY)? {
+                Some(v) => report::decode("schedule start", &v)?,
+                None => {
+                    let now = store.now_ms();
+                    let mut batch = stowage_index::Batch::new();
+                    batch.put_meta(report::EPOCH_KEY, report::encode("schedule start", &now)?);
+                    store.commit_quiet(batch).await?;
+                    now
+                }
+            },
         };
-        let due = last
-            .finished_ms
-            .saturating_add(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
+        let due = since.saturating_add(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
         Ok(Duration::from_millis(
             due.saturating_sub(self.inner.store.now_ms()),
         ))

@@ -1,7 +1,8 @@
 //! What a scrub run found, and where runs are kept in the index: in the extension keyspace,
 //! `scrub/cursor` for the run in progress (its report so far and the last blob it checked,
-//! written after every page so a restart resumes there) and `scrub/run/` + the run id
-//! (8 bytes, big-endian) for finished runs, oldest first.
+//! written after every page so a restart resumes there), `scrub/run/` + the run id
+//! (8 bytes, big-endian) for finished runs, oldest first, and `scrub/epoch`, when the
+//! schedule first started.
 
 use serde::{Deserialize, Serialize};
 use stowage_core::Digest;
@@ -10,6 +11,8 @@ use crate::{Result, StoreError};
 
 /// The run in progress.
 pub(crate) const CURSOR_KEY: &[u8] = b"scrub/cursor";
+/// When the schedule first started on this site (unix ms), until a run has finished.
+pub(crate) const EPOCH_KEY: &[u8] = b"scrub/epoch";
 /// Finished runs.
 pub(crate) const RUN_PREFIX: &[u8] = b"scrub/run/";
 /// Finished runs kept; older reports are removed when a run finishes.
