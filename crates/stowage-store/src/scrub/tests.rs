@@ -184,7 +184,7 @@ async fn an_interrupted_run_resumes_from_its_cursor_after_reopen() {
         }
     }
     // The walk goes in digest order: damage the seventh, whose repair request stops the run.
-    pushed.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+    pushed.sort_by_key(|p| p.0.to_string());
     let seventh = pushed[6].0.clone();
     damage(dir.path(), &seventh);
     let first_id;
