@@ -43,9 +43,9 @@ impl Scrubber {
                 rep.error = e.to_string();
             }
         }
-        self.set_current(None);
         if stopped {
             // The cursor was written after the last full page: the next start resumes there.
+            self.set_current(None);
             tracing::info!(
                 run,
                 blobs = rep.blobs,
@@ -54,7 +54,11 @@ impl Scrubber {
             return Ok(rep);
         }
         rep.finished_ms = self.inner.store.now_ms();
-        self.finish(&rep, actor).await?;
+        // The report is stored before the run stops showing as current: a follower never sees
+        // neither.
+        let stored = self.finish(&rep, actor).await;
+        self.set_current(None);
+        stored?;
         self.inner.counters.runs.fetch_add(1, Ordering::Relaxed);
         self.inner.finished.send_replace(run);
         tracing::info!(
