@@ -1,9 +1,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use stowage_core::{Digest, RepoName};
+use stowage_core::{Clock as _, Digest, RepoName};
 use tokio::sync::watch;
 
 use super::*;
@@ -131,6 +132,33 @@ async fn corrupt_blob_is_found_quarantined_and_not_served() {
     for i in [0, 1, 3] {
         assert_eq!(read(&store, &r, &digests[i]).await.unwrap(), blobs[i]);
     }
+    // Audited: the quarantine as the scrub's, the run as the operator's who asked for it.
+    let audit = |action| {
+        store
+            .index()
+            .audit_query(&stowage_index::AuditFilter {
+                action: Some(action),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let q = audit(stowage_index::AuditAction::BlobCorrupt);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].entry.actor, "system:scrub");
+    assert_eq!(
+        q[0].entry.target.as_deref(),
+        Some(digests[2].to_string().as_str())
+    );
+    let runs = audit(stowage_index::AuditAction::Admin);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].entry.actor, actor().to_string());
+    assert_eq!(runs[0].entry.target.as_deref(), Some("scrub run 1"));
+    assert_eq!(
+        runs[0].entry.outcome,
+        stowage_index::AuditOutcome::Failed,
+        "one unrepaired"
+    );
     // The report is kept, and the next run offers the quarantined blob for repair again.
     assert_eq!(scrub.reports(10).unwrap(), vec![rep.clone()]);
     let again = scrub
@@ -235,4 +263,51 @@ async fn an_interrupted_run_resumes_from_its_cursor_after_reopen() {
         (next.run_id, next.resumed, next.blobs),
         (first_id + 1, 0, 7)
     );
+}
+
+/// The schedule: the first run comes one interval after the schedule first started on the site
+/// (kept in the index, so a restart does not postpone it), later ones an interval after the
+/// last run ended, and an interrupted run at once.
+#[tokio::test]
+async fn the_schedule_counts_from_its_first_start_then_from_the_last_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = stowage_core::ManualClock::new(1_000_000);
+    let store = Store::open_with_clock(StoreConfig::new(dir.path()), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    push(&store, &repo("scrub/d"), b"scheduled").await;
+    let hour = Duration::from_secs(3600);
+    let scrub = Scrubber::new(store.clone(), cfg(16), None);
+    assert_eq!(scrub.due_in(hour).await.unwrap(), hour, "not at once");
+    clock.advance(40 * 60 * 1000);
+    let restarted = Scrubber::new(store.clone(), cfg(16), None);
+    assert_eq!(
+        restarted.due_in(hour).await.unwrap(),
+        Duration::from_secs(20 * 60),
+        "a restart does not postpone it"
+    );
+    clock.advance(20 * 60 * 1000);
+    assert_eq!(restarted.due_in(hour).await.unwrap(), Duration::ZERO);
+    restarted
+        .run_now(&actor(), ScrubTrigger::Schedule, no_stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        restarted.due_in(hour).await.unwrap(),
+        hour,
+        "from the run's end"
+    );
+    // An interrupted run (its cursor stored) is due at once.
+    let mut batch = stowage_index::Batch::new();
+    let cursor = report::Cursor {
+        report: ScrubReport::new(9, ScrubTrigger::Schedule, clock.now_millis()),
+        after: None,
+    };
+    batch.put_meta(
+        report::CURSOR_KEY,
+        report::encode("cursor", &cursor).unwrap(),
+    );
+    store.commit_quiet(batch).await.unwrap();
+    assert_eq!(restarted.due_in(hour).await.unwrap(), Duration::ZERO);
 }
