@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("stowage/v1/access.proto"),
         root.join("stowage/v1/fsck.proto"),
         root.join("stowage/v1/replication.proto"),
+        root.join("stowage/v1/scrub.proto"),
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={}", p.display());

@@ -28,6 +28,7 @@ pub use records::{
     QuarantineReason, RefKind, RepoRecord, TagRecord, UploadRecord,
 };
 
+mod scan;
 mod snapshot;
 mod snapshot_scan;
 pub use audit::{

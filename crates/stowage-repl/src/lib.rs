@@ -26,6 +26,7 @@ pub mod policy;
 pub mod remote;
 pub mod replicator;
 pub mod retry;
+mod scrub_repair;
 pub mod server;
 pub mod site;
 pub mod status;

@@ -200,13 +200,26 @@ impl Replicator {
         if served {
             return Ok(None);
         }
+        let from = self.fetch_from_peers(repo, digest).await?;
+        flow.peer.update(|s| s.blobs_repaired += 1);
+        Ok(Some(from))
+    }
+
+    /// Fetches good bytes of `digest` (linked in `repo`) from the first configured peer that
+    /// serves them, swapping them in for a copy quarantined as corrupt: the one repair path,
+    /// for parked-entry retries and the integrity scrub. Returns the peer's name.
+    pub(crate) async fn fetch_from_peers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<String> {
+        let local = &self.inner.local;
         let mut tried = Vec::new();
         for peer in &self.inner.peers {
             match fetch(local, &peer.remote, repo, digest).await {
                 Ok(()) => {
-                    flow.peer.update(|s| s.blobs_repaired += 1);
                     tracing::info!(%digest, %repo, from = %peer.cfg.name, "blob repaired with good bytes from a peer");
-                    return Ok(Some(peer.cfg.name.clone()));
+                    return Ok(peer.cfg.name.clone());
                 }
                 Err(e) => tried.push(format!("{}: {e}", peer.cfg.name)),
             }

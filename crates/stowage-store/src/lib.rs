@@ -28,6 +28,7 @@ mod integrity;
 pub mod locks;
 mod manifests;
 mod replica;
+pub mod scrub;
 mod seen;
 mod staging;
 pub mod task;

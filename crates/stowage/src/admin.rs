@@ -331,7 +331,7 @@ fn grpc_server(limits: &stowage_auth::net::Limits) -> tonic::transport::Server {
 }
 
 /// Starts the admin server on `listener`: GC and info (`Admin`), accounts and the audit log
-/// (`Access`) and the operator's replication calls, each behind the admin gate; the health
+/// (`Access`), the integrity scrub (`Scrub`) and the operator's replication calls, each behind the admin gate; the health
 /// check is open. It stops when `stop` turns true.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
@@ -340,6 +340,7 @@ pub fn spawn(
     gc: Collector,
     repl: stowage_repl::ReplicationService,
     access: crate::access_rpc::AccessService,
+    scrub: crate::scrub_rpc::ScrubService,
     gate: std::sync::Arc<crate::admin_auth::AdminGate>,
     settings: Settings,
     stop: watch::Receiver<bool>,
@@ -363,6 +364,7 @@ pub fn spawn(
             .add_service(Gated::new(AdminServer::new(svc), gate.clone()))
             .add_service(Gated::new(access.into_server(), gate.clone()))
             .add_service(Gated::new(fsck.into_server(), gate.clone()))
+            .add_service(Gated::new(scrub.into_server(), gate.clone()))
             .add_service(Gated::new(repl.into_server(), gate))
             .serve_with_incoming_shutdown(stowage_auth::net::incoming(listener, stop), async move {
                 let _ = done.wait_for(|v| *v).await;

@@ -14,6 +14,8 @@ mod gc_rpc;
 mod metrics;
 mod repl_cli;
 mod repl_metrics;
+mod scrub_cli;
+mod scrub_rpc;
 mod serve;
 mod upload_expiry;
 
@@ -57,6 +59,9 @@ enum Command {
     Fsck(fsck_cli::FsckArgs),
     /// Replication on a running daemon (gRPC): per-peer status and on-demand anti-entropy.
     Repl(repl_cli::ReplArgs),
+    /// Integrity scrub on a running daemon (admin gRPC): run one now and wait for its report,
+    /// or show the run in progress and the last report.
+    Scrub(scrub_cli::ScrubArgs),
     /// Users: add, change passwords, grant roles in projects, remove.
     User(access_cli::UserArgs),
     /// Robot accounts: machine credentials bound to one project.
@@ -78,6 +83,7 @@ fn main() -> std::process::ExitCode {
         Command::Gc(args) => gc_cli::command(args),
         Command::Fsck(args) => return fsck_cli::command(args),
         Command::Repl(args) => repl_cli::command(args),
+        Command::Scrub(args) => scrub_cli::command(args),
         Command::User(args) => access_cli::user(args),
         Command::Robot(args) => access_cli::robot(args),
         Command::Project(args) => access_cli::project(args),

@@ -32,6 +32,8 @@ pub struct LimitSources {
     pub authority: Arc<stowage_auth::authority::Authority>,
     /// The configured readers.
     pub access: crate::config::security::MetricsAccess,
+    /// The integrity scrub's figures.
+    pub scrub: stowage_store::scrub::Scrubber,
 }
 
 type State = (
@@ -163,6 +165,7 @@ async fn serve_metrics(
         ));
     }
     body.push_str(&render_limits(&limits));
+    body.push_str(&crate::scrub_rpc::render_metrics(&limits.scrub));
     (
         [(
             header::CONTENT_TYPE,

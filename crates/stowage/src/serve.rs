@@ -303,6 +303,14 @@ async fn serve(s: Settings) -> Result<(), String> {
         stowage_repl::Role::Operator,
     );
     let gc = stowage_gc::Collector::new(store.gc_ops(), s.gc.clone());
+    let scrubber = stowage_store::scrub::Scrubber::new(
+        store.clone(),
+        s.scrub.clone(),
+        replicator
+            .clone()
+            .map(|r| Arc::new(r) as Arc<dyn stowage_store::scrub::Repairer>),
+    );
+    background.extend(scrubber.spawn_schedule(stop_rx.clone()));
     let schedule = s.gc_interval.map(|interval| {
         tracing::info!(
             interval = %humantime::format_duration(interval),
@@ -347,6 +355,7 @@ async fn serve(s: Settings) -> Result<(), String> {
         limits: s.security.limits.clone(),
         authority: authority.clone(),
         access: s.security.metrics.clone(),
+        scrub: scrubber.clone(),
     };
     let app = stowage_oci::router(store.client(), api_config, authority.clone(), api_limits)
         .merge(crate::metrics::router(
@@ -373,6 +382,7 @@ async fn serve(s: Settings) -> Result<(), String> {
         gc.clone(),
         operator_service,
         crate::access_rpc::AccessService::new(store.clone(), authority.clone()),
+        crate::scrub_rpc::ScrubService::new(scrubber, stop_rx.clone()),
         admin_gate,
         s.clone(),
         stop_rx.clone(),

@@ -4,6 +4,7 @@
 //! option has all three forms: `--max-blob-size` / `STOWAGE_MAX_BLOB_SIZE` / `max_blob_size`.
 //! Security settings (TLS, authentication, audit, limits) are in [`security`].
 
+pub mod scrub;
 pub mod security;
 
 use std::net::SocketAddr;
@@ -164,6 +165,8 @@ pub struct ServeArgs {
     /// turns the check off). Default: 1G
     #[arg(long, env = "STOWAGE_STORAGE_MIN_FREE_SPACE", value_name = "BYTES", value_parser = parse_size)]
     pub storage_min_free_space: Option<u64>,
+    #[command(flatten)]
+    pub scrub: scrub::ScrubArgs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +208,7 @@ struct FileConfig {
     gc: Option<GcFileConfig>,
     replication: Option<ReplicationFile>,
     storage: Option<StorageFile>,
+    scrub: Option<scrub::ScrubFile>,
 }
 
 /// `site = "name"` or a `[site]` table with `name`.
@@ -313,6 +317,8 @@ pub struct Settings {
     pub security: security::Security,
     /// A replicated tag version further than this in the future is refused.
     pub max_clock_skew: Duration,
+    /// The integrity scrub (`[scrub]`).
+    pub scrub: stowage_store::scrub::ScrubConfig,
 }
 
 /// A peer's settings: how to replicate with it (when it has a direction) and what it may do
@@ -535,6 +541,7 @@ impl ServeArgs {
         let gc_seen_window = gc_duration(self.gc_seen_window, "seen_window", gc_file.seen_window)?
             .unwrap_or(Duration::from_secs(600));
         let file_path = self.config.clone().unwrap_or_default();
+        let scrub = scrub::resolve(&self.scrub, file.scrub, &file_path)?;
         let mut peers = Vec::new();
         let repl_file = file.replication.unwrap_or_default();
         let repl_listen = self
@@ -691,6 +698,7 @@ impl ServeArgs {
             min_free_space,
             security,
             max_clock_skew,
+            scrub,
         })
     }
 }
