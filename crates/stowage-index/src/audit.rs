@@ -104,6 +104,10 @@ pub enum AuditAction {
     /// The recorded end of the chain was found missing or behind the stored entries at start
     /// (the chain went on from the last stored entry).
     AuditRepair,
+    /// Change-feed entries that every known reader has passed removed.
+    FeedTrim,
+    /// Tag or manifest tombstones older than the horizon removed.
+    TombstoneExpire,
 }
 
 impl AuditAction {
@@ -160,6 +164,8 @@ pub const ALL_ACTIONS: &[(AuditAction, &str)] = &[
     (AuditAction::ReplicationRetry, "replication_retry"),
     (AuditAction::AuditPrune, "audit_prune"),
     (AuditAction::AuditRepair, "audit_repair"),
+    (AuditAction::FeedTrim, "feed_trim"),
+    (AuditAction::TombstoneExpire, "tombstone_expire"),
 ];
 
 /// How it ended.
