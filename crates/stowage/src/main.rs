@@ -7,6 +7,7 @@ mod admin_auth;
 mod audit_tasks;
 mod client;
 mod config;
+mod feed_trim;
 mod gc_cli;
 mod gc_rpc;
 mod metrics;

@@ -4,6 +4,7 @@
 //! option has all three forms: `--max-blob-size` / `STOWAGE_MAX_BLOB_SIZE` / `max_blob_size`.
 //! Security settings (TLS, authentication, audit, limits) are in [`security`].
 
+pub mod feed;
 pub mod security;
 
 use std::net::SocketAddr;
@@ -197,6 +198,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     gc: Option<GcFileConfig>,
+    feed: Option<feed::FeedFile>,
     replication: Option<ReplicationFile>,
     storage: Option<StorageFile>,
 }
@@ -305,6 +307,8 @@ pub struct Settings {
     pub security: security::Security,
     /// A replicated tag version further than this in the future is refused.
     pub max_clock_skew: Duration,
+    /// Change-feed trimming and tombstone expiry (`[feed]`).
+    pub feed: feed::FeedConfig,
 }
 
 /// A peer's settings: how to replicate with it (when it has a direction) and what it may do
@@ -527,6 +531,7 @@ impl ServeArgs {
         let gc_seen_window = gc_duration(self.gc_seen_window, "seen_window", gc_file.seen_window)?
             .unwrap_or(Duration::from_secs(600));
         let file_path = self.config.clone().unwrap_or_default();
+        let feed = file.feed.unwrap_or_default().resolve(&file_path)?;
         let mut peers = Vec::new();
         let repl_file = file.replication.unwrap_or_default();
         let repl_listen = self
@@ -672,6 +677,7 @@ impl ServeArgs {
             part_size,
             security,
             max_clock_skew,
+            feed,
         })
     }
 }

@@ -1,0 +1,124 @@
+//! Keeps the index from growing for ever: the change feed is trimmed below what every known
+//! reader still needs, and tag and manifest tombstones are expired past a horizon, by a task
+//! of its own (whether or not garbage collection is scheduled).
+//!
+//! Trim point: the lowest of (a) every push peer's confirmed cursor over this site's feed,
+//! (b) the last sequence minus `[feed] keep_entries`, and (c) the last entry older than
+//! `[feed] keep_for`. Readers this site does not track (peers that pull from it) are covered
+//! by (b) and (c); one that falls behind them finds its cursor below the trimmed point and
+//! compares whole states instead (the replicator's full resync), so nothing is skipped.
+//!
+//! Tombstones go when older than `[feed] tombstone_horizon`, or than the oldest push peer's
+//! lag if that is longer: a peer that has not yet seen a delete must still meet its tombstone.
+
+use std::time::Duration;
+
+use stowage_core::Actor;
+use stowage_store::{GcStore, TombstoneExpiry};
+use tokio::sync::watch;
+
+use crate::config::feed::FeedConfig;
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Sequence numbers trimmed now.
+    pub trimmed: u64,
+    /// The feed's trimmed point after the pass.
+    pub trimmed_to: u64,
+    /// Tombstones expired.
+    pub tombstones: TombstoneExpiry,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One pass. `cursors` are the push peers' positions in this site's feed (`None`: no cursor
+/// yet, which holds nothing back).
+pub async fn run_once(
+    store: &GcStore,
+    cursors: &[(String, Option<u64>)],
+    cfg: &FeedConfig,
+) -> Result<Pass, String> {
+    let idx = store.index();
+    let now = store.now_ms();
+    let actor = Actor::system("feed-trim");
+    let last = idx
+        .last_seq()
+        .map_err(|e| format!("reading the last feed sequence: {e}"))?;
+    let slowest = cursors
+        .iter()
+        .filter_map(|(name, c)| c.map(|c| (name.as_str(), c)))
+        .min_by_key(|(_, c)| *c);
+    let by_count = last.saturating_sub(cfg.keep_entries);
+    let upto = slowest.map_or(by_count, |(_, c)| c.min(by_count));
+    let through = idx
+        .feed_older_than(now.saturating_sub(ms(cfg.keep_for)), upto)
+        .map_err(|e| format!("finding feed entries older than {:?}: {e}", cfg.keep_for))?;
+    let why = format!(
+        "last {last}, keep {} entries and {}, slowest push peer {}",
+        cfg.keep_entries,
+        humantime::format_duration(cfg.keep_for),
+        slowest.map_or("none".to_string(), |(n, c)| format!("{n} at {c}")),
+    );
+    let trimmed = store
+        .trim_feed(&actor, through, why)
+        .await
+        .map_err(|e| format!("trimming the feed through {through}: {e}"))?;
+    // The slowest peer's lag: the age of the first entry it has not confirmed.
+    let lag_ms = match slowest {
+        Some((_, c)) => idx
+            .feed_time(c.saturating_add(1))
+            .map_err(|e| format!("reading feed entry {}: {e}", c.saturating_add(1)))?
+            .map_or(0, |ts| now.saturating_sub(ts)),
+        None => 0,
+    };
+    let horizon_ms = ms(cfg.tombstone_horizon).max(lag_ms);
+    let tombstones = store
+        .expire_tombstones(&actor, now.saturating_sub(horizon_ms))
+        .await
+        .map_err(|e| format!("expiring tombstones: {e}"))?;
+    let trimmed_to = idx
+        .feed_trimmed_to()
+        .map_err(|e| format!("reading the trimmed point: {e}"))?;
+    Ok(Pass {
+        trimmed,
+        trimmed_to,
+        tombstones,
+    })
+}
+
+/// Runs [`run_once`] every `interval` until `stop`; `cursors` reads the push peers' positions
+/// afresh for each pass.
+pub fn spawn(
+    store: GcStore,
+    cursors: impl Fn() -> Result<Vec<(String, Option<u64>)>, String> + Send + 'static,
+    cfg: FeedConfig,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    stowage_store::task::spawn_named("feed_trim", async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|v| *v) => return,
+            }
+            let pass = match cursors() {
+                Ok(c) => run_once(&store, &c, &cfg).await,
+                Err(e) => Err(e),
+            };
+            match pass {
+                Ok(p) if p.trimmed == 0 && p.tombstones == TombstoneExpiry::default() => {}
+                Ok(p) => tracing::info!(
+                    trimmed = p.trimmed,
+                    trimmed_to = p.trimmed_to,
+                    tag_tombstones = p.tombstones.tags,
+                    manifest_tombstones = p.tombstones.manifests,
+                    "feed trimmed and tombstones expired"
+                ),
+                Err(e) => tracing::error!(error = %e, "feed trim failed"),
+            }
+        }
+    })
+}
