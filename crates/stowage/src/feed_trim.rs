@@ -122,3 +122,119 @@ pub fn spawn(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use stowage_core::{Clock, Digest, ManualClock, RepoName};
+    use stowage_store::{Store, StoreConfig, TagState, TagVersion};
+
+    use super::*;
+
+    fn app() -> RepoName {
+        RepoName::parse("app").unwrap()
+    }
+
+    async fn push(store: &Store, n: u8) {
+        let data = vec![n; 10];
+        let d = Digest::sha256(&data);
+        let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from(data))]);
+        store
+            .client()
+            .put_blob(&Actor::user("t"), &app(), &d, body)
+            .await
+            .unwrap();
+    }
+
+    fn cfg(keep_entries: u64, keep_for: Duration) -> FeedConfig {
+        FeedConfig {
+            keep_entries,
+            keep_for,
+            tombstone_horizon: Duration::from_secs(10),
+            trim_interval: None,
+        }
+    }
+
+    async fn env(dir: &std::path::Path, clock: &ManualClock) -> Store {
+        let store = Store::open_with_clock(StoreConfig::new(dir), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        for n in 0..10 {
+            push(&store, n).await;
+            clock.advance(1000);
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn the_slowest_push_peer_and_both_floors_hold_the_trim_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let store = env(dir.path(), &clock).await;
+        let feed = store.index().feed(0, 1000).unwrap();
+        let last = store.index().last_seq().unwrap();
+        let gc = store.gc_ops();
+        // A push peer at 3 holds every entry after it; a peer without a cursor holds nothing.
+        let cursors = [("cloud".to_string(), Some(3)), ("new".to_string(), None)];
+        let p = run_once(&gc, &cursors, &cfg(0, Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!((p.trimmed, p.trimmed_to), (3, 3));
+        // keep_for keeps every entry younger than it.
+        let cutoff = clock.now_millis() - 3500;
+        let young = feed
+            .iter()
+            .filter(|(_, e)| e.ts_ms < cutoff)
+            .map(|(s, _)| *s)
+            .max()
+            .unwrap();
+        assert!(young > 3 && young < last);
+        let p = run_once(&gc, &[], &cfg(0, Duration::from_millis(3500)))
+            .await
+            .unwrap();
+        assert_eq!(p.trimmed_to, young);
+        // keep_entries keeps the newest entries.
+        let p = run_once(&gc, &[], &cfg(1, Duration::ZERO)).await.unwrap();
+        assert_eq!(p.trimmed_to, last - 1);
+        assert_eq!(store.index().feed(0, 1000).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_push_peer_extends_the_tombstone_horizon() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let store = env(dir.path(), &clock).await;
+        let deleted = TagState::Deleted {
+            version: TagVersion {
+                ms: clock.now_millis(),
+                origin: "elsewhere".into(),
+            },
+        };
+        assert!(store
+            .replica()
+            .apply_tag(&Actor::system("test"), &app(), "t", &deleted)
+            .await
+            .unwrap());
+        // The tombstone is 60 s old, past the 10 s horizon, but a push peer has not confirmed
+        // anything since the first entry (written more than 60 s ago): it stays.
+        clock.advance(60_000);
+        let keep_all = cfg(u64::MAX, Duration::ZERO);
+        let lagging = [("cloud".to_string(), Some(1))];
+        let p = run_once(&store.gc_ops(), &lagging, &keep_all)
+            .await
+            .unwrap();
+        assert_eq!(p.tombstones, TombstoneExpiry::default());
+        assert!(store.tag_state(&app(), "t").unwrap().is_some());
+        // Once the peer has caught up, the horizon alone decides.
+        let last = store.index().last_seq().unwrap();
+        let caught_up = [("cloud".to_string(), Some(last))];
+        let p = run_once(&store.gc_ops(), &caught_up, &keep_all)
+            .await
+            .unwrap();
+        assert_eq!(p.tombstones.tags, 1);
+        assert_eq!(store.tag_state(&app(), "t").unwrap(), None);
+    }
+}
