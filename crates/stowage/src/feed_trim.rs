@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use stowage_core::Actor;
+use stowage_gc::{Phase, Progress};
 use stowage_store::{GcStore, TombstoneExpiry};
 use tokio::sync::watch;
 
@@ -89,19 +90,39 @@ pub async fn run_once(
     })
 }
 
-/// Runs [`run_once`] every `interval` until `stop`; `cursors` reads the push peers' positions
-/// afresh for each pass.
+/// Returns once a garbage-collection run (not a dry run) has finished; never when the
+/// collector is gone.
+async fn gc_finished(progress: &mut watch::Receiver<Option<Progress>>) {
+    loop {
+        if progress.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let done = progress
+            .borrow_and_update()
+            .as_ref()
+            .is_some_and(|p| p.phase == Phase::Done && !p.dry_run);
+        if done {
+            return;
+        }
+    }
+}
+
+/// Runs [`run_once`] every `interval`, and after every garbage-collection run (which leaves
+/// tombstones and feed entries behind), until `stop`; `cursors` reads the push peers'
+/// positions afresh for each pass.
 pub fn spawn(
     store: GcStore,
     cursors: impl Fn() -> Result<Vec<(String, Option<u64>)>, String> + Send + 'static,
     cfg: FeedConfig,
     interval: Duration,
+    mut gc_progress: watch::Receiver<Option<Progress>>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     stowage_store::task::spawn_named("feed_trim", async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
+                _ = gc_finished(&mut gc_progress) => {}
                 _ = stop.wait_for(|v| *v) => return,
             }
             let pass = match cursors() {
@@ -200,6 +221,43 @@ mod tests {
         let p = run_once(&gc, &[], &cfg(1, Duration::ZERO)).await.unwrap();
         assert_eq!(p.trimmed_to, last - 1);
         assert_eq!(store.index().feed(0, 1000).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_finished_collection_starts_a_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let store = env(dir.path(), &clock).await;
+        let gc = stowage_gc::Collector::new(store.gc_ops(), stowage_gc::GcConfig::default());
+        let (stop_tx, stop) = watch::channel(false);
+        // The schedule alone would not run for an hour.
+        let task = spawn(
+            store.gc_ops(),
+            || Ok(Vec::new()),
+            cfg(0, Duration::ZERO),
+            Duration::from_secs(3600),
+            gc.progress(),
+            stop,
+        );
+        let mut feed = store.feed_watch();
+        let last = *feed.borrow_and_update();
+        gc.run(stowage_gc::RunOptions::default()).await.unwrap();
+        // The pass is over when the feed is trimmed through its end (the run added no entry).
+        let trimmed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let t = store.index().feed_trimmed_to().unwrap();
+                if t >= last {
+                    return t;
+                }
+                // Nothing signals the end of a pass: poll, bounded by the timeout.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("no trim pass after the collection");
+        assert_eq!(trimmed, store.index().last_seq().unwrap());
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test]

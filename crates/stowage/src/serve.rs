@@ -326,6 +326,7 @@ async fn serve(s: Settings) -> Result<(), String> {
             cursors,
             s.feed.clone(),
             interval,
+            gc.progress(),
             stop_rx.clone(),
         ));
     }
