@@ -421,7 +421,7 @@ impl Store {
         let mut batch = Batch::new();
         batch.delete_tag(repo, tag, &current.digest);
         let version = self.next_tag_version(repo, tag, Some(&current))?;
-        self.put_tombstone(&mut batch, repo, tag, &version);
+        self.put_tombstone(&mut batch, repo, tag, &version)?;
         let mut ev = self.event(EventKind::TagDeleted, repo, actor);
         ev.tag = Some(tag.to_string());
         ev.digest = Some(current.digest.clone());
@@ -465,7 +465,7 @@ impl Store {
                 continue;
             }
             let version = self.next_tag_version(repo, &tag, current.as_ref())?;
-            self.put_tombstone(&mut batch, repo, &tag, &version);
+            self.put_tombstone(&mut batch, repo, &tag, &version)?;
             batch.delete_tag(repo, &tag, digest);
             batch.audit(
                 self.change_audit(actor, AuditAction::TagDelete, repo, tag.as_str(), None)

@@ -158,20 +158,24 @@ impl Store {
         })
     }
 
+    /// Adds the tombstone of `tag` to `batch`. An encoding failure is an error: an empty
+    /// value would read back as a corrupt tombstone and the delete would be forgotten.
     pub(crate) fn put_tombstone(
         &self,
         batch: &mut Batch,
         repo: &RepoName,
         tag: &str,
         version: &TagVersion,
-    ) {
+    ) -> Result<()> {
         let t = Tombstone {
             ms: version.ms,
             origin: version.origin.clone(),
         };
-        // Serialising two plain fields cannot fail; an empty value would read back as an error.
-        let bytes = serde_json::to_vec(&t).unwrap_or_default();
+        let bytes = serde_json::to_vec(&t).map_err(|e| {
+            StoreError::Internal(format!("encoding the tombstone of {repo}:{tag}: {e}"))
+        })?;
         batch.put_meta(&tombstone_key(repo, tag), bytes);
+        Ok(())
     }
 
     fn tombstone(&self, repo: &RepoName, tag: &str) -> Result<Option<TagVersion>> {
@@ -363,7 +367,7 @@ impl Store {
                     }
                 }
                 let mut batch = Batch::new();
-                self.put_tombstone(&mut batch, repo, tag, version);
+                self.put_tombstone(&mut batch, repo, tag, version)?;
                 // The event goes out even when there was no tag here: sites further down a
                 // chain need the tombstone too.
                 let mut ev =
