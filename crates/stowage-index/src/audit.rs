@@ -106,6 +106,10 @@ pub enum AuditAction {
     AuditRepair,
     /// The consistency check (`stowage fsck --repair`) repaired the index or the blob store.
     FsckRepair,
+    /// Change-feed entries that every known reader has passed removed.
+    FeedTrim,
+    /// Tag or manifest tombstones older than the horizon removed.
+    TombstoneExpire,
 }
 
 impl AuditAction {
@@ -163,6 +167,8 @@ pub const ALL_ACTIONS: &[(AuditAction, &str)] = &[
     (AuditAction::AuditPrune, "audit_prune"),
     (AuditAction::AuditRepair, "audit_repair"),
     (AuditAction::FsckRepair, "fsck_repair"),
+    (AuditAction::FeedTrim, "feed_trim"),
+    (AuditAction::TombstoneExpire, "tombstone_expire"),
 ];
 
 /// How it ended.

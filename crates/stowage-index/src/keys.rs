@@ -96,6 +96,14 @@ pub fn repo_tag(repo: &RepoName, tag: &str) -> Vec<u8> {
     k
 }
 
+/// Digest-to-tags key: `repo \0, digest, tag` (the tags of a repository that point at a digest
+/// share a prefix).
+pub fn tag_digest(repo: &RepoName, digest: &Digest, tag: &str) -> Vec<u8> {
+    let mut k = repo_digest(repo, digest);
+    k.extend_from_slice(tag.as_bytes());
+    k
+}
+
 /// Reverse reference key: `target digest, repo \0, manifest digest`.
 pub fn reference(target: &Digest, repo: &RepoName, manifest: &Digest) -> Vec<u8> {
     let mut k = digest_key(target);

@@ -11,8 +11,10 @@
 
 pub mod accounts;
 pub mod audit;
+mod feed_trim;
 pub mod keys;
 pub mod records;
+mod tag_index;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,8 +45,11 @@ pub use snapshot::Snapshot;
 /// `pending` (publish intents) and `gc_runs`. Version 1 indexes are migrated at open by
 /// building `holders` from `repo_blobs` and `manifests`. 3 = adds `audit` (the hash-chained
 /// audit log) and `accounts` (users, robots, roles, projects); both start empty, so a
-/// version 2 index needs no migration, but a version 2 build must not open it.
-pub const FORMAT_VERSION: u32 = 3;
+/// version 2 index needs no migration, but a version 2 build must not open it. 4 = adds
+/// `tag_digests` (which tags point at a digest, repository-major) so finding a manifest's tags
+/// reads only those tags; indexes of versions 1 to 3 are migrated at open by building it from
+/// `tags`.
+pub const FORMAT_VERSION: u32 = 4;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -66,7 +71,8 @@ mod cf {
     pub const GC_RUNS: &str = "gc_runs";
     pub const AUDIT: &str = "audit";
     pub const ACCOUNTS: &str = "accounts";
-    pub const ALL: [&str; 16] = [
+    pub const TAG_DIGESTS: &str = "tag_digests";
+    pub const ALL: [&str; 17] = [
         META,
         BLOBS,
         REPO_BLOBS,
@@ -83,11 +89,14 @@ mod cf {
         GC_RUNS,
         AUDIT,
         ACCOUNTS,
+        TAG_DIGESTS,
     ];
 }
 
 const META_FORMAT: &[u8] = b"format_version";
 const META_SEQ: &[u8] = b"feed_seq";
+/// The highest feed sequence removed by trimming (absent: nothing trimmed).
+const META_FEED_TRIMMED: &[u8] = b"feed_trimmed_to";
 /// The audit log's head: last audit sequence number and its hash.
 const META_AUDIT_HEAD: &[u8] = b"audit_head";
 /// The audit log's retention anchor: the last entry removed and its hash.
@@ -214,6 +223,9 @@ pub struct Index {
     /// At open, the recorded audit head was missing or behind the stored entries:
     /// `(recorded, stored)` last sequence numbers. The chain went on from the stored end.
     audit_head_behind: Option<(u64, u64)>,
+    /// Held by a feed trim from reading the trimmed point to committing the new one, so two
+    /// trims never move it backwards.
+    trim: Mutex<()>,
 }
 
 impl std::fmt::Debug for Index {
@@ -252,6 +264,8 @@ impl std::fmt::Debug for Batch {
 enum Op {
     Put(&'static str, Vec<u8>, Vec<u8>),
     Delete(&'static str, Vec<u8>),
+    /// Removes every key in `[from, to)`.
+    DeleteRange(&'static str, Vec<u8>, Vec<u8>),
 }
 
 impl Default for Batch {
@@ -339,14 +353,30 @@ impl Batch {
         self.put(cf::REPOS, repo.as_str().as_bytes().to_vec(), encode(rec));
     }
 
-    /// Points a tag at a manifest.
-    pub fn put_tag(&mut self, repo: &RepoName, tag: &str, rec: &TagRecord) {
+    /// Points a tag at a manifest. `previous` is the digest the tag pointed at until now
+    /// (read by the caller under the tag's lock), so the digest-to-tags entry moves with it.
+    pub fn put_tag(
+        &mut self,
+        repo: &RepoName,
+        tag: &str,
+        rec: &TagRecord,
+        previous: Option<&Digest>,
+    ) {
+        if let Some(prev) = previous.filter(|p| **p != rec.digest) {
+            self.del(cf::TAG_DIGESTS, keys::tag_digest(repo, prev, tag));
+        }
         self.put(cf::TAGS, keys::repo_tag(repo, tag), encode(rec));
+        self.put(
+            cf::TAG_DIGESTS,
+            keys::tag_digest(repo, &rec.digest, tag),
+            Vec::new(),
+        );
     }
 
-    /// Removes a tag.
-    pub fn delete_tag(&mut self, repo: &RepoName, tag: &str) {
+    /// Removes a tag that points at `digest` (read by the caller under the tag's lock).
+    pub fn delete_tag(&mut self, repo: &RepoName, tag: &str, digest: &Digest) {
         self.del(cf::TAGS, keys::repo_tag(repo, tag));
+        self.del(cf::TAG_DIGESTS, keys::tag_digest(repo, digest, tag));
     }
 
     /// Stores a manifest record for a repository (and the repository as a holder of it).
@@ -464,6 +494,7 @@ impl Index {
             queue: Mutex::new(Vec::new()),
             sync_writes: opts.sync_writes,
             audit_head_behind: None,
+            trim: Mutex::new(()),
         };
         let mut index = index;
         index.check_format()?;
@@ -500,16 +531,19 @@ impl Index {
         };
         match found {
             None => write_version(),
-            Some(v) if v == b"1" => {
-                self.migrate_v1_holders()?;
+            Some(v) if v == b"1" || v == b"2" || v == b"3" => {
+                if v == b"1" {
+                    self.migrate_v1_holders()?;
+                }
+                // Format 3 only adds column families, created empty at open; format 4 adds
+                // the digest-to-tags index, built from the tags.
+                self.migrate_v3_tag_digests()?;
                 write_version()?;
-                tracing::info!(path = %self.path.display(), "index migrated from format 1 to {FORMAT_VERSION}");
-                Ok(())
-            }
-            Some(v) if v == b"2" => {
-                // Format 3 only adds column families, created empty at open.
-                write_version()?;
-                tracing::info!(path = %self.path.display(), "index migrated from format 2 to {FORMAT_VERSION}");
+                tracing::info!(
+                    path = %self.path.display(),
+                    from = %String::from_utf8_lossy(&v),
+                    "index migrated to format {FORMAT_VERSION}"
+                );
                 Ok(())
             }
             Some(v) if v == FORMAT_VERSION.to_string().as_bytes() => Ok(()),
@@ -615,6 +649,9 @@ impl Index {
                     match op {
                         Op::Put(name, k, v) => wb.put_cf(&self.cf(name)?, k, v),
                         Op::Delete(name, k) => wb.delete_cf(&self.cf(name)?, k),
+                        Op::DeleteRange(name, from, to) => {
+                            wb.delete_range_cf(&self.cf(name)?, from, to)
+                        }
                     }
                 }
                 for event in &batch.events {
@@ -834,20 +871,6 @@ impl Index {
             Ok(out.len() < n)
         })?;
         Ok(out)
-    }
-
-    /// Tags in `repo` that point at `digest`.
-    pub fn tags_pointing_at(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Vec<String>, IndexError> {
-        Ok(self
-            .tags(repo, None, usize::MAX)?
-            .into_iter()
-            .filter(|(_, rec)| &rec.digest == digest)
-            .map(|(t, _)| t)
-            .collect())
     }
 
     /// A repository's manifest record.
@@ -1103,5 +1126,7 @@ impl Index {
     }
 }
 
+#[cfg(test)]
+mod growth_tests;
 #[cfg(test)]
 mod tests;

@@ -85,6 +85,7 @@ fn tags_page_in_byte_order_without_crossing_repos() {
                 updated_ms: 1,
                 origin: None,
             },
+            None,
         );
     }
     idx.commit(b).unwrap();
@@ -281,6 +282,7 @@ fn snapshot_does_not_see_later_commits() {
             updated_ms: 2,
             origin: None,
         },
+        None,
     );
     batch.event(ev(EventKind::BlobLinked, "a"));
     idx.commit(batch).unwrap();

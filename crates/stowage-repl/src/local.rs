@@ -72,6 +72,9 @@ pub struct FeedPage {
     pub scanned_to: Option<u64>,
     /// The source's last sequence when the read was made.
     pub last: u64,
+    /// The highest sequence trimmed from the source's feed, read after the events: a reader
+    /// whose cursor is below it has missed entries (0 when nothing was trimmed).
+    pub trimmed_to: u64,
 }
 
 /// A blob's bytes from some offset.
@@ -376,6 +379,8 @@ impl Local {
         let idx = self.store.index();
         let last = idx.last_seq().map_err(StoreError::from)?;
         let mut events = idx.feed(from, limit).map_err(StoreError::from)?;
+        // After the events: a trim between the two reads then shows as a gap, never hides one.
+        let trimmed_to = idx.feed_trimmed_to().map_err(StoreError::from)?;
         let scanned_to = events.last().map(|(s, _)| *s);
         if let Some(p) = &self.policy {
             if p.read.is_empty() {
@@ -394,6 +399,7 @@ impl Local {
             scanned_to,
             events,
             last,
+            trimmed_to,
         })
     }
 

@@ -164,6 +164,7 @@ impl Remote {
             events,
             scanned_to,
             last: resp.last_sequence,
+            trimmed_to: resp.trimmed_to,
         })
     }
 

@@ -410,6 +410,33 @@ impl Replicator {
         })
     }
 
+    /// Where each push peer stands in this site's feed: the sequence it has confirmed, or
+    /// `None` when it has no cursor over this site's feed yet (it will start with a full
+    /// comparison once the feed is trimmed). Feed trimming keeps every entry after these.
+    pub fn push_cursors(&self) -> Result<Vec<(String, Option<u64>)>> {
+        let idx = self.inner.local.store().index();
+        let mut out = Vec::new();
+        for peer in &self.inner.peers {
+            if peer.cfg.direction != Direction::Push {
+                continue;
+            }
+            let raw = idx
+                .meta(&cursor_key(&peer.cfg.name))
+                .map_err(StoreError::from)?;
+            let seq = match raw {
+                Some(r) => {
+                    let c: Cursor = serde_json::from_slice(&r).map_err(|e| {
+                        ReplError::Record(format!("cursor of peer {}: {e}", peer.cfg.name))
+                    })?;
+                    (c.site == self.inner.site).then_some(c.seq)
+                }
+                None => None,
+            };
+            out.push((peer.cfg.name.clone(), seq));
+        }
+        Ok(out)
+    }
+
     fn load_cursor(&self, peer: &str, source_site: &str, target_site: &str) -> Result<u64> {
         let raw = self
             .inner
@@ -531,6 +558,33 @@ impl Replicator {
                         continue 'connect;
                     }
                 };
+                if page.trimmed_to > cursor {
+                    match self
+                        .resync_trimmed(
+                            &flow,
+                            peer,
+                            &target_site,
+                            cursor,
+                            page.trimmed_to,
+                            &mut stop,
+                        )
+                        .await
+                    {
+                        Some(Ok(())) => {
+                            cursor = page.trimmed_to;
+                            backoff = Duration::from_millis(100);
+                        }
+                        Some(Err(e)) => {
+                            peer.failed(&e, true);
+                            if sleep_or_stop(backoff, stop.clone()).await {
+                                return;
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                        None => return,
+                    }
+                    continue;
+                }
                 let last = page.last;
                 let Some(scanned) = page.scanned_to.filter(|s| *s > cursor) else {
                     peer.update(|s| {
@@ -613,6 +667,54 @@ impl Replicator {
                 });
             }
         }
+    }
+
+    /// The source trimmed feed entries after `cursor` (through `trimmed_to`): they cannot be
+    /// replayed, so the whole state is compared instead (anti-entropy), and only once that
+    /// succeeded does the cursor move to the trimmed point, so nothing is skipped silently.
+    /// `None` when asked to stop.
+    async fn resync_trimmed(
+        &self,
+        flow: &Flow,
+        peer: &Arc<Peer>,
+        target_site: &str,
+        cursor: u64,
+        trimmed_to: u64,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Result<()>> {
+        tracing::warn!(
+            cursor,
+            trimmed_to,
+            "the source trimmed feed entries not yet replicated; comparing whole states instead"
+        );
+        peer.update(|s| {
+            s.feed_resyncs += 1;
+            s.state = PeerState::AntiEntropy;
+        });
+        let ran = tokio::select! {
+            r = self.sync_flow(flow) => r,
+            _ = stop.wait_for(|v| *v) => return None,
+        };
+        let report = match ran {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e.context("full comparison after a feed trim"))),
+        };
+        tracing::info!(
+            ?report,
+            trimmed_to,
+            "full comparison after a feed trim done"
+        );
+        if let Err(e) = self
+            .save_cursor(&peer.cfg.name, &flow.source_site, target_site, trimmed_to)
+            .await
+        {
+            return Some(Err(e));
+        }
+        peer.update(|s| {
+            s.cursor = trimmed_to;
+            s.last_error.clear();
+        });
+        Some(Ok(()))
     }
 
     /// Applies a page of feed entries. When the page fails because a blob is corrupt at the

@@ -256,6 +256,7 @@ impl Replication for ReplicationService {
                 .collect(),
             last_sequence: page.last,
             scanned_to: page.scanned_to.unwrap_or(0),
+            trimmed_to: page.trimmed_to,
         }))
     }
 

@@ -106,6 +106,9 @@ pub struct PeerStatus {
     pub entries_parked: u64,
     /// Blobs fetched from a peer to repair a corrupt or missing copy.
     pub blobs_repaired: u64,
+    /// Full comparisons run because the cursor had fallen below the source's trimmed feed
+    /// (entries it needed were gone).
+    pub feed_resyncs: u64,
 }
 
 impl PeerStatus {
@@ -139,6 +142,7 @@ impl PeerStatus {
             parked: 0,
             entries_parked: 0,
             blobs_repaired: 0,
+            feed_resyncs: 0,
         }
     }
 }
@@ -173,5 +177,6 @@ pub fn to_proto(s: &PeerStatus) -> pb::PeerStatus {
         parked: s.parked,
         entries_parked: s.entries_parked,
         blobs_repaired: s.blobs_repaired,
+        feed_resyncs: s.feed_resyncs,
     }
 }

@@ -474,6 +474,22 @@ impl GcStore {
     pub fn audit_entry(&self, actor: &Actor, action: AuditAction) -> AuditEntry {
         self.0.audit_entry(actor, action)
     }
+
+    /// Removes tag and manifest tombstones written before `before_ms` (each re-checked under
+    /// its lock; a delete made meanwhile keeps its tombstone).
+    pub async fn expire_tombstones(
+        &self,
+        actor: &Actor,
+        before_ms: u64,
+    ) -> Result<crate::tombstones::TombstoneExpiry> {
+        self.0.expire_tombstones(actor, before_ms).await
+    }
+
+    /// Removes change-feed entries up to `through`; `why` (the bound that decided it) goes
+    /// into the audit entry. Returns how many sequence numbers were trimmed.
+    pub async fn trim_feed(&self, actor: &Actor, through: u64, why: String) -> Result<u64> {
+        self.0.trim_feed(actor, through, why).await
+    }
 }
 
 /// Replication's operations.

@@ -32,6 +32,7 @@ pub mod scrub;
 mod seen;
 mod staging;
 pub mod task;
+mod tombstones;
 mod uploads;
 
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ pub use handles::{AccountStore, ClientStore, GcStore, ReplicaStore};
 pub use integrity::{CorruptCheck, RepairReady};
 pub use manifests::{ManifestContent, PutManifestOutcome};
 pub use replica::{TagState, TagVersion};
+pub use tombstones::TombstoneExpiry;
 pub use uploads::UploadStatus;
 
 /// A re-upload or mount of a blob already linked into the repository rewrites the link's time

@@ -294,6 +294,7 @@ impl Store {
                         updated_ms: version.ms,
                         origin: Some(version.origin),
                     },
+                    current.as_ref().map(|t| &t.digest),
                 );
                 batch.delete_meta(&crate::replica::tombstone_key(repo, tag.as_str()));
                 let mut ev = self.event(EventKind::TagSet, repo, actor);
@@ -418,9 +419,9 @@ impl Store {
             .tag(repo, tag)?
             .ok_or_else(|| StoreError::ManifestUnknown(format!("{repo}:{tag}")))?;
         let mut batch = Batch::new();
-        batch.delete_tag(repo, tag);
+        batch.delete_tag(repo, tag, &current.digest);
         let version = self.next_tag_version(repo, tag, Some(&current))?;
-        self.put_tombstone(&mut batch, repo, tag, &version);
+        self.put_tombstone(&mut batch, repo, tag, &version)?;
         let mut ev = self.event(EventKind::TagDeleted, repo, actor);
         ev.tag = Some(tag.to_string());
         ev.digest = Some(current.digest.clone());
@@ -464,8 +465,8 @@ impl Store {
                 continue;
             }
             let version = self.next_tag_version(repo, &tag, current.as_ref())?;
-            self.put_tombstone(&mut batch, repo, &tag, &version);
-            batch.delete_tag(repo, &tag);
+            self.put_tombstone(&mut batch, repo, &tag, &version)?;
+            batch.delete_tag(repo, &tag, digest);
             batch.audit(
                 self.change_audit(actor, AuditAction::TagDelete, repo, tag.as_str(), None)
                     .detail(format!("was {digest}, deleted with it")),

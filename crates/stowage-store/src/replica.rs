@@ -21,10 +21,10 @@ use crate::{Result, Store, StoreError};
 pub(crate) const TAG_LOCKS: usize = 256;
 
 /// Prefix of tag tombstones in the index's extension keyspace.
-const TOMBSTONE_PREFIX: &[u8] = b"tomb/";
+pub(crate) const TOMBSTONE_PREFIX: &[u8] = b"tomb/";
 /// Prefix of manifest tombstones: manifests deleted by a client (or by a replicated delete),
 /// which anti-entropy must not bring back.
-const MANIFEST_TOMBSTONE_PREFIX: &[u8] = b"mtomb/";
+pub(crate) const MANIFEST_TOMBSTONE_PREFIX: &[u8] = b"mtomb/";
 
 /// Version of one state of a tag. Ordered by time, then by origin site name, so any two
 /// distinct versions compare the same way on every site.
@@ -99,7 +99,7 @@ fn record_version(rec: &TagRecord) -> TagVersion {
     }
 }
 
-fn decode_tombstone(bytes: &[u8]) -> Result<TagVersion> {
+pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<TagVersion> {
     let t: Tombstone = serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Internal(format!("tag tombstone is not valid: {e}")))?;
     Ok(TagVersion {
@@ -158,20 +158,24 @@ impl Store {
         })
     }
 
+    /// Adds the tombstone of `tag` to `batch`. An encoding failure is an error: an empty
+    /// value would read back as a corrupt tombstone and the delete would be forgotten.
     pub(crate) fn put_tombstone(
         &self,
         batch: &mut Batch,
         repo: &RepoName,
         tag: &str,
         version: &TagVersion,
-    ) {
+    ) -> Result<()> {
         let t = Tombstone {
             ms: version.ms,
             origin: version.origin.clone(),
         };
-        // Serialising two plain fields cannot fail; an empty value would read back as an error.
-        let bytes = serde_json::to_vec(&t).unwrap_or_default();
+        let bytes = serde_json::to_vec(&t).map_err(|e| {
+            StoreError::Internal(format!("encoding the tombstone of {repo}:{tag}: {e}"))
+        })?;
         batch.put_meta(&tombstone_key(repo, tag), bytes);
+        Ok(())
     }
 
     fn tombstone(&self, repo: &RepoName, tag: &str) -> Result<Option<TagVersion>> {
@@ -317,11 +321,16 @@ impl Store {
                 if idx.manifest(repo, digest)?.is_none() {
                     return Err(StoreError::ManifestUnknown(format!("{repo}@{digest}")));
                 }
-                if let Some(current) = self.tag_state(repo, tag)? {
+                let current = self.tag_state(repo, tag)?;
+                if let Some(current) = &current {
                     if current.version() >= version {
                         return Ok(false);
                     }
                 }
+                let previous = match &current {
+                    Some(TagState::Set { digest, .. }) => Some(digest),
+                    _ => None,
+                };
                 let mut batch = Batch::new();
                 self.ensure_repo(&mut batch, repo)?;
                 batch.put_tag(
@@ -332,6 +341,7 @@ impl Store {
                         updated_ms: version.ms,
                         origin: Some(version.origin.clone()),
                     },
+                    previous,
                 );
                 batch.delete_meta(&tombstone_key(repo, tag));
                 let mut ev = self.event_from(EventKind::TagSet, repo, actor, Some(&version.origin));
@@ -357,14 +367,14 @@ impl Store {
                     }
                 }
                 let mut batch = Batch::new();
-                self.put_tombstone(&mut batch, repo, tag, version);
+                self.put_tombstone(&mut batch, repo, tag, version)?;
                 // The event goes out even when there was no tag here: sites further down a
                 // chain need the tombstone too.
                 let mut ev =
                     self.event_from(EventKind::TagDeleted, repo, actor, Some(&version.origin));
                 ev.tag = Some(tag.to_string());
                 if let Some(TagState::Set { digest, .. }) = current {
-                    batch.delete_tag(repo, tag);
+                    batch.delete_tag(repo, tag, &digest);
                     ev.digest = Some(digest);
                 }
                 batch.event(ev);

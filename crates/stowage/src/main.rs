@@ -7,6 +7,7 @@ mod admin_auth;
 mod audit_tasks;
 mod client;
 mod config;
+mod feed_trim;
 mod fsck_cli;
 mod fsck_rpc;
 mod gc_cli;

@@ -97,6 +97,7 @@ pub fn peer_json(p: &pb::PeerStatus) -> serde_json::Value {
         "last_success_ms": p.last_success_ms,
         "anti_entropy_runs": p.anti_entropy_runs,
         "anti_entropy_repairs": p.anti_entropy_repairs,
+        "feed_resyncs": p.feed_resyncs,
         "parked": p.parked,
         "entries_parked": p.entries_parked,
         "blobs_repaired": p.blobs_repaired,

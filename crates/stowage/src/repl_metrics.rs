@@ -8,7 +8,7 @@ use crate::metrics::header;
 /// Per-peer replication series: `(name, type, help, value)` of one peer's status.
 fn peer_series(
     p: &stowage_repl::PeerStatus,
-) -> [(&'static str, &'static str, &'static str, f64); 16] {
+) -> [(&'static str, &'static str, &'static str, f64); 17] {
     [
         (
             "stowage_replication_lag_events",
@@ -87,6 +87,12 @@ fn peer_series(
             "counter",
             "Manifests and tags repaired by anti-entropy.",
             p.anti_entropy_repairs as f64,
+        ),
+        (
+            "stowage_replication_feed_resyncs_total",
+            "counter",
+            "Full comparisons run because the cursor fell below the source's trimmed feed.",
+            p.feed_resyncs as f64,
         ),
         (
             "stowage_replication_parked",

@@ -323,6 +323,22 @@ async fn serve(s: Settings) -> Result<(), String> {
         s.gc.upload_expiry,
         stop_rx.clone(),
     ));
+    if let Some(interval) = s.feed.trim_interval {
+        let r = replicator.clone();
+        let cursors = move || {
+            r.as_ref().map_or(Ok(Vec::new()), |r| {
+                r.push_cursors().map_err(|e| e.to_string())
+            })
+        };
+        background.push(crate::feed_trim::spawn(
+            store.gc_ops(),
+            cursors,
+            s.feed.clone(),
+            interval,
+            gc.progress(),
+            stop_rx.clone(),
+        ));
+    }
     if let Some(retention) = s.security.audit.retention {
         background.push(crate::audit_tasks::spawn_retention(
             store.clone(),

@@ -4,6 +4,7 @@
 //! option has all three forms: `--max-blob-size` / `STOWAGE_MAX_BLOB_SIZE` / `max_blob_size`.
 //! Security settings (TLS, authentication, audit, limits) are in [`security`].
 
+pub mod feed;
 pub mod scrub;
 pub mod security;
 
@@ -206,6 +207,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     gc: Option<GcFileConfig>,
+    feed: Option<feed::FeedFile>,
     replication: Option<ReplicationFile>,
     storage: Option<StorageFile>,
     scrub: Option<scrub::ScrubFile>,
@@ -319,6 +321,8 @@ pub struct Settings {
     pub max_clock_skew: Duration,
     /// The integrity scrub (`[scrub]`).
     pub scrub: stowage_store::scrub::ScrubConfig,
+    /// Change-feed trimming and tombstone expiry (`[feed]`).
+    pub feed: feed::FeedConfig,
 }
 
 /// A peer's settings: how to replicate with it (when it has a direction) and what it may do
@@ -542,6 +546,7 @@ impl ServeArgs {
             .unwrap_or(Duration::from_secs(600));
         let file_path = self.config.clone().unwrap_or_default();
         let scrub = scrub::resolve(&self.scrub, file.scrub, &file_path)?;
+        let feed = file.feed.unwrap_or_default().resolve(&file_path)?;
         let mut peers = Vec::new();
         let repl_file = file.replication.unwrap_or_default();
         let repl_listen = self
@@ -699,6 +704,7 @@ impl ServeArgs {
             security,
             max_clock_skew,
             scrub,
+            feed,
         })
     }
 }
