@@ -290,7 +290,10 @@ async fn handle(
         Target::Tags(name) => {
             let repo = parse_repo(name)?;
             match method {
-                Method::GET => paging::tags(app, &repo, &req),
+                Method::GET => {
+                    let (n, last) = paging::page_params(app, &req)?;
+                    paging::tags(app, &repo, n, last).await
+                }
                 m => Err(method_not_allowed(&m)),
             }
         }
@@ -298,7 +301,10 @@ async fn handle(
             let repo = parse_repo(name)?;
             let digest = parse_digest(digest)?;
             match method {
-                Method::GET => manifests::referrers(app, &repo, &digest, &req),
+                Method::GET => {
+                    let filter = query_param(&req, "artifactType").filter(|s| !s.is_empty());
+                    manifests::referrers(app, &repo, &digest, filter).await
+                }
                 m => Err(method_not_allowed(&m)),
             }
         }

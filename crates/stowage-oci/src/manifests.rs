@@ -8,7 +8,7 @@ use futures::StreamExt;
 use stowage_core::{Actor, Digest, Reference, RepoName, Tag, MAX_MANIFEST_BYTES};
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::{method_not_allowed, parse_digest, query_pairs, query_param, AppState};
+use crate::{method_not_allowed, parse_digest, query_pairs, AppState};
 
 /// Most `tag` parameters one manifest push takes (the spec asks for at least 10).
 pub(crate) const MAX_TAG_PARAMS: usize = 64;
@@ -186,14 +186,17 @@ fn tag_params(req: &Request<Body>, reference: &Reference) -> ApiResult<Vec<Tag>>
 }
 
 /// GET `/v2/<name>/referrers/<digest>[?artifactType=...]`: an image index of referrers.
-pub(crate) fn referrers(
+/// GET `/v2/<name>/referrers/<digest>` with its `artifactType` filter already read.
+pub(crate) async fn referrers(
     app: &AppState,
     repo: &RepoName,
     subject: &Digest,
-    req: &Request<Body>,
+    filter: Option<String>,
 ) -> ApiResult {
-    let filter = query_param(req, "artifactType").filter(|s| !s.is_empty());
-    let manifests = app.store.referrers(repo, subject, filter.as_deref())?;
+    let manifests = app
+        .store
+        .referrers(repo, subject, filter.as_deref())
+        .await?;
     let body = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": stowage_core::media::OCI_INDEX,

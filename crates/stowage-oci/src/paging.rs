@@ -45,10 +45,18 @@ fn json_page(body: serde_json::Value, next: Option<String>) -> Response {
     resp
 }
 
-pub(crate) fn tags(app: &AppState, repo: &RepoName, req: &Request<Body>) -> ApiResult {
-    let (n, last) = page_params(app, req)?;
+/// GET `/v2/<name>/tags/list` with its page parameters (`n`, `last`) already read.
+pub(crate) async fn tags(
+    app: &AppState,
+    repo: &RepoName,
+    n: usize,
+    last: Option<String>,
+) -> ApiResult {
     // Ask for one more than the page to know whether a next page exists.
-    let mut tags = app.store.tags(repo, last.as_deref(), n.saturating_add(1))?;
+    let mut tags = app
+        .store
+        .tags(repo, last.as_deref(), n.saturating_add(1))
+        .await?;
     let more = tags.len() > n;
     tags.truncate(n);
     let next = match (more, tags.last()) {

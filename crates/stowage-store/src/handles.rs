@@ -213,8 +213,11 @@ impl ClientStore {
     }
 
     /// Tags of `repo` after `last`, at most `n`.
-    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Vec<String>> {
-        self.0.tags(repo, last, n)
+    pub async fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Vec<String>> {
+        let (repo, last) = (repo.clone(), last.map(str::to_string));
+        self.0
+            .blocking(move |s| s.tags(&repo, last.as_deref(), n))
+            .await
     }
 
     /// Repositories after `last` that are listed, at most `n`, in lexical order: `project`
@@ -277,13 +280,17 @@ impl ClientStore {
     }
 
     /// Referrers of `subject` in `repo`, optionally of one artifact type.
-    pub fn referrers(
+    pub async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Descriptor>> {
-        self.0.referrers(repo, subject, artifact_type)
+        let (repo, subject) = (repo.clone(), subject.clone());
+        let artifact_type = artifact_type.map(str::to_string);
+        self.0
+            .blocking(move |s| s.referrers(&repo, &subject, artifact_type.as_deref()))
+            .await
     }
 
     /// The writer of audit entries that record no change.
