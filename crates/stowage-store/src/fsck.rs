@@ -319,11 +319,19 @@ pub(crate) struct IndexView {
     pub(crate) candidates: Vec<Defect>,
 }
 
-/// Sequence numbers missing from an ascending run of feed keys that should go 1..=`last`.
-pub(crate) fn feed_gaps(seqs: impl IntoIterator<Item = u64>, last: u64) -> Vec<Defect> {
+/// Sequence numbers missing from an ascending run of feed keys that should go
+/// `trimmed + 1..=last` (entries up to `trimmed` were removed by feed trimming on purpose).
+pub(crate) fn feed_gaps(
+    seqs: impl IntoIterator<Item = u64>,
+    last: u64,
+    trimmed: u64,
+) -> Vec<Defect> {
     let mut gaps = Vec::new();
-    let mut expect = 1;
+    let mut expect = trimmed.saturating_add(1);
     for s in seqs {
+        if s < expect {
+            continue;
+        }
         if s > expect {
             gaps.push(Defect::FeedGap {
                 first: expect,
@@ -348,6 +356,9 @@ const MANIFEST: &str = "manifest";
 pub(crate) fn scan_index(store: &Store) -> Result<IndexView> {
     use stowage_index::{HoldKind, RefKind};
     let snap = store.index().snapshot();
+    // Read after the snapshot: a trim in between only moves the start past entries the
+    // snapshot still holds, never reports the trimmed range as a gap.
+    let trimmed = store.index().feed_trimmed_to()?;
     let mut view = IndexView {
         feed_seq: snap.last_seq()?,
         ..Default::default()
@@ -491,7 +502,7 @@ pub(crate) fn scan_index(store: &Store) -> Result<IndexView> {
             referrer: referrer.clone(),
         });
     }
-    out.extend(feed_gaps(seqs, view.feed_seq));
+    out.extend(feed_gaps(seqs, view.feed_seq, trimmed));
     Ok(view)
 }
 

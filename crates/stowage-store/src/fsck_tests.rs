@@ -258,10 +258,10 @@ async fn a_clean_store_stays_clean_while_pushes_run() {
 
 #[test]
 fn feed_gaps_are_found_inside_and_at_the_end() {
-    assert_eq!(feed_gaps([1, 2, 3], 3), vec![]);
-    assert_eq!(feed_gaps(Vec::<u64>::new(), 0), vec![]);
+    assert_eq!(feed_gaps([1, 2, 3], 3, 0), vec![]);
+    assert_eq!(feed_gaps(Vec::<u64>::new(), 0, 0), vec![]);
     assert_eq!(
-        feed_gaps([1, 2, 5, 6, 9], 10),
+        feed_gaps([1, 2, 5, 6, 9], 10, 0),
         vec![
             Defect::FeedGap { first: 3, last: 4 },
             Defect::FeedGap { first: 7, last: 8 },
@@ -272,7 +272,31 @@ fn feed_gaps_are_found_inside_and_at_the_end() {
         ]
     );
     assert_eq!(
-        feed_gaps([2], 2),
+        feed_gaps([2], 2, 0),
         vec![Defect::FeedGap { first: 1, last: 1 }]
+    );
+}
+
+#[tokio::test]
+async fn a_trimmed_feed_is_not_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    let r = RepoName::parse("fsck/trim").unwrap();
+    for i in 0..6u8 {
+        push(&store, &r, &[i; 64]).await;
+    }
+    let last = store.index().last_seq().unwrap();
+    store
+        .trim_feed(&actor(), last - 2, "test".into())
+        .await
+        .unwrap();
+    let report = store.fsck(&actor(), &opts(false, false)).await.unwrap();
+    assert_eq!(report.findings, vec![], "{:?}", report.findings);
+    assert_eq!(
+        feed_gaps([4, 6], 6, 2),
+        vec![
+            Defect::FeedGap { first: 3, last: 3 },
+            Defect::FeedGap { first: 5, last: 5 }
+        ]
     );
 }
