@@ -381,6 +381,9 @@ impl Local {
         let mut events = idx.feed(from, limit).map_err(StoreError::from)?;
         // After the events: a trim between the two reads then shows as a gap, never hides one.
         let trimmed_to = idx.feed_trimmed_to().map_err(StoreError::from)?;
+        // A trim between the reads may pass the `last` read first: never send a page whose
+        // trimmed point is beyond its last sequence (readers refuse such a page).
+        let last = last.max(trimmed_to);
         let scanned_to = events.last().map(|(s, _)| *s);
         if let Some(p) = &self.policy {
             if p.read.is_empty() {

@@ -160,6 +160,14 @@ impl Remote {
                 events.push(ev);
             }
         }
+        if resp.trimmed_to > resp.last_sequence {
+            // A peer cannot have trimmed entries it never wrote: a buggy or hostile page would
+            // move the cursor past everything (or overflow it).
+            return Err(ReplError::Invalid(format!(
+                "feed page says entries up to {} were trimmed but the feed ends at {}",
+                resp.trimmed_to, resp.last_sequence
+            )));
+        }
         Ok(FeedPage {
             events,
             scanned_to,

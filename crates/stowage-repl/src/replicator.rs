@@ -544,7 +544,7 @@ impl Replicator {
                     }
                 }
                 let read = tokio::select! {
-                    r = flow.source.feed(cursor + 1, BATCH, FEED_WAIT) => r,
+                    r = flow.source.feed(cursor.saturating_add(1), BATCH, FEED_WAIT) => r,
                     _ = stop.wait_for(|v| *v) => return,
                 };
                 let page = match read {

@@ -300,3 +300,28 @@ async fn a_trimmed_feed_is_not_a_gap() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_corrupt_blob_pushed_again_is_served_with_the_good_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    let r = repo("corrupt");
+    let data = vec![5u8; 5000];
+    let d = push(&store, &r, &data).await;
+    let path = blob_file(dir.path(), &d);
+    let mut bad = data.clone();
+    bad[100] ^= 0xff;
+    std::fs::write(&path, &bad).unwrap();
+    store
+        .quarantine_corrupt(&actor(), &d, "test")
+        .await
+        .unwrap();
+    // A crash (or a failed delete) between the record and the removal leaves the corrupt
+    // bytes stored under the digest.
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &bad).unwrap();
+    // A client pushes the blob again: the good bytes are what is served, not the kept ones.
+    push(&store, &r, &data).await;
+    assert_eq!(crate::tests::read(&store, &r, &d).await.unwrap(), data);
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}

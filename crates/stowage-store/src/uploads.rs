@@ -18,6 +18,20 @@ use stowage_index::{AuditAction, Batch, BlobRecord, BlobState, EventKind, Upload
 
 use crate::{BlobInfo, Result, Store, StoreError};
 
+/// Whether `rec` is a blob quarantined because its bytes were found corrupt.
+fn idx_corrupt(rec: &Option<BlobRecord>) -> bool {
+    matches!(
+        rec,
+        Some(BlobRecord {
+            quarantine: Some(stowage_index::Quarantine {
+                reason: stowage_index::QuarantineReason::Corrupt { .. },
+                ..
+            }),
+            ..
+        })
+    )
+}
+
 /// Where an upload stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadStatus {
@@ -462,9 +476,23 @@ impl Store {
         size: u64,
         crc: u32,
     ) -> Result<()> {
+        // The bytes of a blob quarantined as corrupt may still be stored (their removal
+        // failed, or a crash came between the record and the removal). Publishing is
+        // create-if-absent, so those bytes would be kept and served again under this push's
+        // record: clear them first, under the digest's exclusive lock.
+        if idx_corrupt(&self.inner.index.blob(digest)?) {
+            self.clear_corrupt(digest).await?;
+        }
         let _held = self.inner.locks.shared([digest]).await;
         let idx = &self.inner.index;
         let existing = idx.blob(digest)?;
+        if idx_corrupt(&existing) && self.inner.cas.size(digest).await?.is_some() {
+            // Quarantined as corrupt again (bytes left) between the clearing and the lock:
+            // refuse rather than keep bytes nobody has checked.
+            return Err(StoreError::Conflict(format!(
+                "blob {digest} is being quarantined as corrupt; push it again"
+            )));
+        }
         if let Some(rec) = &existing {
             if rec.state == BlobState::Present {
                 // Deduplicated: the bytes are already stored.
