@@ -12,7 +12,9 @@
 //! generations of 128-bit digest prefixes rotate every window, so a digest noted at `t` is held
 //! until at least `t + window` and at most `t + 2 × window`, memory is bounded by `max` prefixes
 //! per generation (16 bytes each, plus the table's overhead), and a prefix collision only keeps
-//! some garbage one window longer.
+//! some garbage one window longer. When a generation is full, a note that does not fit makes
+//! every digest count as seen until that generation has passed: collection pauses rather than
+//! a client losing its protection.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,10 @@ struct Generations {
     started_ms: u64,
     current: HashSet<u128>,
     previous: HashSet<u128>,
+    /// A note was dropped in the generation (it was full): every digest counts as seen until
+    /// that generation ends, so a full table pauses collection instead of losing protection.
+    current_overflowed: bool,
+    previous_overflowed: bool,
 }
 
 /// Recently seen digests.
@@ -51,9 +57,12 @@ impl Generations {
             // Nothing noted in the last window is still in `current`'s generation span.
             self.previous.clear();
             self.current.clear();
+            self.previous_overflowed = false;
         } else {
             self.previous = std::mem::take(&mut self.current);
+            self.previous_overflowed = self.current_overflowed;
         }
+        self.current_overflowed = false;
         self.started_ms = now_ms;
     }
 }
@@ -84,6 +93,13 @@ impl Seen {
         g.rotate(now_ms, self.window_ms);
         let p = prefix(digest);
         if g.current.len() >= self.max && !g.current.contains(&p) {
+            if !g.current_overflowed {
+                tracing::warn!(
+                    max = self.max,
+                    "the seen table is full: garbage collection keeps every blob until it drains"
+                );
+            }
+            g.current_overflowed = true;
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -97,6 +113,9 @@ impl Seen {
         }
         let mut g = self.gens();
         g.rotate(now_ms, self.window_ms);
+        if g.current_overflowed || g.previous_overflowed {
+            return true;
+        }
         let p = prefix(digest);
         g.current.contains(&p) || g.previous.contains(&p)
     }
@@ -142,7 +161,12 @@ mod tests {
         }
         assert_eq!(seen.stats(), (3, 2));
         assert!(seen.contains(&Digest::sha256(&[0]), 1));
-        assert!(!seen.contains(&Digest::sha256(&[4]), 1));
+        // A note was dropped: every digest counts as seen (collection pauses) rather than the
+        // dropped one losing its protection...
+        assert!(seen.contains(&Digest::sha256(&[4]), 1));
+        assert!(seen.contains(&Digest::sha256(b"never noted"), 1_500));
+        // ...until the generation that dropped it has passed.
+        assert!(!seen.contains(&Digest::sha256(b"never noted"), 2_500));
         let off = Seen::new(0, 3);
         off.note(&Digest::sha256(b"x"), 0);
         assert!(!off.contains(&Digest::sha256(b"x"), 0));
