@@ -68,6 +68,11 @@ struct Tombstone {
     ms: u64,
     #[serde(rename = "o")]
     origin: String,
+    /// When this site wrote it (unix ms, this site's clock): expiry counts from here, not from
+    /// the delete's version, so a delete that arrives late is not expired on arrival. Absent
+    /// in tombstones written before it existed (their version's time stands in).
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    written_ms: Option<u64>,
 }
 
 /// Key of a tag's tombstone in the extension keyspace.
@@ -100,12 +105,21 @@ fn record_version(rec: &TagRecord) -> TagVersion {
 }
 
 pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<TagVersion> {
+    Ok(decode_tombstone_written(bytes)?.0)
+}
+
+/// A tag tombstone's version and when this site wrote it.
+pub(crate) fn decode_tombstone_written(bytes: &[u8]) -> Result<(TagVersion, u64)> {
     let t: Tombstone = serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Internal(format!("tag tombstone is not valid: {e}")))?;
-    Ok(TagVersion {
-        ms: t.ms,
-        origin: t.origin,
-    })
+    let written = t.written_ms.unwrap_or(t.ms);
+    Ok((
+        TagVersion {
+            ms: t.ms,
+            origin: t.origin,
+        },
+        written,
+    ))
 }
 
 impl Store {
@@ -170,6 +184,7 @@ impl Store {
         let t = Tombstone {
             ms: version.ms,
             origin: version.origin.clone(),
+            written_ms: Some(self.now_ms()),
         };
         let bytes = serde_json::to_vec(&t).map_err(|e| {
             StoreError::Internal(format!("encoding the tombstone of {repo}:{tag}: {e}"))

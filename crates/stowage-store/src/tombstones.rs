@@ -8,7 +8,7 @@
 use stowage_core::{Actor, RepoName};
 use stowage_index::{keys, AuditAction, Batch};
 
-use crate::replica::{decode_tombstone, MANIFEST_TOMBSTONE_PREFIX, TOMBSTONE_PREFIX};
+use crate::replica::{decode_tombstone_written, MANIFEST_TOMBSTONE_PREFIX, TOMBSTONE_PREFIX};
 use crate::{Result, Store, StoreError};
 
 /// What one expiry pass removed.
@@ -29,8 +29,9 @@ fn manifest_tombstone_ms(v: &[u8]) -> Result<u64> {
 }
 
 impl Store {
-    /// Removes tag tombstones whose delete version, and manifest tombstones whose delete time,
-    /// is before `before_ms`. Each is re-read under the lock its writers take (the tag's, or
+    /// Removes tag tombstones written here, and manifest tombstones whose delete time, before
+    /// `before_ms` (a tag tombstone's age counts from when this site wrote it, not from the
+    /// delete's version: a delete that replicated late is not expired on arrival). Each is re-read under the lock its writers take (the tag's, or
     /// the manifest digest's exclusive lock) and removed only if still that old, so a delete
     /// made meanwhile keeps its tombstone. One audit entry per repository and kind.
     pub(crate) async fn expire_tombstones(
@@ -42,7 +43,7 @@ impl Store {
         let idx = &self.inner.index;
         let mut tags: Vec<(RepoName, String)> = Vec::new();
         for (k, v) in idx.meta_scan(TOMBSTONE_PREFIX)? {
-            if decode_tombstone(&v)?.ms >= before_ms {
+            if decode_tombstone_written(&v)?.1 >= before_ms {
                 continue;
             }
             let (repo, rest) = keys::take_repo(&k[TOMBSTONE_PREFIX.len()..])?;
@@ -54,8 +55,8 @@ impl Store {
             let _held = self.lock_tag(&repo, &tag).await;
             let key = crate::replica::tombstone_key(&repo, &tag);
             let Some(v) = idx.meta(&key)? else { continue };
-            let version = decode_tombstone(&v)?;
-            if version.ms >= before_ms {
+            let (version, written) = decode_tombstone_written(&v)?;
+            if written >= before_ms {
                 continue;
             }
             let mut batch = Batch::new();

@@ -136,3 +136,39 @@ async fn the_feed_is_trimmed_through_the_store_and_audited() {
         .iter()
         .any(|a| a.entry.action == AuditAction::FeedTrim));
 }
+
+#[tokio::test]
+async fn a_delete_that_replicates_late_is_not_expired_on_arrival() {
+    // A delete made long ago at its origin reaches this site only now (a long partition).
+    // Its tombstone's age counts from now, so an expiry pass with a horizon the delete's own
+    // version is already past keeps it, and a stale set arriving later still loses.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = stowage_core::ManualClock::new(10_000_000);
+    let r = repo("app");
+    let (store, m1, _) = replica_env(dir.path(), "a", &clock, &r).await;
+    let gc = GcStore(store.clone());
+    assert!(store
+        .replica_apply_tag(&actor(), &r, "late", &deleted(1_000, "b"))
+        .await
+        .unwrap());
+    let none = gc
+        .expire_tombstones(&Actor::system("feed-trim"), 5_000_000)
+        .await
+        .unwrap();
+    assert_eq!(none, TombstoneExpiry::default());
+    assert!(!store
+        .replica_apply_tag(&actor(), &r, "late", &set(&m1, 500, "c"))
+        .await
+        .unwrap());
+    assert!(matches!(
+        store.tag_state(&r, "late").unwrap(),
+        Some(TagState::Deleted { .. })
+    ));
+    // Once it is old here too, it goes.
+    clock.advance(10_000_000);
+    let gone = gc
+        .expire_tombstones(&Actor::system("feed-trim"), 15_000_000)
+        .await
+        .unwrap();
+    assert_eq!(gone.tags, 1);
+}
