@@ -84,3 +84,60 @@ async fn a_peer_below_the_trimmed_feed_resyncs_instead_of_skipping() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_after_a_trim_carries_manifest_deletes() {
+    // b follows a, then is down while a deletes a manifest and trims its whole feed. The delete
+    // entry is gone, so b's resync must carry the delete from a's tombstone: b must not keep
+    // (and later offer back) a manifest its source deleted.
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path(), "a", &[]);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[feed]\nkeep_entries = 0\nkeep_for = \"0s\"\ntrim_interval = \"1s\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let a = Daemon::start_on(
+        &root.path().join("a"),
+        "127.0.0.1:0",
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = client();
+    let first = image(vec![data(30_000, 3)]);
+    push_image(&c, &a.base, "team/app", "v1", &first).await;
+    let peers = [Peer("a", &a.repl, "pull", "anti_entropy_interval = \"0s\"")];
+    let b = site(root.path(), "b", &peers);
+    wait_for("v1 at b", 30, || {
+        pulls_identical(&c, &b.base, "team/app", "v1", &first)
+    })
+    .await;
+    drop(b);
+    let r = c
+        .delete(a.url(&format!("/v2/team/app/manifests/{}", first.digest())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let second = image(vec![data(30_000, 4)]);
+    push_image(&c, &a.base, "team/app", "v2", &second).await;
+    let last = trimmed_through(&a);
+    wait_for("a's feed trimmed past the delete", 30, || async {
+        trimmed_through(&a) > last
+    })
+    .await;
+    let b = site(root.path(), "b", &peers);
+    wait_for("v2 at b", 30, || {
+        pulls_identical(&c, &b.base, "team/app", "v2", &second)
+    })
+    .await;
+    let url = b.url(&format!("/v2/team/app/manifests/{}", first.digest()));
+    wait_for("the deleted manifest gone at b", 30, || async {
+        c.get(&url)
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .map(|r| r.status() == reqwest::StatusCode::NOT_FOUND)
+            .unwrap_or(false)
+    })
+    .await;
+    let p = peer_status(&b, "a");
+    assert!(p["feed_resyncs"].as_u64().unwrap() >= 1, "{p}");
+}

@@ -26,6 +26,10 @@ pub struct SyncReport {
     pub tags_repaired: u32,
     /// Manifests the target holds that the source does not (left alone).
     pub extra_at_target: u32,
+    /// Manifests the source deleted (it still holds their tombstones) that were removed at the
+    /// target, where deletes replicate: what the feed's delete entries would have done, for a
+    /// reader that did not see them (its cursor fell below the trimmed feed).
+    pub manifests_deleted: u32,
     /// Manifests and tags not sent because a blob they need is corrupt at the source (the
     /// feed entries that need them are parked; a retry sends them once it is repaired).
     pub skipped_corrupt: u32,
@@ -86,11 +90,6 @@ impl Flow {
         )?;
         let target_manifests: HashSet<&Digest> = ts.manifests.iter().collect();
         let source_manifests: HashSet<&Digest> = ss.manifests.iter().collect();
-        r.extra_at_target += ts
-            .manifests
-            .iter()
-            .filter(|d| !source_manifests.contains(d))
-            .count() as u32;
         let origin = self.source_site.clone();
         let mut referrers = Vec::new();
         // A manifest the target deleted stays deleted: anti-entropy never undoes a delete (the
@@ -131,6 +130,33 @@ impl Flow {
                 r.manifests_repaired += 1;
             }
         }
+        // Deletes the source made (and still remembers), after the tags (a tagged manifest is
+        // not deleted): applied as the feed would have. A manifest pushed again at the source
+        // lost its tombstone then, so it is not here.
+        let mut deleted_now: HashSet<&Digest> = HashSet::new();
+        if self.cfg().replicate_deletes && filters.all_manifests() {
+            for d in ss
+                .deleted_manifests
+                .iter()
+                .filter(|d| target_manifests.contains(d) && !source_manifests.contains(d))
+            {
+                match self.target.delete_manifest(repo, d, &origin).await {
+                    Ok(true) => {
+                        r.manifests_deleted += 1;
+                        deleted_now.insert(d);
+                    }
+                    Ok(false) => {}
+                    // Held by an index at the target: left, counted as only at the target.
+                    Err(ReplError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        r.extra_at_target += ts
+            .manifests
+            .iter()
+            .filter(|d| !source_manifests.contains(d) && !deleted_now.contains(d))
+            .count() as u32;
         Ok(())
     }
 }
@@ -159,6 +185,7 @@ pub fn sync_to_proto(r: &SyncReport) -> pb::SyncResponse {
         tags_repaired: r.tags_repaired,
         extra_at_target: r.extra_at_target,
         skipped_corrupt: r.skipped_corrupt,
+        manifests_deleted: r.manifests_deleted,
         duration_ms: r.duration.as_millis() as u64,
     }
 }

@@ -301,17 +301,19 @@ pub fn command(args: ReplArgs) -> Result<(), String> {
                     "tags_repaired": r.tags_repaired,
                     "extra_at_target": r.extra_at_target,
                     "skipped_corrupt": r.skipped_corrupt,
+                    "manifests_deleted": r.manifests_deleted,
                     "duration_ms": r.duration_ms,
                 });
                 emit(&format!("{v}\n"))
             } else {
                 emit(&format!(
-                    "anti-entropy with {peer}: {} of 256 buckets differed, {} of {} repositories compared differed; repaired {} manifests and {} tags; {} manifests only at the target; {} ms\n",
+                    "anti-entropy with {peer}: {} of 256 buckets differed, {} of {} repositories compared differed; repaired {} manifests and {} tags, deleted {} manifests the source deleted; {} manifests only at the target; {} ms\n",
                     r.buckets_differing,
                     r.repositories_differing,
                     r.repositories_compared,
                     r.manifests_repaired,
                     r.tags_repaired,
+                    r.manifests_deleted,
                     r.extra_at_target,
                     r.duration_ms
                 ))
