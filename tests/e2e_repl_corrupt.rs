@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::image::{image, pulls_identical, push_blob, push_image, put_manifest, Image};
+use common::sites::{self, peer_status, wait_for, Peer};
 use common::{data, run, sha256, Daemon};
 use reqwest::StatusCode;
 
@@ -24,24 +24,18 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// One `[[replication.peers]]` entry: name, endpoint, direction, extra TOML lines.
-struct Peer<'a>(&'a str, &'a str, &'a str, &'a str);
-
-/// Starts site `name` with `peers` (data and config under `root`).
+/// Starts site `name` with `peers`, periodic anti-entropy off (the tests drive it).
 fn site(root: &Path, name: &str, peers: &[Peer<'_>]) -> Daemon {
-    let mut text = format!("[site]\nname = \"{name}\"\n");
-    for Peer(peer, endpoint, direction, extra) in peers {
-        text.push_str(&format!(
-            "\n[[replication.peers]]\nname = \"{peer}\"\nendpoint = \"{endpoint}\"\ndirection = \"{direction}\"\nanti_entropy_interval = \"0s\"\n{extra}\n"
-        ));
-    }
-    let cfg = root.join(format!("{name}.toml"));
-    std::fs::write(&cfg, text).unwrap();
-    Daemon::start_on(
-        &root.join(name),
-        "127.0.0.1:0",
-        &["--config", cfg.to_str().unwrap()],
-    )
+    let extras: Vec<String> = peers
+        .iter()
+        .map(|Peer(_, _, _, extra)| format!("anti_entropy_interval = \"0s\"\n{extra}"))
+        .collect();
+    let peers: Vec<Peer<'_>> = peers
+        .iter()
+        .zip(&extras)
+        .map(|(Peer(name, endpoint, direction, _), extra)| Peer(name, endpoint, direction, extra))
+        .collect();
+    sites::site(root, name, &peers)
 }
 
 /// `stowage repl ARGS --json --server ADMIN` that must succeed, parsed.
@@ -74,33 +68,6 @@ fn parked(d: &Daemon) -> Vec<serde_json::Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-fn peer_status(d: &Daemon, peer: &str) -> serde_json::Value {
-    let s = repl_json(d, &["status"]);
-    s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == peer)
-        .cloned()
-        .unwrap_or_else(|| panic!("no peer {peer} in {s}"))
-}
-
-/// Polls `check` until it holds, failing after `secs` seconds with `what`.
-async fn wait_for<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Where a site keeps a blob's bytes (file system backend).
