@@ -347,22 +347,14 @@ impl Store {
     }
 
     /// [`Store::stat_manifest`] for a client, on a blocking thread, noting the manifest as
-    /// seen; a digest reference holds its stripe shared across both (see `stat_blob_seen`).
+    /// seen (see [`Store::read_manifest_seen`]).
     pub(crate) async fn stat_manifest_seen(
         &self,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(Digest, String, u64)> {
-        let _held = match reference {
-            Reference::Digest(d) => Some(self.inner.locks.shared([d]).await),
-            Reference::Tag(_) => None,
-        };
-        let (r, reference) = (repo.clone(), reference.clone());
-        let out = self
-            .blocking(move |s| s.stat_manifest(&r, &reference))
-            .await?;
-        self.note_seen(&out.0);
-        Ok(out)
+        self.read_manifest_seen(repo, reference, |s, r, re| s.stat_manifest(r, re), |o| &o.0)
+            .await
     }
 
     /// [`Store::get_manifest`] for a client, like [`Store::stat_manifest_seen`].
@@ -371,16 +363,58 @@ impl Store {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<ManifestContent> {
-        let _held = match reference {
-            Reference::Digest(d) => Some(self.inner.locks.shared([d]).await),
-            Reference::Tag(_) => None,
-        };
-        let (r, reference) = (repo.clone(), reference.clone());
-        let out = self
-            .blocking(move |s| s.get_manifest(&r, &reference))
-            .await?;
-        self.note_seen(&out.digest);
-        Ok(out)
+        self.read_manifest_seen(
+            repo,
+            reference,
+            |s, r, re| s.get_manifest(r, re),
+            |o| &o.digest,
+        )
+        .await
+    }
+
+    /// Runs `read` on a blocking thread with the manifest's stripe held shared, and notes the
+    /// digest it found as seen before the stripe is let go: a sweep of that manifest (which
+    /// holds the stripe exclusively) either decided before, and the read finds nothing, or
+    /// sees the note and keeps it (the same argument as `stat_blob_seen`). A tag names no
+    /// stripe, so it is resolved first and read again under the stripe of what it named; if
+    /// the tag moved in between, the read is retried on the new digest.
+    async fn read_manifest_seen<T: Send + 'static>(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        read: impl Fn(&Store, &RepoName, &Reference) -> Result<T> + Send + Sync + Copy + 'static,
+        digest_of: fn(&T) -> &Digest,
+    ) -> Result<T> {
+        const TAG_MOVES: usize = 4;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let expected = match reference {
+                Reference::Digest(d) => d.clone(),
+                Reference::Tag(t) => {
+                    let (r, t) = (repo.clone(), t.clone());
+                    self.blocking(move |s| {
+                        s.inner
+                            .index
+                            .tag(&r, t.as_str())?
+                            .map(|t| t.digest)
+                            .ok_or_else(|| StoreError::ManifestUnknown(format!("{r}:{t}")))
+                    })
+                    .await?
+                }
+            };
+            let _held = self.inner.locks.shared([&expected]).await;
+            let (r, re) = (repo.clone(), reference.clone());
+            let out = self.blocking(move |s| read(s, &r, &re)).await?;
+            self.pause_point("read_manifest_seen:read").await;
+            let found = digest_of(&out);
+            // The tag moved while the stripe was being taken: what was read is not guarded.
+            // After a few moves the read is returned noted but unguarded, as before this lock.
+            if *found == expected || attempt == TAG_MOVES {
+                self.note_seen(found);
+                return Ok(out);
+            }
+        }
     }
 
     /// The exact bytes of a manifest.

@@ -1266,6 +1266,61 @@ async fn a_subject_pushed_while_gc_decides_on_its_referrer_is_ordered_after_it()
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_a_client_found_by_tag_is_not_swept_under_it() {
+    // A client resolves a tag (HEAD) and is told the manifest's digest; before the read is
+    // noted as seen, the tag is removed and GC decides on the now untagged manifest. The client
+    // goes on to push an index naming that digest, so GC must either keep the manifest or have
+    // removed it before the read (which then finds nothing): never "found", then swept.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let r = repo("tagged/app");
+    let cfg = b"{\"c\":3}".to_vec();
+    let cd = Digest::sha256(&cfg);
+    store.put_blob(&actor(), &r, &cd, body(&cfg)).await.unwrap();
+    let m = image((&cd, cfg.len() as u64), &[]);
+    let d = Digest::sha256(&m);
+    store
+        .put_manifest(&actor(), &r, &tag("v1"), None, m)
+        .await
+        .unwrap();
+    let created = store.index().manifest(&r, &d).unwrap().unwrap().created_ms;
+
+    let point = store.inner.pauses.arm("read_manifest_seen:read");
+    let head = {
+        let (store, r) = (store.clone(), r.clone());
+        tokio::spawn(async move { store.stat_manifest_seen(&r, &tag("v1")).await })
+    };
+    point.reached().await;
+    store.untag(&actor(), &r, "v1").await.unwrap();
+    let mut gc = {
+        let (store, r, d) = (store.clone(), r.clone(), d.clone());
+        tokio::spawn(async move {
+            store
+                .gc_remove_manifests(&Actor::system("gc"), &[(r, d, created)])
+                .await
+        })
+    };
+    // Unguarded, the removal completes in well under this; guarded, it waits for the read.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut gc)
+        .await
+        .is_ok();
+    point.resume();
+    let found = head.await.unwrap().unwrap();
+    assert_eq!(found.0, d);
+    assert!(
+        !early,
+        "GC decided on the manifest while a client's read of it was in flight"
+    );
+    let removed = gc.await.unwrap().unwrap();
+    assert_eq!(
+        removed,
+        vec![None],
+        "a manifest a client just found was swept"
+    );
+    assert!(store.index().manifest(&r, &d).unwrap().is_some());
+}
+
 #[tokio::test]
 async fn the_site_name_is_fixed_at_first_start() {
     let dir = tempfile::tempdir().unwrap();
