@@ -121,6 +121,12 @@ pub(crate) trait BlobBackend: Send + Sync + std::fmt::Debug {
         (0, 0)
     }
 
+    /// Writes `owner` at `path` unless an object is there already, and returns what is there
+    /// afterwards: `owner` when this call or an earlier one by the same owner wrote it, else
+    /// the first claimant's bytes. Create-if-absent where the store has it; elsewhere a
+    /// read-then-write, which two daemons starting at the same instant could both pass.
+    async fn claim(&self, path: &Path, owner: Bytes) -> Result<Bytes, CasError>;
+
     /// Waits until the background clean-ups of dropped writes started so far have ended.
     async fn settle(&self) {}
 
@@ -159,6 +165,41 @@ pub(crate) fn parts_stream<'a, B: BlobBackend + ?Sized>(
         })
         .flatten()
         .boxed()
+}
+
+/// [`BlobBackend::claim`] on an `object_store`.
+pub(crate) async fn claim_store(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    owner: Bytes,
+) -> Result<Bytes, CasError> {
+    let create = object_store::PutOptions {
+        mode: object_store::PutMode::Create,
+        ..Default::default()
+    };
+    match store.put_opts(path, owner.clone().into(), create).await {
+        Ok(_) => return Ok(owner),
+        Err(object_store::Error::AlreadyExists { .. })
+        | Err(object_store::Error::Precondition { .. }) => {}
+        Err(object_store::Error::NotSupported { .. })
+        | Err(object_store::Error::NotImplemented { .. }) => {
+            if head_size(store, path).await?.is_none() {
+                store
+                    .put(path, owner.clone().into())
+                    .await
+                    .map_err(be_err(format!("writing the store's owner at {path}")))?;
+                return Ok(owner);
+            }
+        }
+        Err(e) => return Err(be_err(format!("writing the store's owner at {path}"))(e)),
+    }
+    store
+        .get(path)
+        .await
+        .map_err(be_err(format!("reading the store's owner at {path}")))?
+        .bytes()
+        .await
+        .map_err(be_err(format!("reading the store's owner at {path}")))
 }
 
 /// The probe of [`BlobBackend::probe`] on an `object_store`: puts a small object, reads it

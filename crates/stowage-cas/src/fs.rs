@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use stowage_core::{Digest, Hasher};
@@ -136,6 +137,10 @@ impl BlobBackend for FsBackend {
         } else {
             CommitOutcome::AlreadyPresent
         })
+    }
+
+    async fn claim(&self, path: &Path, owner: Bytes) -> Result<Bytes, CasError> {
+        self.objects.claim(path, owner).await
     }
 
     fn list(

@@ -143,6 +143,18 @@ pub enum CasError {
     /// The configured store cannot be built or does not work.
     #[error("blob store configuration: {0}")]
     Config(String),
+    /// Another index claimed this store (bucket and prefix, or folder) first.
+    #[error(
+        "the blob store is claimed by another index ({owner}, in its object `{path}`): two daemons \
+         with separate indexes on one store would each collect the other's blobs; give each its \
+         own bucket or prefix, or remove that object if the other index is gone for good"
+    )]
+    ClaimedByOther {
+        /// The other claimant, as it wrote itself.
+        owner: String,
+        /// The claim's key in the store.
+        path: String,
+    },
     /// A request sent outside `object_store`'s calls (S3's `ListMultipartUploads`) failed.
     #[error("{context}: {source}")]
     Request {
@@ -292,6 +304,9 @@ pub struct Cas {
     opts: CasOptions,
 }
 
+/// The key of the store's owner claim (see [`Cas::claim`]), outside `blobs/` and `uploads/`.
+pub const OWNER_KEY: &str = "stowage-owner";
+
 /// The object path of a committed blob.
 pub fn blob_path(digest: &Digest) -> Path {
     let hex = digest.hex();
@@ -378,6 +393,25 @@ impl Cas {
             "blob store probe passed"
         );
         Ok(())
+    }
+
+    /// Claims the store for the index `owner` (an id fixed at the index's creation). Start-up
+    /// sweeps, garbage collection and fsck all take "no record in my index" to mean "nobody's",
+    /// which holds only while one index uses the store: a second daemon with its own index on
+    /// the same bucket and prefix is refused here, at start, instead of losing blobs later.
+    pub async fn claim(&self, owner: &str) -> Result<(), CasError> {
+        let path = Path::from(OWNER_KEY);
+        let held = self
+            .backend
+            .claim(&path, Bytes::copy_from_slice(owner.as_bytes()))
+            .await?;
+        if held.as_ref() == owner.as_bytes() {
+            return Ok(());
+        }
+        Err(CasError::ClaimedByOther {
+            owner: String::from_utf8_lossy(&held).chars().take(128).collect(),
+            path: OWNER_KEY.to_string(),
+        })
     }
 
     /// Streams `body` into part `part` of upload `upload`, feeding every byte to `hasher`.

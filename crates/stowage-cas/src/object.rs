@@ -20,7 +20,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use stowage_core::{Digest, Hasher};
 
 use crate::backend::{
-    delete_quiet, head_size, parts_stream, probe_store, BlobBackend, Body, Chunks,
+    claim_store, delete_quiet, head_size, parts_stream, probe_store, BlobBackend, Body, Chunks,
 };
 use crate::{
     be_err, blob_path, combined_path, multipart, next_chunk, part_path, read, upload_of, CasError,
@@ -294,6 +294,10 @@ impl BlobBackend for ObjectBackend {
         };
         self.remove_staging(upload, parts).await;
         Ok(outcome)
+    }
+
+    async fn claim(&self, path: &Path, owner: Bytes) -> Result<Bytes, CasError> {
+        claim_store(&self.store, path, owner).await
     }
 
     fn list(

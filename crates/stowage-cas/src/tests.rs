@@ -741,3 +741,32 @@ async fn an_upload_resumes_after_a_restart_in_the_middle() {
         assert_eq!(cas.part_size("gone", 0).await.unwrap(), None, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_store_claimed_by_one_index_refuses_another() {
+    for (name, cas, _dir) in named_backends().await {
+        let first = format!("index-{}", uuid::Uuid::new_v4());
+        cas.claim(&first)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // The same index again (every restart) is fine.
+        cas.claim(&first)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let other = format!("index-{}", uuid::Uuid::new_v4());
+        match cas.claim(&other).await {
+            Err(CasError::ClaimedByOther { owner, path }) => {
+                assert_eq!(owner, first, "{name}");
+                assert_eq!(path, crate::OWNER_KEY, "{name}");
+            }
+            got => panic!("{name}: a second index was let in: {got:?}"),
+        }
+        // The claim is not a blob: listings of blobs do not see it.
+        let blobs: Vec<_> = cas
+            .list_blobs()
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(blobs.is_empty(), "{name}: {blobs:?}");
+    }
+}

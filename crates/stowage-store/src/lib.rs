@@ -197,6 +197,24 @@ fn fix_site_name(index: &Index, config: &StoreConfig) -> Result<Option<String>> 
     }
 }
 
+/// The index's `meta` key holding its instance id, made at first start.
+const INSTANCE_KEY: &[u8] = b"instance";
+
+/// The id of this index, made at its first start and kept with it (a restored backup keeps
+/// it): the blob store is claimed under it (see `Cas::claim`).
+fn index_instance(index: &Index) -> Result<String> {
+    if let Some(v) = index.meta(INSTANCE_KEY)? {
+        return String::from_utf8(v).map_err(|e| {
+            StoreError::Index(IndexError::Corrupt(format!("index instance id: {e}")))
+        });
+    }
+    let id = format!("stowage-index-{}", uuid::Uuid::new_v4());
+    let mut batch = stowage_index::Batch::new();
+    batch.put_meta(INSTANCE_KEY, id.clone().into_bytes());
+    index.commit(batch)?;
+    Ok(id)
+}
+
 /// Size and digest of a stored blob.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobInfo {
@@ -294,6 +312,7 @@ impl Store {
         };
         let mut config = config;
         config.site = fix_site_name(&index, &config)?;
+        cas.claim(&index_instance(&index)?).await?;
         let (feed_tx, _) = tokio::sync::watch::channel(index.last_seq()?);
         let staging = staging::Staging::new(
             index

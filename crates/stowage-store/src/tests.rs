@@ -1322,6 +1322,39 @@ async fn a_manifest_a_client_found_by_tag_is_not_swept_under_it() {
 }
 
 #[tokio::test]
+async fn a_second_index_on_the_same_blob_store_is_refused_at_start() {
+    // Two daemons with their own indexes on one blob store would each take the other's blobs
+    // for garbage (GC, start-up sweeps, fsck --repair): the second is refused at start.
+    let shared = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = |dir: &std::path::Path| {
+        let mut c = StoreConfig::new(dir);
+        c.backend = Some(stowage_cas::Backend::Filesystem {
+            root: shared.path().to_path_buf(),
+        });
+        c
+    };
+    let a = Store::open(cfg(a_dir.path())).await.unwrap();
+    let r = repo("claimed/app");
+    let data = b"only a's".to_vec();
+    let d = Digest::sha256(&data);
+    a.put_blob(&actor(), &r, &d, body(&data)).await.unwrap();
+    drop(a);
+    let err = Store::open(cfg(b_dir.path())).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Cas(stowage_cas::CasError::ClaimedByOther { owner, .. })
+                if owner.starts_with("stowage-index-")
+        ),
+        "{err}"
+    );
+    // The first index still opens on it, and its blob is there.
+    let a = Store::open(cfg(a_dir.path())).await.unwrap();
+    assert_eq!(read(&a, &r, &d).await.unwrap(), data);
+}
+
+#[tokio::test]
 async fn the_site_name_is_fixed_at_first_start() {
     let dir = tempfile::tempdir().unwrap();
     let open_as = |site: &str, source: SiteSource| {
