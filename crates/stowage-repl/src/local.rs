@@ -383,8 +383,9 @@ impl Local {
         let trimmed_to = idx.feed_trimmed_to().map_err(StoreError::from)?;
         // A trim between the reads may pass the `last` read first: never send a page whose
         // trimmed point is beyond its last sequence (readers refuse such a page).
-        let last = last.max(trimmed_to);
         let scanned_to = events.last().map(|(s, _)| *s);
+        // Entries appended after `last` was read may be in the page: the page's end covers them.
+        let last = last.max(trimmed_to).max(scanned_to.unwrap_or(0));
         if let Some(p) = &self.policy {
             if p.read.is_empty() {
                 return Err(self

@@ -147,33 +147,7 @@ impl Remote {
             .await
             .map_err(|s| ReplError::from(s).context("reading the peer's feed"))?
             .into_inner();
-        // A site before `scanned_to` existed sends 0: the events are then the whole page.
-        let scanned_to = resp
-            .events
-            .iter()
-            .map(|e| e.sequence)
-            .chain((resp.scanned_to > 0).then_some(resp.scanned_to))
-            .max();
-        let mut events = Vec::with_capacity(resp.events.len());
-        for e in resp.events {
-            if let Some(ev) = convert::event_from_proto(e)? {
-                events.push(ev);
-            }
-        }
-        if resp.trimmed_to > resp.last_sequence {
-            // A peer cannot have trimmed entries it never wrote: a buggy or hostile page would
-            // move the cursor past everything (or overflow it).
-            return Err(ReplError::Invalid(format!(
-                "feed page says entries up to {} were trimmed but the feed ends at {}",
-                resp.trimmed_to, resp.last_sequence
-            )));
-        }
-        Ok(FeedPage {
-            events,
-            scanned_to,
-            last: resp.last_sequence,
-            trimmed_to: resp.trimmed_to,
-        })
+        feed_page(from, resp)
     }
 
     /// Which blobs the peer lacks in `repo` (see [`crate::Local::missing_blobs`]).
@@ -460,5 +434,105 @@ impl Remote {
             manifests,
             deleted_manifests,
         })
+    }
+}
+
+/// A peer's feed page read from `from`, checked: a peer cannot have scanned or trimmed
+/// entries beyond the end of its own feed, nor sent entries before `from`. A buggy or hostile
+/// page would otherwise move the reader's cursor past entries not yet written (skipping them
+/// for good) or overflow it. The feed's end is the larger of the page's last sequence and its
+/// entries: a site reads its last sequence before the entries, so a page can hold entries
+/// appended in between.
+fn feed_page(from: u64, resp: pb::ReadFeedResponse) -> Result<FeedPage> {
+    if let Some(e) = resp.events.iter().find(|e| e.sequence < from) {
+        return Err(ReplError::Invalid(format!(
+            "feed page read from {from} holds the earlier entry {}",
+            e.sequence
+        )));
+    }
+    let last = resp
+        .events
+        .iter()
+        .map(|e| e.sequence)
+        .fold(resp.last_sequence, u64::max);
+    if resp.scanned_to > last {
+        return Err(ReplError::Invalid(format!(
+            "feed page says it read up to {} but the feed ends at {last}",
+            resp.scanned_to
+        )));
+    }
+    if resp.trimmed_to > resp.last_sequence {
+        return Err(ReplError::Invalid(format!(
+            "feed page says entries up to {} were trimmed but the feed ends at {}",
+            resp.trimmed_to, resp.last_sequence
+        )));
+    }
+    // A site before `scanned_to` existed sends 0: the events are then the whole page.
+    let scanned_to = resp
+        .events
+        .iter()
+        .map(|e| e.sequence)
+        .chain((resp.scanned_to > 0).then_some(resp.scanned_to))
+        .max();
+    let mut events = Vec::with_capacity(resp.events.len());
+    for e in resp.events {
+        if let Some(ev) = convert::event_from_proto(e)? {
+            events.push(ev);
+        }
+    }
+    Ok(FeedPage {
+        events,
+        scanned_to,
+        last,
+        trimmed_to: resp.trimmed_to,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(last: u64, scanned: u64, trimmed: u64, seqs: &[u64]) -> pb::ReadFeedResponse {
+        pb::ReadFeedResponse {
+            events: seqs
+                .iter()
+                .map(|s| pb::FeedEvent {
+                    sequence: *s,
+                    ..Default::default()
+                })
+                .collect(),
+            last_sequence: last,
+            scanned_to: scanned,
+            trimmed_to: trimmed,
+        }
+    }
+
+    #[test]
+    fn a_feed_page_beyond_the_peers_own_feed_is_refused() {
+        // Consistent pages pass, including one from a site that trims (and one from before
+        // `scanned_to` existed, which sends 0).
+        let ok = feed_page(5, page(9, 9, 3, &[])).unwrap();
+        assert_eq!((ok.scanned_to, ok.last, ok.trimmed_to), (Some(9), 9, 3));
+        let ok = feed_page(1, page(9, 0, 0, &[])).unwrap();
+        assert_eq!(ok.scanned_to, None);
+        // Entries appended between the site's two reads (its last sequence, then the entries).
+        let ok = feed_page(8, page(9, 11, 0, &[8, 11])).unwrap();
+        assert_eq!((ok.scanned_to, ok.last), (Some(11), 11));
+        // Each way a page could push the reader's cursor past entries not yet written.
+        for (what, bad) in [
+            ("trimmed past the end", page(9, 9, 10, &[])),
+            ("trimmed to the top", page(9, 9, u64::MAX, &[])),
+            ("scanned past the end", page(9, u64::MAX, 0, &[])),
+            (
+                "scanned past the end and its entries",
+                page(9, 12, 0, &[10]),
+            ),
+            ("an entry before the read", page(9, 9, 0, &[4])),
+        ] {
+            match feed_page(5, bad) {
+                Err(ReplError::Invalid(msg)) => assert!(msg.contains("feed"), "{what}: {msg}"),
+                other => panic!("{what}: accepted: {other:?}"),
+            }
+        }
     }
 }
