@@ -6,12 +6,13 @@
 
 mod common;
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::image::{image, pulls_identical, push_image, put_manifest, tag_digest, Image};
+use common::sites::{
+    config, peer_status, site, site_on, status, sync, wait_for, wait_in_sync, Peer,
+};
 use common::{data, run, Daemon};
 use reqwest::StatusCode;
 
@@ -22,87 +23,10 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// One `[[replication.peers]]` entry: name, endpoint, direction, extra TOML lines.
-struct Peer<'a>(&'a str, &'a str, &'a str, &'a str);
-
-/// Writes a config file for site `site` with `peers` and returns its path.
-fn config(dir: &Path, site: &str, peers: &[Peer<'_>]) -> PathBuf {
-    let mut text = format!("[site]\nname = \"{site}\"\n");
-    for Peer(name, endpoint, direction, extra) in peers {
-        text.push_str(&format!(
-            "\n[[replication.peers]]\nname = \"{name}\"\nendpoint = \"{endpoint}\"\ndirection = \"{direction}\"\n{extra}\n"
-        ));
-    }
-    let path = dir.join(format!("{site}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Starts a site with its config (data in `root/<site>`).
-fn site(root: &Path, name: &str, peers: &[Peer<'_>]) -> Daemon {
-    site_on(root, name, "127.0.0.1:0", peers)
-}
-
-fn site_on(root: &Path, name: &str, repl: &str, peers: &[Peer<'_>]) -> Daemon {
-    let cfg = config(root, name, peers);
-    let dir = root.join(name);
-    Daemon::start_on(&dir, repl, &["--config", cfg.to_str().unwrap()])
-}
-
-/// `stowage repl status --json` of a daemon.
-fn status(d: &Daemon) -> serde_json::Value {
-    let out = run(Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(["repl", "status", "--json", "--server", &d.admin]));
-    serde_json::from_str(&out).unwrap()
-}
-
-fn peer_status(d: &Daemon, peer: &str) -> serde_json::Value {
-    let s = status(d);
-    s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == peer)
-        .cloned()
-        .unwrap_or_else(|| panic!("no peer {peer} in {s}"))
-}
-
 fn num(v: &serde_json::Value, key: &str) -> u64 {
     v[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
-}
-
-/// `stowage repl sync PEER --json`.
-fn sync(d: &Daemon, peer: &str) -> serde_json::Value {
-    let out = run(Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(["repl", "sync", peer, "--json", "--server", &d.admin]));
-    serde_json::from_str(&out).unwrap()
-}
-
-/// Polls `check` until it holds, failing after `secs` seconds with `what`.
-async fn wait_for<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the peer reports nothing left to do.
-async fn wait_in_sync(d: &Daemon, peer: &str, secs: u64) {
-    wait_for(&format!("{peer} in sync"), secs, || async {
-        let p = peer_status(d, peer);
-        p["state"] == "in_sync" && num(&p, "lag_events") == 0
-    })
-    .await;
 }
 
 fn img(seed: u64, layers: &[Vec<u8>]) -> Image {

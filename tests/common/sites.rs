@@ -27,12 +27,13 @@ pub fn config(dir: &Path, site: &str, peers: &[Peer<'_>]) -> PathBuf {
 
 /// Starts site `name` with its config (data in `root/<name>`).
 pub fn site(root: &Path, name: &str, peers: &[Peer<'_>]) -> Daemon {
+    site_on(root, name, "127.0.0.1:0", peers)
+}
+
+/// [`site`] with its replication listener on `repl` (to restart a site on the same address).
+pub fn site_on(root: &Path, name: &str, repl: &str, peers: &[Peer<'_>]) -> Daemon {
     let cfg = config(root, name, peers);
-    Daemon::start_on(
-        &root.join(name),
-        "127.0.0.1:0",
-        &["--config", cfg.to_str().unwrap()],
-    )
+    Daemon::start_on(&root.join(name), repl, &["--config", cfg.to_str().unwrap()])
 }
 
 /// Polls `check` until it holds, failing after `secs` seconds with `what`. (Another process's
@@ -52,11 +53,16 @@ where
     }
 }
 
-/// `stowage repl status --json` of a daemon, for one peer.
-pub fn peer_status(d: &Daemon, peer: &str) -> serde_json::Value {
+/// `stowage repl status --json` of a daemon.
+pub fn status(d: &Daemon) -> serde_json::Value {
     let out = run(Command::new(env!("CARGO_BIN_EXE_stowage"))
         .args(["repl", "status", "--json", "--server", &d.admin]));
-    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// [`status`], for one peer.
+pub fn peer_status(d: &Daemon, peer: &str) -> serde_json::Value {
+    let s = status(d);
     s["peers"]
         .as_array()
         .unwrap()

@@ -489,6 +489,7 @@ fn feed_page(from: u64, resp: pb::ReadFeedResponse) -> Result<FeedPage> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
