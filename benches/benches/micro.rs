@@ -50,7 +50,14 @@ fn hash(c: &mut Criterion) {
 
 fn index_commit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let idx = Index::open(dir.path(), IndexOptions { sync_writes: false }).unwrap();
+    let idx = Index::open(
+        dir.path(),
+        IndexOptions {
+            sync_writes: false,
+            ..IndexOptions::default()
+        },
+    )
+    .unwrap();
     let repo = RepoName::parse("bench/repo").unwrap();
     let mut n = 0u64;
     c.bench_function("index_commit_blob_link_feed_unsynced", |b| {

@@ -15,6 +15,7 @@ mod feed_trim;
 pub mod keys;
 pub mod records;
 mod tag_index;
+mod tuning;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ pub use audit::{
     AuditVerifyReport,
 };
 pub use snapshot::Snapshot;
+pub use tuning::{Tuning, DEFAULT_BLOCK_CACHE_BYTES};
 
 /// On-disk format version written at creation and checked at every open.
 ///
@@ -202,11 +204,16 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 pub struct IndexOptions {
     /// fsync the WAL on every commit (default true). Off only for benchmarks and bulk loads.
     pub sync_writes: bool,
+    /// Column family options (block cache, filters, prefix extractors).
+    pub tuning: Tuning,
 }
 
 impl Default for IndexOptions {
     fn default() -> Self {
-        Self { sync_writes: true }
+        Self {
+            sync_writes: true,
+            tuning: Tuning::default(),
+        }
     }
 }
 
@@ -226,6 +233,10 @@ pub struct Index {
     /// Held by a feed trim from reading the trimmed point to committing the new one, so two
     /// trims never move it backwards.
     trim: Mutex<()>,
+    /// How the column families were opened (scans need to know which have prefix extractors).
+    tuning: Tuning,
+    /// The block cache every column family shares (held for the database's lifetime).
+    _cache: Option<rocksdb::Cache>,
 }
 
 impl std::fmt::Debug for Index {
@@ -482,9 +493,10 @@ impl Index {
         db_opts.set_max_background_jobs(2);
         db_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         db_opts.set_keep_log_file_num(4);
-        let descriptors = cf::ALL
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let cache = opts.tuning.cache();
+        let descriptors = cf::ALL.iter().map(|name| {
+            ColumnFamilyDescriptor::new(*name, opts.tuning.cf_options(name, cache.as_ref()))
+        });
         let db = Db::open_cf_descriptors(&db_opts, path, descriptors)
             .map_err(db_err(format!("opening index at {}", path.display())))?;
         let index = Index {
@@ -495,6 +507,8 @@ impl Index {
             sync_writes: opts.sync_writes,
             audit_head_behind: None,
             trim: Mutex::new(()),
+            tuning: opts.tuning,
+            _cache: cache,
         };
         let mut index = index;
         index.check_format()?;
@@ -727,6 +741,15 @@ impl Index {
         let mut ro = ReadOptions::default();
         if let Some(end) = keys::prefix_end(prefix) {
             ro.set_iterate_upper_bound(end);
+        }
+        if self.tuning.has_prefix(name) {
+            if prefix.len() >= tuning::DIGEST_PREFIX_LEN && start.starts_with(prefix) {
+                // Within one extractor prefix: the prefix bloom may skip files.
+                ro.set_prefix_same_as_start(true);
+            } else {
+                // Crosses extractor prefixes: every key must be seen.
+                ro.set_total_order_seek(true);
+            }
         }
         let iter = self
             .db

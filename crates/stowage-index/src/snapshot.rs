@@ -71,6 +71,8 @@ impl<'a> Snapshot<'a> {
         // A one-pass scan: do not churn the block cache with it.
         ro.fill_cache(false);
         ro.set_readahead_size(2 << 20);
+        // A whole column family crosses every prefix of a prefix extractor.
+        ro.set_total_order_seek(true);
         let mut it = self.snap.raw_iterator_cf_opt(&cf, ro);
         it.seek_to_first();
         while it.valid() {

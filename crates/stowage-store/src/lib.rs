@@ -62,6 +62,9 @@ pub use uploads::UploadStatus;
 /// when the link is older than this, restarting its garbage-collection grace period.
 const LINK_REFRESH_MS: u64 = 60_000;
 
+/// The index's default block cache (see [`stowage_index::Tuning`]).
+pub const DEFAULT_INDEX_CACHE_BYTES: usize = stowage_index::DEFAULT_BLOCK_CACHE_BYTES;
+
 /// How the store is set up.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -92,6 +95,8 @@ pub struct StoreConfig {
     /// existing layer does not fail on its manifest. Held for between one and two windows;
     /// 0 turns it off.
     pub seen_window_ms: u64,
+    /// Column family options of the index (block cache size, filters).
+    pub index_tuning: stowage_index::Tuning,
 }
 
 /// Bounds that keep one client or peer from exhausting the daemon. Beyond one, the request is
@@ -142,6 +147,7 @@ impl StoreConfig {
             limits: StoreLimits::default(),
             seen_window_ms: 10 * 60 * 1000,
             min_free_bytes: 1 << 30,
+            index_tuning: stowage_index::Tuning::default(),
         }
     }
 }
@@ -305,6 +311,7 @@ impl Store {
             let path = config.data_dir.join("index");
             let opts = IndexOptions {
                 sync_writes: config.sync_index,
+                tuning: config.index_tuning.clone(),
             };
             tokio::task::spawn_blocking(move || Index::open(&path, opts))
                 .await

@@ -145,6 +145,8 @@ async fn serve(s: Settings) -> Result<(), String> {
     let mut cfg = StoreConfig::new(&s.data_dir);
     cfg.max_blob_size = s.max_blob_size;
     cfg.sync_index = s.sync_index;
+    cfg.index_tuning.block_cache_bytes = usize::try_from(s.index_cache)
+        .map_err(|_| format!("index_cache {} does not fit in memory", s.index_cache))?;
     cfg.cas.verify_reads = s.verify_reads;
     cfg.cas.direct_io = s.direct_io;
     cfg.site = Some(s.site.clone());

@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// acknowledged pushes on power loss. Default: true
     #[arg(long, env = "STOWAGE_SYNC_INDEX", value_name = "BOOL")]
     pub sync_index: Option<bool>,
+    /// Block cache of the index, shared by all its column families (suffixes K, M, G
+    /// accepted). Default: 256M
+    #[arg(long, env = "STOWAGE_INDEX_CACHE", value_name = "BYTES", value_parser = parse_size)]
+    pub index_cache: Option<u64>,
     /// How long in-flight requests may run after SIGTERM before the daemon exits anyway.
     /// Default: 30s
     #[arg(long, env = "STOWAGE_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
@@ -203,6 +207,7 @@ struct FileConfig {
     verify_reads: Option<bool>,
     direct_io: Option<bool>,
     sync_index: Option<bool>,
+    index_cache: Option<toml::Value>,
     shutdown_timeout: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -294,6 +299,8 @@ pub struct Settings {
     pub verify_reads: bool,
     pub direct_io: bool,
     pub sync_index: bool,
+    /// Bytes of the index's block cache.
+    pub index_cache: u64,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -461,6 +468,25 @@ fn peer_settings(
     Ok((Some(peer), None))
 }
 
+/// A size given as a flag (already parsed), or in the file as a number or a string with a
+/// unit, or the default.
+fn size_setting(
+    name: &str,
+    flag: Option<u64>,
+    file: Option<toml::Value>,
+    default: u64,
+) -> Result<u64, String> {
+    match (flag, file) {
+        (Some(v), _) => Ok(v),
+        (None, Some(toml::Value::Integer(i))) => {
+            u64::try_from(i).map_err(|_| format!("{name} must be positive, got {i}"))
+        }
+        (None, Some(toml::Value::String(s))) => parse_size(&s).map_err(|e| format!("{name}: {e}")),
+        (None, Some(other)) => Err(format!("{name}: unexpected {other}")),
+        (None, None) => Ok(default),
+    }
+}
+
 /// Parses sizes like `1024`, `512K`, `10G`, `1TiB`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -499,15 +525,18 @@ impl ServeArgs {
             Some(p) => load_file(p)?,
             None => FileConfig::default(),
         };
-        let max_blob_size = match (self.max_blob_size, file.max_blob_size) {
-            (Some(v), _) => v,
-            (None, Some(toml::Value::Integer(i))) => {
-                u64::try_from(i).map_err(|_| format!("max_blob_size must be positive, got {i}"))?
-            }
-            (None, Some(toml::Value::String(s))) => parse_size(&s)?,
-            (None, Some(other)) => return Err(format!("max_blob_size: unexpected {other}")),
-            (None, None) => 1 << 40,
-        };
+        let max_blob_size = size_setting(
+            "max_blob_size",
+            self.max_blob_size,
+            file.max_blob_size,
+            1 << 40,
+        )?;
+        let index_cache = size_setting(
+            "index_cache",
+            self.index_cache,
+            file.index_cache,
+            stowage_store::DEFAULT_INDEX_CACHE_BYTES as u64,
+        )?;
         let shutdown_timeout = match (self.shutdown_timeout, file.shutdown_timeout) {
             (Some(d), _) => d,
             (None, Some(s)) => parse_duration(&s)?,
@@ -683,6 +712,7 @@ impl ServeArgs {
             verify_reads: self.verify_reads.or(file.verify_reads).unwrap_or(true),
             direct_io: self.direct_io.or(file.direct_io).unwrap_or(true),
             sync_index: self.sync_index.or(file.sync_index).unwrap_or(true),
+            index_cache,
             shutdown_timeout,
             log_format: self
                 .log_format
@@ -746,6 +776,25 @@ mod tests {
         assert_eq!(s.site, "dc1");
         assert_eq!(s.admin_listen.port(), 5001);
         assert!(s.verify_reads && s.sync_index);
+        assert_eq!(s.index_cache, 256 << 20);
+    }
+
+    #[test]
+    fn index_cache_is_set_by_file_or_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(&path, "index_cache = \"64M\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert_eq!(from_file.resolve().unwrap().index_cache, 64 << 20);
+        let flag = ServeArgs {
+            config: Some(path),
+            index_cache: Some(1 << 30),
+            ..Default::default()
+        };
+        assert_eq!(flag.resolve().unwrap().index_cache, 1 << 30);
     }
 
     #[test]
