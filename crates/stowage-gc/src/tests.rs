@@ -691,7 +691,7 @@ async fn crash_leftovers_are_repaired_on_open() {
         e.store.index().commit(batch).unwrap();
         let dir = e.dir;
         drop(e.gc);
-        drop(e.store);
+        e.store.close().await;
         let e = open_at(dir, clock, GcConfig::default()).await;
         assert!(
             e.store.cas().size(&od).await.unwrap().is_none(),

@@ -281,12 +281,24 @@ struct Inner {
     /// Named points where a test can hold an operation between two of its steps.
     #[cfg(test)]
     pauses: tests::pause::Pauses,
+    /// Dropped last, after the index: tells [`Store::close`] that the index's files are closed.
+    closed: tokio::sync::watch::Sender<()>,
 }
 
 impl Store {
     /// Opens the store with the system clock.
     pub async fn open(config: StoreConfig) -> Result<Store> {
         Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Lets go of this handle and waits until no other handle is left (a background task may
+    /// still be finishing a write with one), so that the index is closed and its directory can
+    /// be opened again in this process. Waits for ever if a handle is kept elsewhere.
+    pub async fn close(self) {
+        let mut closed = self.inner.closed.subscribe();
+        drop(self);
+        // Ends with an error when the sender, and so the whole store, is dropped.
+        while closed.changed().await.is_ok() {}
     }
 
     /// Opens the store with `clock` (tests pass a manual clock).
@@ -348,6 +360,7 @@ impl Store {
                 config,
                 #[cfg(test)]
                 pauses: Default::default(),
+                closed: tokio::sync::watch::Sender::new(()),
             }),
         };
         audit::Writer::start(Arc::downgrade(&store.inner), audit_rx);

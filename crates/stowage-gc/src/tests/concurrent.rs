@@ -506,7 +506,7 @@ async fn scenario(seed: u64) -> Tally {
         if rng.random_bool(0.5) {
             let dir = e.dir;
             drop(e.gc);
-            drop(e.store);
+            e.store.close().await;
             e = open_at(dir, clock.clone(), config.clone()).await;
             for (t, m) in models.iter().enumerate() {
                 let r = format!("model/task{t}");

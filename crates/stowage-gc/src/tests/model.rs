@@ -369,7 +369,7 @@ async fn scenario(seed: u64, steps: usize) {
             _ => {
                 let dir = e.dir;
                 drop(e.gc);
-                drop(e.store);
+                e.store.close().await;
                 e = open_at(dir, clock.clone(), config.clone()).await;
             }
         }
