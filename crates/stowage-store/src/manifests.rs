@@ -386,9 +386,14 @@ impl Store {
     /// The exact bytes of a manifest.
     pub fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestContent> {
         let (digest, rec) = self.resolve(repo, reference)?;
-        let bytes = self.inner.index.manifest_bytes(&digest)?.ok_or_else(|| {
-            StoreError::Internal(format!("manifest {digest} is indexed but has no bytes"))
-        })?;
+        let bytes =
+            self.inner
+                .index
+                .manifest_bytes(&digest)?
+                .ok_or_else(|| StoreError::BytesMissing {
+                    what: "manifest",
+                    digest: digest.clone(),
+                })?;
         Ok(ManifestContent {
             digest,
             media_type: rec.media_type,

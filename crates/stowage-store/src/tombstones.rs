@@ -101,7 +101,10 @@ impl Store {
             .detail(why);
         let n = tokio::task::spawn_blocking(move || store.inner.index.trim_feed(through, audit))
             .await
-            .map_err(|e| StoreError::Internal(format!("feed trim task: {e}")))??;
+            .map_err(|source| StoreError::Task {
+                task: "feed trim",
+                source,
+            })??;
         Ok(n)
     }
 }
