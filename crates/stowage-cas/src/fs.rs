@@ -112,7 +112,10 @@ impl BlobBackend for FsBackend {
                 let part = self.file(&part_path(upload, *only));
                 tokio::task::spawn_blocking(move || local::publish(&part, &blob))
                     .await
-                    .map_err(|e| CasError::Internal(format!("publish task: {e}")))??
+                    .map_err(|source| CasError::Task {
+                        task: "publish",
+                        source,
+                    })??
             }
             _ => {
                 // The kernel copies the parts into one staged file (copy_file_range, no trip
@@ -127,7 +130,10 @@ impl BlobBackend for FsBackend {
                     local::publish(&combined, &blob)
                 })
                 .await
-                .map_err(|e| CasError::Internal(format!("concatenate task: {e}")))??;
+                .map_err(|source| CasError::Task {
+                    task: "concatenate",
+                    source,
+                })??;
                 self.remove_staging(upload, parts).await;
                 stored
             }

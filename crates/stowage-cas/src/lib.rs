@@ -137,9 +137,15 @@ pub enum CasError {
         /// What did not match.
         detail: String,
     },
-    /// A background task failed (panicked or was cancelled).
-    #[error("internal: {0}")]
-    Internal(String),
+    /// A blocking task panicked or was cancelled before it returned.
+    #[error("the {task} task failed: {source}")]
+    Task {
+        /// Which task ("part write").
+        task: &'static str,
+        /// Why it did not return.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// The configured store cannot be built or does not work.
     #[error("blob store configuration: {0}")]
     Config(String),

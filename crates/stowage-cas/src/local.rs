@@ -45,8 +45,10 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> CasError {
 
 /// The folder holding `path` (every part and blob path has one).
 fn parent(path: &Path) -> Result<&Path, CasError> {
-    path.parent()
-        .ok_or_else(|| CasError::Internal(format!("path {} has no parent", path.display())))
+    path.parent().ok_or_else(|| CasError::Io {
+        context: format!("finding the folder of {}", path.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path has no parent"),
+    })
 }
 
 /// Syncs a directory so that a rename or create inside it is durable.
@@ -117,7 +119,10 @@ where
             written
         })
         .await
-        .map_err(|e| CasError::Internal(format!("part write task: {e}")))??;
+        .map_err(|source| CasError::Task {
+            task: "part write",
+            source,
+        })??;
         return Ok(received);
     }
     // The head is written first and soon freed; do not keep it charged to the inline budget.
@@ -202,7 +207,10 @@ where
             PartFile::create(&path, direct).map_err(io(format!("creating {}", path.display())))
         })
         .await
-        .map_err(|e| CasError::Internal(format!("part file task: {e}")))??
+        .map_err(|source| CasError::Task {
+            task: "part file",
+            source,
+        })??
     };
 
     let algo = hasher.algorithm();
@@ -280,12 +288,16 @@ where
     .await;
     drop(hash_tx);
     drop(write_tx);
-    let hashed = hash_thread
-        .await
-        .map_err(|e| CasError::Internal(format!("hash task: {e}")));
+    let hashed = hash_thread.await.map_err(|source| CasError::Task {
+        task: "hash",
+        source,
+    });
     let wrote = write_thread
         .await
-        .map_err(|e| CasError::Internal(format!("write task: {e}")))
+        .map_err(|source| CasError::Task {
+            task: "write",
+            source,
+        })
         .and_then(|r| r);
     let hashed = hashed.map(|h| *hasher = h);
     // The writer's own error (disk full, I/O) explains more than "stopped early".
@@ -294,7 +306,10 @@ where
             if durable {
                 tokio::task::spawn_blocking(move || sync_dir(&dir))
                     .await
-                    .map_err(|e| CasError::Internal(format!("part sync task: {e}")))??;
+                    .map_err(|source| CasError::Task {
+                        task: "part sync",
+                        source,
+                    })??;
             }
             Ok(received)
         }

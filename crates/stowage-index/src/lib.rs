@@ -14,6 +14,7 @@ pub mod audit;
 mod feed_trim;
 pub mod keys;
 pub mod records;
+pub mod repl_state;
 mod tag_index;
 mod tuning;
 
@@ -50,8 +51,10 @@ pub use tuning::{Tuning, DEFAULT_BLOCK_CACHE_BYTES};
 /// version 2 index needs no migration, but a version 2 build must not open it. 4 = adds
 /// `tag_digests` (which tags point at a digest, repository-major) so finding a manifest's tags
 /// reads only those tags; indexes of versions 1 to 3 are migrated at open by building it from
-/// `tags`.
-pub const FORMAT_VERSION: u32 = 4;
+/// `tags`. 5 = adds `repl_state`: tag and manifest tombstones, replication cursors and transfer
+/// sessions under typed binary keys and values (see [`repl_state`]) instead of JSON under
+/// string keys in `meta`; older indexes are migrated at open by moving those entries.
+pub const FORMAT_VERSION: u32 = 5;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -74,7 +77,8 @@ mod cf {
     pub const AUDIT: &str = "audit";
     pub const ACCOUNTS: &str = "accounts";
     pub const TAG_DIGESTS: &str = "tag_digests";
-    pub const ALL: [&str; 17] = [
+    pub const REPL_STATE: &str = "repl_state";
+    pub const ALL: [&str; 18] = [
         META,
         BLOBS,
         REPO_BLOBS,
@@ -92,6 +96,7 @@ mod cf {
         AUDIT,
         ACCOUNTS,
         TAG_DIGESTS,
+        REPL_STATE,
     ];
 }
 
@@ -131,6 +136,16 @@ pub enum IndexError {
     /// Stored bytes did not decode.
     #[error("index corrupt: {0}")]
     Corrupt(String),
+    /// A value to be written does not fit its stored layout; nothing was written.
+    #[error("cannot encode {what}: {len} bytes, at most {max}")]
+    TooLong {
+        /// Which field.
+        what: String,
+        /// Its length.
+        len: usize,
+        /// The layout's limit.
+        max: usize,
+    },
     /// The database was written by an incompatible version.
     #[error("index at {path} has format version {found}, this build reads {expected}")]
     FormatVersion {
@@ -160,6 +175,11 @@ impl IndexError {
                 source: source.clone(),
             },
             IndexError::Corrupt(m) => IndexError::Corrupt(m.clone()),
+            IndexError::TooLong { what, len, max } => IndexError::TooLong {
+                what: what.clone(),
+                len: *len,
+                max: *max,
+            },
             IndexError::FormatVersion {
                 path,
                 found,
@@ -308,9 +328,10 @@ impl Batch {
         self.ops.push(Op::Delete(cf, k));
     }
 
-    /// Sets an entry of the extension keyspace (replication cursors, tag tombstones, transfer
-    /// sessions): small values that other crates own, kept in the `meta` column family under a
-    /// prefix of their own so they never collide with the index's bookkeeping.
+    /// Sets an entry of the extension keyspace (the site name, scrub state, parked replication
+    /// entries): small values that other crates own, kept in the `meta` column family under a
+    /// prefix of their own so they never collide with the index's bookkeeping. Replication
+    /// state with a fixed shape has typed entries instead (see [`repl_state`]).
     pub fn put_meta(&mut self, key: &[u8], value: Vec<u8>) {
         self.put(cf::META, meta_key(key), value);
     }
@@ -545,13 +566,17 @@ impl Index {
         };
         match found {
             None => write_version(),
-            Some(v) if v == b"1" || v == b"2" || v == b"3" => {
+            Some(v) if v == b"1" || v == b"2" || v == b"3" || v == b"4" => {
                 if v == b"1" {
                     self.migrate_v1_holders()?;
                 }
                 // Format 3 only adds column families, created empty at open; format 4 adds
-                // the digest-to-tags index, built from the tags.
-                self.migrate_v3_tag_digests()?;
+                // the digest-to-tags index, built from the tags; format 5 moves replication
+                // state out of `meta` into typed entries.
+                if v != b"4" {
+                    self.migrate_v3_tag_digests()?;
+                }
+                self.migrate_v4_repl_state()?;
                 write_version()?;
                 tracing::info!(
                     path = %self.path.display(),
@@ -1151,5 +1176,7 @@ impl Index {
 
 #[cfg(test)]
 mod growth_tests;
+#[cfg(test)]
+mod repl_state_tests;
 #[cfg(test)]
 mod tests;

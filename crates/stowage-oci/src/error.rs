@@ -178,6 +178,10 @@ impl From<StoreError> for ApiError {
             | StoreError::Cas(_)
             | StoreError::Index(_)
             | StoreError::SiteMismatch { .. }
+            | StoreError::Io { .. }
+            | StoreError::Task { .. }
+            | StoreError::BytesMissing { .. }
+            | StoreError::Record { .. }
             | StoreError::Internal(_) => {
                 // The text may name files, buckets or endpoints: it goes to the log only.
                 let e = Self::internal("serving the request");

@@ -137,6 +137,10 @@ impl From<StoreError> for ReplError {
             StoreError::Cas(_)
             | StoreError::Index(_)
             | StoreError::Internal(_)
+            | StoreError::Io { .. }
+            | StoreError::Task { .. }
+            | StoreError::BytesMissing { .. }
+            | StoreError::Record { .. }
             | StoreError::SiteMismatch { .. } => ReplError::Storage(e.to_string()),
         }
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
 use stowage_core::{Actor, Digest, RepoName};
-use stowage_index::Event;
+use stowage_index::repl_state::TransferSession;
+use stowage_index::{Event, IndexError};
 use stowage_store::{ReplicaStore, StoreError, TagState};
 
 use crate::error::{ReplError, Result};
@@ -36,9 +36,6 @@ pub const TRANSFER_HOLD: Duration = Duration::from_secs(3600);
 
 /// Largest feed page served at once.
 pub const MAX_FEED_PAGE: usize = 1000;
-
-/// Prefix of transfer sessions in the index's extension keyspace: digest -> upload session.
-const SESSION_PREFIX: &str = "repl/up/";
 
 /// What a blob transfer carries in its first message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,13 +76,6 @@ pub struct FeedPage {
 
 /// A blob's bytes from some offset.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct SessionRef {
-    #[serde(rename = "r")]
-    repo: String,
-    id: String,
-}
 
 /// The local site, acting for one actor: the peer whose requests the service serves, or the
 /// peer a pulling replicator applies changes from.
@@ -190,10 +180,6 @@ where
             return Poll::Ready(Some(Ok(b)));
         }
     }
-}
-
-fn session_key(digest: &Digest) -> Vec<u8> {
-    format!("{SESSION_PREFIX}{digest}").into_bytes()
 }
 
 impl Local {
@@ -409,36 +395,31 @@ impl Local {
 
     /// The transfer session of `digest`, if one is open: (repository, upload id, bytes held).
     async fn session(&self, digest: &Digest) -> Result<Option<(RepoName, String, u64)>> {
-        let Some(raw) = self
+        let r = match self.store.index().transfer_session(digest) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            // Starting the transfer over is safe; the unreadable record is replaced.
+            Err(e @ IndexError::Corrupt(_)) => {
+                tracing::warn!(%digest, error = %e, "unreadable transfer session record; starting over");
+                return Ok(None);
+            }
+            Err(e) => return Err(StoreError::from(e).into()),
+        };
+        let repo = r.repo;
+        match self
             .store
-            .index()
-            .meta(&session_key(digest))
-            .map_err(StoreError::from)?
-        else {
-            return Ok(None);
-        };
-        let Ok(r) = serde_json::from_slice::<SessionRef>(&raw) else {
-            tracing::warn!(%digest, "unreadable transfer session record; starting over");
-            return Ok(None);
-        };
-        let repo = crate::convert::repo(&r.repo)?;
-        match self.store.upload_status(&self.actor, &repo, &r.id).await {
-            Ok(st) => Ok(Some((repo, r.id, st.size))),
+            .upload_status(&self.actor, &repo, &r.upload)
+            .await
+        {
+            Ok(st) => Ok(Some((repo, r.upload, st.size))),
             // Expired by garbage collection, or never got its first part before a restart.
             Err(StoreError::BlobUploadUnknown(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn write_session(&self, digest: &Digest, r: Option<SessionRef>) -> Result<()> {
-        let value = match r {
-            Some(r) => Some(
-                serde_json::to_vec(&r)
-                    .map_err(|e| ReplError::Record(format!("encoding a session record: {e}")))?,
-            ),
-            None => None,
-        };
-        self.store.put_meta(&session_key(digest), value).await?;
+    async fn write_session(&self, digest: &Digest, r: Option<TransferSession>) -> Result<()> {
+        self.store.put_transfer_session(digest, r.as_ref()).await?;
         Ok(())
     }
 
@@ -540,9 +521,9 @@ impl Local {
                 let st = self.store.start_upload(&self.actor, &h.repo).await?;
                 self.write_session(
                     &h.digest,
-                    Some(SessionRef {
-                        repo: h.repo.to_string(),
-                        id: st.id.clone(),
+                    Some(TransferSession {
+                        repo: h.repo.clone(),
+                        upload: st.id.clone(),
                     }),
                 )
                 .await?;

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use stowage_core::Digest;
+use stowage_index::repl_state::ReplCursor;
 use stowage_index::Event;
 use stowage_store::StoreError;
 use tokio::sync::watch;
@@ -202,17 +202,6 @@ impl Peer {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Cursor {
-    seq: u64,
-    /// The source site the sequence numbers belong to; a cursor for another site is void.
-    site: String,
-    /// The target site that confirmed them; a cursor for another target is void too (an
-    /// endpoint rebuilt as a new, empty site must get everything again).
-    #[serde(default)]
-    target: String,
-}
-
 /// Replication of this site with its configured peers. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Replicator {
@@ -225,10 +214,6 @@ pub(crate) struct Inner {
     pub(crate) site: String,
     pub(crate) peers: Vec<Arc<Peer>>,
     pub(crate) parked: DeadLetters,
-}
-
-fn cursor_key(peer: &str) -> Vec<u8> {
-    format!("repl/cursor/{peer}").into_bytes()
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -420,53 +405,44 @@ impl Replicator {
             if peer.cfg.direction != Direction::Push {
                 continue;
             }
-            let raw = idx
-                .meta(&cursor_key(&peer.cfg.name))
-                .map_err(StoreError::from)?;
-            let seq = match raw {
-                Some(r) => {
-                    let c: Cursor = serde_json::from_slice(&r).map_err(|e| {
-                        ReplError::Record(format!("cursor of peer {}: {e}", peer.cfg.name))
-                    })?;
-                    (c.site == self.inner.site).then_some(c.seq)
-                }
-                None => None,
-            };
+            let seq = idx
+                .repl_cursor(&peer.cfg.name)
+                .map_err(StoreError::from)?
+                .and_then(|c| (c.source == self.inner.site).then_some(c.seq));
             out.push((peer.cfg.name.clone(), seq));
         }
         Ok(out)
     }
 
     fn load_cursor(&self, peer: &str, source_site: &str, target_site: &str) -> Result<u64> {
-        let raw = self
-            .inner
-            .local
-            .store()
-            .index()
-            .meta(&cursor_key(peer))
-            .map_err(StoreError::from)?;
-        Ok(
-            match raw.and_then(|r| serde_json::from_slice::<Cursor>(&r).ok()) {
-                Some(c)
-                    if c.site == source_site
-                        && (c.target.is_empty() || c.target == target_site) =>
-                {
-                    c.seq
-                }
-                Some(c) => {
-                    tracing::warn!(
-                        peer,
-                        was_source = %c.site,
-                        was_target = %c.target,
-                        source = %source_site,
-                        target = %target_site,
-                        "the sites at either end changed; replicating the source's feed from its start"
-                    );
-                    0
-                }
-                None => 0,
-            },
-        )
+        let found = match self.inner.local.store().index().repl_cursor(peer) {
+            Ok(c) => c,
+            // Replicating the feed again from its start is safe (at-least-once, idempotent).
+            Err(e @ stowage_index::IndexError::Corrupt(_)) => {
+                tracing::warn!(peer, error = %e, "unreadable replication cursor; starting from the feed's start");
+                None
+            }
+            Err(e) => return Err(StoreError::from(e).into()),
+        };
+        Ok(match found {
+            Some(c)
+                if c.source == source_site && (c.target.is_empty() || c.target == target_site) =>
+            {
+                c.seq
+            }
+            Some(c) => {
+                tracing::warn!(
+                    peer,
+                    was_source = %c.source,
+                    was_target = %c.target,
+                    source = %source_site,
+                    target = %target_site,
+                    "the sites at either end changed; replicating the source's feed from its start"
+                );
+                0
+            }
+            None => 0,
+        })
     }
 
     async fn save_cursor(
@@ -476,18 +452,12 @@ impl Replicator {
         target_site: &str,
         seq: u64,
     ) -> Result<()> {
-        let c = Cursor {
+        let c = ReplCursor {
             seq,
-            site: source_site.to_string(),
+            source: source_site.to_string(),
             target: target_site.to_string(),
         };
-        let value = serde_json::to_vec(&c)
-            .map_err(|e| ReplError::Record(format!("encoding a cursor: {e}")))?;
-        self.inner
-            .local
-            .store()
-            .put_meta(&cursor_key(peer), Some(value))
-            .await?;
+        self.inner.local.store().put_repl_cursor(peer, &c).await?;
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! The store's error type: one variant per outcome a client or operator must tell apart.
 //! `stowage-oci` maps each to its OCI error code and HTTP status.
 
+use std::path::PathBuf;
+
 use stowage_cas::CasError;
 use stowage_core::Digest;
 use stowage_index::IndexError;
@@ -106,7 +108,49 @@ pub enum StoreError {
     /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
-    /// Something that should be impossible (a bug or corrupt state), with context.
+    /// A local file-system operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("creating the data dir").
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking or background task panicked or was cancelled before it returned.
+    #[error("the {task} task failed: {source}")]
+    Task {
+        /// Which task ("index commit").
+        task: &'static str,
+        /// Why it did not return.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The index says content is present but its bytes are gone: invariant 3 is broken, and
+    /// that must be loud, never a quiet "unknown".
+    #[error("{what} {digest} is indexed as present but its bytes are missing")]
+    BytesMissing {
+        /// "blob" or "manifest".
+        what: &'static str,
+        /// The content's digest.
+        digest: Digest,
+    },
+    /// A record the store keeps in the index's extension keyspace (scrub state) did not
+    /// encode or decode.
+    #[error("{op} the scrub {what}: {source}")]
+    Record {
+        /// "encoding" or "decoding".
+        op: &'static str,
+        /// Which record.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Something that should be impossible (a bug or an inconsistent state that no variant
+    /// above describes), with context. Never used for I/O or task failures.
     #[error("internal error: {0}")]
     Internal(String),
 }

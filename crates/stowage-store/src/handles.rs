@@ -509,14 +509,28 @@ impl ReplicaStore {
         self.0.index()
     }
 
-    /// Records replication's own bookkeeping (cursors, transfer sessions) in the index's
-    /// extension keyspace: puts and deletes under `key`, nothing else.
-    pub async fn put_meta(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
+    /// Saves the cursor of the replicator configured as `peer` (unaudited bookkeeping). An
+    /// encode failure is an error and nothing is written.
+    pub async fn put_repl_cursor(
+        &self,
+        peer: &str,
+        cursor: &stowage_index::repl_state::ReplCursor,
+    ) -> Result<()> {
         let mut batch = stowage_index::Batch::new();
-        match value {
-            Some(v) => batch.put_meta(key, v),
-            None => batch.delete_meta(key),
-        }
+        batch.put_repl_cursor(peer, cursor)?;
+        self.0.commit_quiet(batch).await?;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) the transfer session of `digest` (unaudited
+    /// bookkeeping). An encode failure is an error and nothing is written.
+    pub async fn put_transfer_session(
+        &self,
+        digest: &Digest,
+        session: Option<&stowage_index::repl_state::TransferSession>,
+    ) -> Result<()> {
+        let mut batch = stowage_index::Batch::new();
+        batch.put_transfer_session(digest, session)?;
         self.0.commit_quiet(batch).await?;
         Ok(())
     }

@@ -303,11 +303,10 @@ impl Store {
 
     /// Opens the store with `clock` (tests pass a manual clock).
     pub async fn open_with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Store> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            StoreError::Internal(format!(
-                "creating data dir {}: {e}",
-                config.data_dir.display()
-            ))
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::Io {
+            op: "creating the data dir",
+            path: config.data_dir.clone(),
+            source,
         })?;
         let backend = config.backend.clone().unwrap_or(Backend::Filesystem {
             root: config.data_dir.join("cas"),
@@ -327,7 +326,10 @@ impl Store {
             };
             tokio::task::spawn_blocking(move || Index::open(&path, opts))
                 .await
-                .map_err(|e| StoreError::Internal(format!("index open task: {e}")))??
+                .map_err(|source| StoreError::Task {
+                    task: "index open",
+                    source,
+                })??
         };
         let mut config = config;
         config.site = fix_site_name(&index, &config)?;
@@ -571,7 +573,10 @@ impl Store {
         let store = self.clone();
         let seq = tokio::task::spawn_blocking(move || store.inner.index.commit(batch))
             .await
-            .map_err(|e| StoreError::Internal(format!("index commit task: {e}")))?
+            .map_err(|source| StoreError::Task {
+                task: "index commit",
+                source,
+            })?
             .map_err(StoreError::from)?;
         self.inner.feed_tx.send_if_modified(|last| {
             if seq > *last {
@@ -643,7 +648,10 @@ impl Store {
         let store = self.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
-            .map_err(|e| StoreError::Internal(format!("blocking index task: {e}")))?
+            .map_err(|source| StoreError::Task {
+                task: "blocking index",
+                source,
+            })?
     }
 
     /// [`Store::stat_blob`] for a client: the read runs on a blocking thread and a found blob
@@ -711,9 +719,10 @@ impl Store {
                 // The index says present but the bytes are gone: that breaks invariant 3 and
                 // must be loud, not a quiet 404.
                 tracing::error!(digest = %d, "blob indexed as present has no bytes");
-                return Err(StoreError::Internal(format!(
-                    "blob {d} is indexed as present but its bytes are missing"
-                )));
+                return Err(StoreError::BytesMissing {
+                    what: "blob",
+                    digest: d,
+                });
             }
             Err(e) => return Err(e.into()),
         };

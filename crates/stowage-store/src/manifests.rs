@@ -220,7 +220,7 @@ impl Store {
         self.ensure_repo(&mut batch, repo)?;
         if idx.manifest(repo, &digest)?.is_none() {
             // Pushed again after a delete: the delete no longer stands.
-            batch.delete_meta(&crate::replica::manifest_tombstone_key(repo, &digest));
+            batch.delete_manifest_tombstone(repo, &digest);
             if !idx.has_manifest_bytes(&digest)? {
                 batch.put_manifest_bytes(&digest, &bytes);
             }
@@ -296,7 +296,7 @@ impl Store {
                     },
                     current.as_ref().map(|t| &t.digest),
                 );
-                batch.delete_meta(&crate::replica::tombstone_key(repo, tag.as_str()));
+                batch.delete_tag_tombstone(repo, tag.as_str());
                 let mut ev = self.event(EventKind::TagSet, repo, actor);
                 ev.digest = Some(digest.clone());
                 ev.tag = Some(tag.to_string());
@@ -420,9 +420,14 @@ impl Store {
     /// The exact bytes of a manifest.
     pub fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestContent> {
         let (digest, rec) = self.resolve(repo, reference)?;
-        let bytes = self.inner.index.manifest_bytes(&digest)?.ok_or_else(|| {
-            StoreError::Internal(format!("manifest {digest} is indexed but has no bytes"))
-        })?;
+        let bytes =
+            self.inner
+                .index
+                .manifest_bytes(&digest)?
+                .ok_or_else(|| StoreError::BytesMissing {
+                    what: "manifest",
+                    digest: digest.clone(),
+                })?;
         Ok(ManifestContent {
             digest,
             media_type: rec.media_type,

@@ -10,21 +10,15 @@
 
 use std::hash::{Hash, Hasher};
 
-use serde::{Deserialize, Serialize};
 use stowage_core::{Actor, Digest, Reference, RepoName};
-use stowage_index::{keys, AuditAction, Batch, BlobState, EventKind, RefKind, TagRecord};
+use stowage_index::repl_state::{ManifestTombstone, TagTombstone};
+use stowage_index::{AuditAction, Batch, BlobState, EventKind, RefKind, TagRecord};
 
 use crate::manifests::{Author, Children, ManifestPush};
 use crate::{Result, Store, StoreError};
 
 /// Stripes of the tag locks.
 pub(crate) const TAG_LOCKS: usize = 256;
-
-/// Prefix of tag tombstones in the index's extension keyspace.
-pub(crate) const TOMBSTONE_PREFIX: &[u8] = b"tomb/";
-/// Prefix of manifest tombstones: manifests deleted by a client (or by a replicated delete),
-/// which anti-entropy must not bring back.
-pub(crate) const MANIFEST_TOMBSTONE_PREFIX: &[u8] = b"mtomb/";
 
 /// Version of one state of a tag. Ordered by time, then by origin site name, so any two
 /// distinct versions compare the same way on every site.
@@ -62,39 +56,12 @@ impl TagState {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Tombstone {
-    #[serde(rename = "u")]
-    ms: u64,
-    #[serde(rename = "o")]
-    origin: String,
-    /// When this site wrote it (unix ms, this site's clock): expiry counts from here, not from
-    /// the delete's version, so a delete that arrives late is not expired on arrival. Absent
-    /// in tombstones written before it existed (their version's time stands in).
-    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
-    written_ms: Option<u64>,
-}
-
-/// Key of a tag's tombstone in the extension keyspace.
-pub(crate) fn tombstone_key(repo: &RepoName, tag: &str) -> Vec<u8> {
-    let mut k = TOMBSTONE_PREFIX.to_vec();
-    k.extend_from_slice(&keys::repo_tag(repo, tag));
-    k
-}
-
 /// The stripe of the tag locks that guards `tag` of `repo`.
 fn tag_stripe(repo: &RepoName, tag: &str) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     repo.as_str().hash(&mut h);
     tag.hash(&mut h);
     (h.finish() % TAG_LOCKS as u64) as usize
-}
-
-/// Key of a manifest's tombstone in the extension keyspace.
-pub(crate) fn manifest_tombstone_key(repo: &RepoName, digest: &Digest) -> Vec<u8> {
-    let mut k = MANIFEST_TOMBSTONE_PREFIX.to_vec();
-    k.extend_from_slice(&keys::repo_digest(repo, digest));
-    k
 }
 
 fn record_version(rec: &TagRecord) -> TagVersion {
@@ -104,22 +71,11 @@ fn record_version(rec: &TagRecord) -> TagVersion {
     }
 }
 
-pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<TagVersion> {
-    Ok(decode_tombstone_written(bytes)?.0)
-}
-
-/// A tag tombstone's version and when this site wrote it.
-pub(crate) fn decode_tombstone_written(bytes: &[u8]) -> Result<(TagVersion, u64)> {
-    let t: Tombstone = serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Internal(format!("tag tombstone is not valid: {e}")))?;
-    let written = t.written_ms.unwrap_or(t.ms);
-    Ok((
-        TagVersion {
-            ms: t.ms,
-            origin: t.origin,
-        },
-        written,
-    ))
+fn tombstone_version(t: TagTombstone) -> TagVersion {
+    TagVersion {
+        ms: t.ms,
+        origin: t.origin,
+    }
 }
 
 impl Store {
@@ -181,23 +137,21 @@ impl Store {
         tag: &str,
         version: &TagVersion,
     ) -> Result<()> {
-        let t = Tombstone {
+        let t = TagTombstone {
             ms: version.ms,
             origin: version.origin.clone(),
-            written_ms: Some(self.now_ms()),
+            written_ms: self.now_ms(),
         };
-        let bytes = serde_json::to_vec(&t).map_err(|e| {
-            StoreError::Internal(format!("encoding the tombstone of {repo}:{tag}: {e}"))
-        })?;
-        batch.put_meta(&tombstone_key(repo, tag), bytes);
+        batch.put_tag_tombstone(repo, tag, &t)?;
         Ok(())
     }
 
     fn tombstone(&self, repo: &RepoName, tag: &str) -> Result<Option<TagVersion>> {
-        match self.inner.index.meta(&tombstone_key(repo, tag))? {
-            Some(bytes) => Ok(Some(decode_tombstone(&bytes)?)),
-            None => Ok(None),
-        }
+        Ok(self
+            .inner
+            .index
+            .tag_tombstone(repo, tag)?
+            .map(tombstone_version))
     }
 
     /// The current state of a tag: set, deleted (a tombstone), or never seen.
@@ -219,38 +173,35 @@ impl Store {
         repo: &RepoName,
         digest: &Digest,
     ) {
-        batch.put_meta(
-            &manifest_tombstone_key(repo, digest),
-            self.now_ms().to_be_bytes().to_vec(),
+        batch.put_manifest_tombstone(
+            repo,
+            digest,
+            ManifestTombstone {
+                at_ms: self.now_ms(),
+            },
         );
     }
 
     /// Manifests of `repo` deleted by a client or a replicated delete and not pushed again.
     pub fn deleted_manifests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
-        let prefix = manifest_tombstone_key(repo, &Digest::sha256(b""));
-        // The prefix up to the digest: the repository's part of the key.
-        let repo_part = &prefix[..MANIFEST_TOMBSTONE_PREFIX.len() + keys::repo_prefix(repo).len()];
-        let mut out = Vec::new();
-        for (k, _) in self.inner.index.meta_scan(repo_part)? {
-            let (d, _) = keys::take_digest(&k[repo_part.len()..])
-                .map_err(|e| StoreError::Internal(format!("manifest tombstone key: {e}")))?;
-            out.push(d);
-        }
-        Ok(out)
+        Ok(self
+            .inner
+            .index
+            .manifest_tombstones(Some(repo))?
+            .into_iter()
+            .map(|(_, d, _)| d)
+            .collect())
     }
 
     /// Every tag state of `repo` (set tags and tombstones), in tag order.
     pub fn tag_states(&self, repo: &RepoName) -> Result<Vec<(String, TagState)>> {
         let idx = &self.inner.index;
         let mut out: std::collections::BTreeMap<String, TagState> = Default::default();
-        let prefix = tombstone_key(repo, "");
-        for (k, v) in idx.meta_scan(&prefix)? {
-            let tag = String::from_utf8(k[prefix.len()..].to_vec())
-                .map_err(|e| StoreError::Internal(format!("tombstone tag not UTF-8: {e}")))?;
+        for (_, tag, t) in idx.tag_tombstones(Some(repo))? {
             out.insert(
                 tag,
                 TagState::Deleted {
-                    version: decode_tombstone(&v)?,
+                    version: tombstone_version(t),
                 },
             );
         }
@@ -358,7 +309,7 @@ impl Store {
                     },
                     previous,
                 );
-                batch.delete_meta(&tombstone_key(repo, tag));
+                batch.delete_tag_tombstone(repo, tag);
                 let mut ev = self.event_from(EventKind::TagSet, repo, actor, Some(&version.origin));
                 ev.digest = Some(digest.clone());
                 ev.tag = Some(tag.to_string());

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
+mod errors;
 mod growth;
 mod model;
 pub(crate) mod pause;

@@ -6,9 +6,8 @@
 //! expiry every deleted tag and manifest is remembered for ever.
 
 use stowage_core::{Actor, RepoName};
-use stowage_index::{keys, AuditAction, Batch};
+use stowage_index::{AuditAction, Batch};
 
-use crate::replica::{decode_tombstone_written, MANIFEST_TOMBSTONE_PREFIX, TOMBSTONE_PREFIX};
 use crate::{Result, Store, StoreError};
 
 /// What one expiry pass removed.
@@ -18,14 +17,6 @@ pub struct TombstoneExpiry {
     pub tags: u64,
     /// Manifest tombstones removed.
     pub manifests: u64,
-}
-
-/// When a manifest tombstone was written (its value: eight big-endian bytes of unix ms).
-fn manifest_tombstone_ms(v: &[u8]) -> Result<u64> {
-    let arr: [u8; 8] = v
-        .try_into()
-        .map_err(|_| StoreError::Internal(format!("manifest tombstone of {} bytes", v.len())))?;
-    Ok(u64::from_be_bytes(arr))
 }
 
 impl Store {
@@ -42,25 +33,21 @@ impl Store {
         let mut done = TombstoneExpiry::default();
         let idx = &self.inner.index;
         let mut tags: Vec<(RepoName, String)> = Vec::new();
-        for (k, v) in idx.meta_scan(TOMBSTONE_PREFIX)? {
-            if decode_tombstone_written(&v)?.1 >= before_ms {
-                continue;
+        for (repo, tag, t) in idx.tag_tombstones(None)? {
+            if t.written_ms < before_ms {
+                tags.push((repo, tag));
             }
-            let (repo, rest) = keys::take_repo(&k[TOMBSTONE_PREFIX.len()..])?;
-            let tag = String::from_utf8(rest.to_vec())
-                .map_err(|e| StoreError::Internal(format!("tombstone tag not UTF-8: {e}")))?;
-            tags.push((repo, tag));
         }
         for (repo, tag) in tags {
             let _held = self.lock_tag(&repo, &tag).await;
-            let key = crate::replica::tombstone_key(&repo, &tag);
-            let Some(v) = idx.meta(&key)? else { continue };
-            let (version, written) = decode_tombstone_written(&v)?;
-            if written >= before_ms {
+            let Some(version) = idx.tag_tombstone(&repo, &tag)? else {
+                continue;
+            };
+            if version.written_ms >= before_ms {
                 continue;
             }
             let mut batch = Batch::new();
-            batch.delete_meta(&key);
+            batch.delete_tag_tombstone(&repo, &tag);
             batch.audit(
                 self.change_audit(actor, AuditAction::TombstoneExpire, &repo, tag, None)
                     .detail(format!(
@@ -72,24 +59,22 @@ impl Store {
             done.tags += 1;
         }
         let mut manifests = Vec::new();
-        for (k, v) in idx.meta_scan(MANIFEST_TOMBSTONE_PREFIX)? {
-            if manifest_tombstone_ms(&v)? >= before_ms {
-                continue;
+        for (repo, digest, t) in idx.manifest_tombstones(None)? {
+            if t.at_ms < before_ms {
+                manifests.push((repo, digest));
             }
-            let (repo, rest) = keys::take_repo(&k[MANIFEST_TOMBSTONE_PREFIX.len()..])?;
-            let (digest, _) = keys::take_digest(rest)?;
-            manifests.push((repo, digest));
         }
         for (repo, digest) in manifests {
             let _held = self.inner.locks.exclusive([&digest]).await;
-            let key = crate::replica::manifest_tombstone_key(&repo, &digest);
-            let Some(v) = idx.meta(&key)? else { continue };
-            let at = manifest_tombstone_ms(&v)?;
+            let Some(t) = idx.manifest_tombstone(&repo, &digest)? else {
+                continue;
+            };
+            let at = t.at_ms;
             if at >= before_ms {
                 continue;
             }
             let mut batch = Batch::new();
-            batch.delete_meta(&key);
+            batch.delete_manifest_tombstone(&repo, &digest);
             batch.audit(
                 self.change_audit(
                     actor,
@@ -116,7 +101,10 @@ impl Store {
             .detail(why);
         let n = tokio::task::spawn_blocking(move || store.inner.index.trim_feed(through, audit))
             .await
-            .map_err(|e| StoreError::Internal(format!("feed trim task: {e}")))??;
+            .map_err(|source| StoreError::Task {
+                task: "feed trim",
+                source,
+            })??;
         Ok(n)
     }
 }

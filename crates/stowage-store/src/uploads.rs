@@ -459,7 +459,10 @@ impl Store {
             result
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("blob commit task: {e}")))??;
+        .map_err(|source| StoreError::Task {
+            task: "blob commit",
+            source,
+        })??;
         Ok(info)
     }
 

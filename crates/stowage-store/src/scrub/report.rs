@@ -153,11 +153,17 @@ pub(crate) fn run_key(run_id: u64) -> Vec<u8> {
 }
 
 pub(crate) fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(v)
-        .map_err(|e| StoreError::Internal(format!("encoding the scrub {what}: {e}")))
+    serde_json::to_vec(v).map_err(|source| StoreError::Record {
+        op: "encoding",
+        what: what.to_string(),
+        source,
+    })
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T> {
-    serde_json::from_slice(v)
-        .map_err(|e| StoreError::Internal(format!("the stored scrub {what} does not decode: {e}")))
+    serde_json::from_slice(v).map_err(|source| StoreError::Record {
+        op: "decoding",
+        what: what.to_string(),
+        source,
+    })
 }

@@ -91,7 +91,10 @@ impl Scrubber {
                 store.index().blobs_after(after.as_ref(), page)
             })
             .await
-            .map_err(|e| crate::StoreError::Internal(format!("scrub page task: {e}")))??;
+            .map_err(|source| crate::StoreError::Task {
+                task: "scrub page",
+                source,
+            })??;
             let Some((last, _)) = records.last() else {
                 return Ok(true);
             };
