@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::image::{image, pulls_identical, Image};
+use common::image::{image, pulls_identical, tag_digest, Image};
 use common::sites::{config, wait_in_sync, Peer};
 use common::{data, sha256, Daemon};
 use rand::rngs::StdRng;
@@ -40,6 +40,11 @@ use stowage_lossydisk::PowerFs;
 /// Each site's device (sparse: memory grows only with what is written).
 const DISK_BYTES: u64 = 768 << 20;
 const REPOS: u64 = 3;
+/// Where each pusher moves its own tag (`w<worker>`) to a fresh image now and then: index-only
+/// writes whose acknowledged order must survive.
+const MOVES_REPO: &str = "pl/moves";
+/// Concurrent pushers.
+const WORKERS: usize = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -96,6 +101,10 @@ struct Acks {
     /// was acknowledged.
     sessions: Vec<String>,
     completed: Vec<String>,
+    /// Moves of each worker's tag in [`MOVES_REPO`], in the order they were attempted, and
+    /// those acknowledged (201): (worker, manifest digest).
+    move_attempts: Vec<(usize, Image)>,
+    move_acks: Vec<(usize, String)>,
     /// Images whose push failed, and the last reason (expected once the daemon is killed).
     failed: usize,
     last_error: Option<String>,
@@ -211,6 +220,70 @@ fn staged_uploads(data_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Pushes a fresh small image to [`MOVES_REPO`] and moves the worker's tag to it, recording
+/// the attempt before the PUT and the acknowledgement after it.
+async fn move_tag(
+    c: &reqwest::Client,
+    base: &str,
+    rng: &mut StdRng,
+    worker: usize,
+    acks: &Mutex<Acks>,
+) {
+    let img = image(vec![data(rng.random_range(100..20_000), rng.random())]);
+    for blob in &img.blobs {
+        if put_blob(c, base, MOVES_REPO, blob, false, acks)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let digest = img.digest();
+    acks.lock()
+        .unwrap()
+        .move_attempts
+        .push((worker, img.clone()));
+    let put = c
+        .put(format!("{base}/v2/{MOVES_REPO}/manifests/w{worker}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(img.manifest)
+        .send()
+        .await;
+    if matches!(put, Ok(ref r) if r.status() == StatusCode::CREATED) {
+        acks.lock().unwrap().move_acks.push((worker, digest));
+    }
+}
+
+/// Checks each worker's moving tag on a site after a cut: it names the last move acknowledged
+/// before the cut or a later attempt (which may have been made durable without the client
+/// hearing), and that image pulls identical.
+async fn check_moves(
+    c: &reqwest::Client,
+    d: &Daemon,
+    history: &[Vec<Image>],
+    last_acked: &[Option<usize>],
+    what: &str,
+) {
+    for (w, attempts) in history.iter().enumerate() {
+        let Some(i) = last_acked[w] else { continue };
+        let got = tag_digest(c, &d.base, MOVES_REPO, &format!("w{w}")).await;
+        let got = got.unwrap_or_else(|| panic!("{what}: acknowledged tag w{w} lost"));
+        let img = attempts[i..]
+            .iter()
+            .find(|im| im.digest() == got)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what}: tag w{w} names {got}, not the move acknowledged last ({}) or a later one",
+                    attempts[i].digest()
+                )
+            });
+        assert!(
+            pulls_identical(c, &d.base, MOVES_REPO, &format!("w{w}"), img).await,
+            "{what}: tag w{w} does not pull identical"
+        );
+    }
+}
+
 /// Pushes images to `base` until `stop`, recording every acknowledgement in `acks`.
 async fn pusher(
     c: reqwest::Client,
@@ -252,6 +325,9 @@ async fn pusher(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
+        }
+        if rng.random_bool(0.3) {
+            move_tag(&c, &base, &mut rng, worker, &acks).await;
         }
         let tag = format!("r{round}-w{worker}-{k}");
         k += 1;
@@ -335,6 +411,8 @@ async fn acknowledged_data_survives_power_cuts_during_push_gc_and_replication() 
     let mut deleted: Vec<(String, String)> = Vec::new();
     let mut cuts_during_gc = 0;
     let mut handed_out: HashSet<String> = HashSet::new();
+    let mut move_history: Vec<Vec<Image>> = vec![Vec::new(); WORKERS];
+    let mut last_move_acked: Vec<Option<usize>> = vec![None; WORKERS];
     let mut completed: HashSet<String> = HashSet::new();
     let mut staged_left: HashSet<String> = HashSet::new();
     let mut pages_lost = 0;
@@ -361,7 +439,7 @@ async fn acknowledged_data_survives_power_cuts_during_push_gc_and_replication() 
 
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(Mutex::new(Acks::default()));
-        let workers: Vec<_> = (0..2)
+        let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
                 tokio::spawn(pusher(
                     c.clone(),
@@ -388,7 +466,12 @@ async fn acknowledged_data_survives_power_cuts_during_push_gc_and_replication() 
         // The instant of the cut: what was acknowledged before it is what must survive.
         let before = {
             let g = acks.lock().unwrap();
-            (g.images.clone(), g.blobs.clone(), g.completed.clone())
+            (
+                g.images.clone(),
+                g.blobs.clone(),
+                g.completed.clone(),
+                g.move_acks.clone(),
+            )
         };
         if cut_a {
             pages_lost += a.fs.cut();
@@ -423,11 +506,21 @@ async fn acknowledged_data_survives_power_cuts_during_push_gc_and_replication() 
             }
         }
 
-        let (images, blobs, done) = before;
+        let (images, blobs, done, moved) = before;
         completed.extend(done);
         let (failed, last_error) = {
             let g = acks.lock().unwrap();
             handed_out.extend(g.sessions.iter().cloned());
+            // Every attempt counts as possibly durable; only acknowledgements before the cut
+            // are owed.
+            for (w, img) in &g.move_attempts {
+                move_history[*w].push(img.clone());
+            }
+            for (w, digest) in &moved {
+                last_move_acked[*w] = move_history[*w]
+                    .iter()
+                    .position(|im| im.digest() == *digest);
+            }
             (g.failed, g.last_error.clone())
         };
         live.extend(images);
@@ -466,6 +559,14 @@ async fn acknowledged_data_survives_power_cuts_during_push_gc_and_replication() 
                     assert!(r.bytes().await.unwrap().as_ref() == blob.as_slice());
                 }
             }
+            check_moves(
+                &c,
+                a.d(),
+                &move_history,
+                &last_move_acked,
+                &format!("round {round} ({kind:?}, seed {seed}) on A"),
+            )
+            .await;
             let f = fsck_findings(a.d());
             assert!(
                 f.is_empty(),
@@ -490,6 +591,15 @@ async fn acknowledged_data_survives_power_cuts_during_push_gc_and_replication() 
                 assert!(
                     pulls_identical(&c, &b.d().base, repo, tag, img).await,
                     "round {round} (seed {seed}): {repo}:{tag} did not reach B identical"
+                );
+            }
+            // Tags replicate: B names what A names.
+            for w in 0..WORKERS {
+                let tag = format!("w{w}");
+                assert_eq!(
+                    tag_digest(&c, &b.d().base, MOVES_REPO, &tag).await,
+                    tag_digest(&c, &a.d().base, MOVES_REPO, &tag).await,
+                    "round {round} (seed {seed}): moving tag {tag} differs between A and B in sync"
                 );
             }
             let f = fsck_findings(b.d());
