@@ -14,11 +14,16 @@
 //!   upload sessions and published-but-unindexed bytes, but the daemon's start-up recovery
 //!   must clear them (`recover`: staging of dead sessions, publish intents), so none is
 //!   acceptable once it is serving;
-//! - after replication rounds, B converges to every live image A acknowledged.
+//! - staging left on A belongs only to upload sessions a client opened and never saw complete
+//!   (the one thing a crash may leave: resumable until upload expiry); B has none in sync;
+//! - each pusher's own moving tag names the last move acknowledged before the cut or a later
+//!   attempt;
+//! - after replication rounds, B converges to every live image and tag A acknowledged.
 //!
-//! 30 cuts by default (10 of each kind, about 30 s here); `STOWAGE_CHAOS_LONG=1` runs 150
-//! (`chaos/powerloss.sh`). `STOWAGE_POWERLOSS_SEED` replays a run. Skips, saying why, when
-//! not root or without `/dev/fuse`.
+//! 30 cuts by default (10 of each kind, 20 to 70 s here); `STOWAGE_CHAOS_LONG=1` runs 150
+//! (`chaos/powerloss.sh`). `STOWAGE_POWERLOSS_SEED` repeats a run's workload and cut points
+//! (counted in device writes; thread timing still varies). Skips, saying why, when not root
+//! or without `/dev/fuse`.
 
 mod common;
 
