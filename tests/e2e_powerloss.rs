@@ -128,7 +128,12 @@ fn round_image(rng: &mut StdRng, repo_n: u64) -> Image {
         layers.push(data(150_000, 1_000 + repo_n));
     }
     for _ in 0..rng.random_range(1..=3) {
-        let size = rng.random_range(1_000..250_000);
+        // Now and then a layer of a few MiB: long transfers and writes across many pages.
+        let size = if rng.random_bool(0.08) {
+            rng.random_range(2 << 20..5 << 20)
+        } else {
+            rng.random_range(1_000..250_000)
+        };
         layers.push(data(size, rng.random()));
     }
     image(layers)
