@@ -15,6 +15,8 @@ set -euo pipefail
 want=(libclang-dev clang g++ make)
 if [[ "${1:-}" == "--test" ]]; then
     want+=(skopeo umoci podman buildah docker-registry)
+    # The disk-full and power-loss tests make ext4 file systems on loop devices (mount, losetup).
+    want+=(e2fsprogs mount)
     # moto's S3 server (from PyPI) in a virtualenv: the S3 backend's tests start it.
     if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
         want+=(python3-venv)
