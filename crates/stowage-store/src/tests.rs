@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
+mod gc_batch;
 mod growth;
 mod model;
 pub(crate) mod pause;
