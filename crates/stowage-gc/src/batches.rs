@@ -53,6 +53,7 @@ impl<I: Iterator, F: FnMut() -> u64> Iterator for Batches<I, F> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use std::cell::Cell;
 
     use super::*;
