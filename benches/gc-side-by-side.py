@@ -267,7 +267,10 @@ def run_stowage(bin_, tmp, n, workers, latency):
     data = os.path.join(tmp, "stowage")
     port, admin = free_port(), free_port()
     proc = subprocess.Popen([bin_, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
-                             "--admin-listen", f"127.0.0.1:{admin}", "--log-level", "warn"],
+                             "--admin-listen", f"127.0.0.1:{admin}", "--log-level", "warn",
+                             # The run follows the pushes at once (grace 0): without this the
+                             # window that keeps blobs a client just wrote keeps them all.
+                             "--gc-seen-window", "0s"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, proc, "stowage")
