@@ -11,7 +11,15 @@ small blobs each), then half of the manifests are deleted by digest in both. The
 Both collections are checked: every blob of a deleted manifest is gone from storage and every
 blob of a kept manifest remains. Repeated REPS times (fresh registries each time); medians.
 
-Usage: benches/gc-side-by-side.py [--manifests 2000] [--reps 3]
+In the same run, on the same disk:
+  * the unlink floor: as many files as Stowage purged, of the same sizes, in the same layout
+    (blobs/sha256/xx/<hex>), written and synced, then unlinked by a plain loop (one thread) and
+    by a pool of UNLINK_THREADS threads; Stowage's GC time is reported against both;
+  * manifest-put latency: one client PUTs small manifests (new tag each) back to back, first
+    for a quiet window with no GC, then during a second Stowage GC run (half of the kept
+    manifests deleted first); p50/p99 of each, and that run's own duration under load.
+
+Usage: benches/gc-side-by-side.py [--manifests 2000] [--reps 3] [--workers 16] [--no-latency]
 Needs: docker-registry on PATH (scripts/install-deps.sh --test), a built stowage binary
 (STOWAGE_BIN, default $CARGO_TARGET_DIR/release/stowage, else .../debug/stowage).
 """
@@ -28,9 +36,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 BLOBS_PER_MANIFEST = 10
+UNLINK_THREADS = 8
 
 
 def free_port():
@@ -117,7 +127,7 @@ def wait_ready(port, proc, what):
     sys.exit(f"{what} not ready")
 
 
-def populate(port, repo, n, workers=8):
+def populate(port, repo, n, workers):
     with concurrent.futures.ThreadPoolExecutor(workers) as ex:
         results = list(ex.map(lambda i: push(port, repo, i), range(n)))
     deleted = results[1::2]
@@ -152,7 +162,7 @@ def check(kind, root, kept, deleted):
     return len(gone)
 
 
-def run_distribution(bin_, tmp, n):
+def run_distribution(bin_, tmp, n, workers):
     root = os.path.join(tmp, "dist")
     port = free_port()
     cfg = os.path.join(tmp, "dist.yml")
@@ -176,10 +186,11 @@ http:
     proc = subprocess.Popen([bin_, "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, proc, "distribution")
-        kept, deleted = populate(port, "bench/gc", n)
+        kept, deleted = populate(port, "bench/gc", n, workers)
     finally:
         proc.terminate()
         proc.wait()
+    os.sync()
     t = time.monotonic()
     subprocess.run([bin_, "garbage-collect", cfg], check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -188,34 +199,162 @@ http:
     return secs, freed
 
 
-def run_stowage(bin_, tmp, n):
+def stowage_gc(bin_, admin):
+    out = subprocess.run([bin_, "gc", "run", "--wait", "--grace", "0s", "--quarantine", "0s",
+                          "--json", "--server", f"127.0.0.1:{admin}"],
+                         check=True, capture_output=True, text=True).stdout
+    report = json.loads(out)
+    assert report["status"] == "completed", report
+    return report
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+class PutLoop:
+    """One client putting small manifests (a new tag each, two shared blobs) back to back until
+    stopped; collects each PUT's latency in milliseconds."""
+
+    def __init__(self, port, repo):
+        self.c = Client(port)
+        self.repo = repo
+        self.n = 0
+        blobs, _ = image(10**9)
+        self.refs = []
+        for b in blobs[:2]:
+            st, h, _ = self.c.req("POST", f"/v2/{repo}/blobs/uploads/")
+            assert st == 202, st
+            loc = h.get("Location") or h.get("location")
+            if loc.startswith("http"):
+                loc = "/" + loc.split("/", 3)[3]
+            sep = "&" if "?" in loc else "?"
+            st, _, body = self.c.req("PUT", f"{loc}{sep}digest={sha(b)}", body=b,
+                                     headers={"Content-Type": "application/octet-stream"})
+            assert st == 201, (st, body[:200])
+            self.refs.append((sha(b), len(b)))
+
+    def window(self, stop):
+        """PUTs until `stop` is set; returns the latencies."""
+        lat = []
+        (cd, cs), (ld, ls) = self.refs
+        while not stop.is_set():
+            self.n += 1
+            m = json.dumps({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": cd, "size": cs},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "digest": ld, "size": ls}],
+                "annotations": {"n": str(self.n)},
+            }).encode()
+            t = time.perf_counter()
+            st, _, body = self.c.req("PUT", f"/v2/{self.repo}/manifests/lat{self.n}", body=m,
+                                     headers={"Content-Type":
+                                              "application/vnd.oci.image.manifest.v1+json"})
+            lat.append((time.perf_counter() - t) * 1000)
+            assert st == 201, (st, body[:200])
+        return lat
+
+
+def latency_figures(lat):
+    return {"puts": len(lat), "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2)}
+
+
+def run_stowage(bin_, tmp, n, workers, latency):
     data = os.path.join(tmp, "stowage")
     port, admin = free_port(), free_port()
     proc = subprocess.Popen([bin_, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
-                             "--admin-listen", f"127.0.0.1:{admin}", "--log-level", "warn"],
+                             "--admin-listen", f"127.0.0.1:{admin}", "--log-level", "warn",
+                             # The run follows the pushes at once (grace 0): without this the
+                             # window that keeps blobs a client just wrote keeps them all.
+                             "--gc-seen-window", "0s"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, proc, "stowage")
-        kept, deleted = populate(port, "bench/gc", n)
+        kept, deleted = populate(port, "bench/gc", n, workers)
+        os.sync()
         t = time.monotonic()
-        out = subprocess.run([bin_, "gc", "run", "--wait", "--grace", "0s", "--quarantine", "0s",
-                              "--json", "--server", f"127.0.0.1:{admin}"],
-                             check=True, capture_output=True, text=True).stdout
+        report = stowage_gc(bin_, admin)
         secs = time.monotonic() - t
-        report = json.loads(out)
-        assert report["status"] == "completed", report
         freed = check("stowage", os.path.join(data, "cas/blobs"), kept, deleted)
         assert report["totals"]["blobs_purged"] == freed, report["totals"]
-        return secs, freed, report
+        out = {"secs": secs, "freed": freed, "report": report, "deleted": deleted}
+        if latency:
+            # A second run with client load: half of the kept manifests go, and one client
+            # pushes through a quiet window (as long as the first run took) and then the run.
+            kept2, deleted2 = kept[0::2], kept[1::2]
+            with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+                list(ex.map(lambda m: delete(port, "bench/gc", m[0]), deleted2))
+            os.sync()
+            loop = PutLoop(port, "bench/lat")
+            stop = threading.Event()
+            timer = threading.Timer(max(5.0, min(secs, 60.0)), stop.set)
+            timer.start()
+            quiet = loop.window(stop)
+            stop.clear()
+            with concurrent.futures.ThreadPoolExecutor(1) as ex:
+                during = ex.submit(loop.window, stop)
+                t = time.monotonic()
+                report2 = stowage_gc(bin_, admin)
+                secs2 = time.monotonic() - t
+                stop.set()
+                during = during.result()
+            freed2 = check("stowage (under load)", os.path.join(data, "cas/blobs"), kept2,
+                           deleted2 + deleted)
+            out.update(quiet=latency_figures(quiet), during=latency_figures(during),
+                       loaded_secs=secs2, loaded_freed=freed2 - freed,
+                       loaded_phases={p["phase"]: p["ms"] for p in report2["phases"]})
+        return out
     finally:
         proc.terminate()
         proc.wait()
+
+
+def unlink_floor(tmp, deleted):
+    """Seconds to unlink the blobs of `deleted` (same sizes, Stowage's layout, same disk),
+    written and synced first: by one thread in a plain loop, and by UNLINK_THREADS threads."""
+    root = os.path.join(tmp, "floor")
+    paths = []
+
+    def write_all():
+        paths.clear()
+        for i, _ in deleted:
+            for b in image(i)[0]:
+                hexd = hashlib.sha256(b).hexdigest()
+                d = os.path.join(root, "blobs", "sha256", hexd[:2])
+                os.makedirs(d, exist_ok=True)
+                p = os.path.join(d, hexd)
+                with open(p, "wb") as f:
+                    f.write(b)
+                paths.append(p)
+        os.sync()
+
+    write_all()
+    t = time.monotonic()
+    for p in paths:
+        os.unlink(p)
+    serial = time.monotonic() - t
+    write_all()
+    chunks = [paths[k::UNLINK_THREADS] for k in range(UNLINK_THREADS)]
+    t = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(UNLINK_THREADS) as ex:
+        list(ex.map(lambda c: [os.unlink(p) for p in c], chunks))
+    parallel = time.monotonic() - t
+    shutil.rmtree(root)
+    return len(paths), serial, parallel
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--manifests", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=16, help="parallel pushes while populating")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="skip the second run with a client pushing (put latency)")
+    ap.add_argument("--tmp", default=None, help="parent of the scratch folders")
     args = ap.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/stowage/target"))
     stowage = os.environ.get("STOWAGE_BIN") or next(
@@ -225,21 +364,48 @@ def main():
         sys.exit("need a built stowage binary and docker-registry on PATH")
     rows = []
     for rep in range(args.reps):
-        with tempfile.TemporaryDirectory(prefix="gc-sbs-") as tmp:
-            d_secs, d_freed = run_distribution(dist, tmp, args.manifests)
-            s_secs, s_freed, report = run_stowage(stowage, tmp, args.manifests)
-        row = {"rep": rep, "distribution_gc_s": round(d_secs, 3), "stowage_gc_s": round(s_secs, 3),
-               "ratio_distribution_over_stowage": round(d_secs / s_secs, 2),
-               "blobs_freed": s_freed, "distribution_blobs_freed": d_freed,
-               "stowage_phases_ms": {p["phase"]: p["ms"] for p in report["phases"]}}
+        with tempfile.TemporaryDirectory(prefix="gc-sbs-", dir=args.tmp) as tmp:
+            load0 = os.getloadavg()[0]
+            d_secs, d_freed = run_distribution(dist, tmp, args.manifests, args.workers)
+            shutil.rmtree(os.path.join(tmp, "dist"))
+            s = run_stowage(stowage, tmp, args.manifests, args.workers, not args.no_latency)
+            files, serial, parallel = unlink_floor(tmp, s["deleted"])
+        assert files == s["freed"], (files, s["freed"])
+        row = {"rep": rep, "distribution_gc_s": round(d_secs, 3), "stowage_gc_s": round(s["secs"], 3),
+               "ratio_distribution_over_stowage": round(d_secs / s["secs"], 2),
+               "blobs_freed": s["freed"], "distribution_blobs_freed": d_freed,
+               "unlink_floor_s": round(serial, 3),
+               f"unlink_floor_{UNLINK_THREADS}_threads_s": round(parallel, 3),
+               "stowage_over_floor": round(s["secs"] / serial, 2),
+               "stowage_over_parallel_floor": round(s["secs"] / parallel, 2),
+               "stowage_phases_ms": {p["phase"]: p["ms"] for p in s["report"]["phases"]},
+               "loadavg_1m_at_start": round(load0, 2), "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}
+        if "quiet" in s:
+            row.update({"put_latency_no_gc": s["quiet"], "put_latency_during_gc": s["during"],
+                        "p99_ratio": round(s["during"]["p99_ms"] / s["quiet"]["p99_ms"], 2),
+                        "stowage_gc_under_load_s": round(s["loaded_secs"], 3),
+                        "blobs_freed_under_load": s["loaded_freed"],
+                        "stowage_phases_under_load_ms": s["loaded_phases"]})
         print(json.dumps(row), flush=True)
         rows.append(row)
+
+    def med(key, sub=None):
+        vals = [(r[key][sub] if sub else r[key]) for r in rows if key in r]
+        return statistics.median(vals) if vals else None
+
     print(json.dumps({
         "stowage": stowage, "distribution": dist, "manifests": args.manifests,
-        "blobs": args.manifests * BLOBS_PER_MANIFEST,
-        "median_distribution_gc_s": statistics.median(r["distribution_gc_s"] for r in rows),
-        "median_stowage_gc_s": statistics.median(r["stowage_gc_s"] for r in rows),
-        "median_ratio": statistics.median(r["ratio_distribution_over_stowage"] for r in rows),
+        "blobs": args.manifests * BLOBS_PER_MANIFEST, "reps": len(rows),
+        "median_distribution_gc_s": med("distribution_gc_s"),
+        "median_stowage_gc_s": med("stowage_gc_s"),
+        "median_ratio": med("ratio_distribution_over_stowage"),
+        "median_unlink_floor_s": med("unlink_floor_s"),
+        f"median_unlink_floor_{UNLINK_THREADS}_threads_s": med(f"unlink_floor_{UNLINK_THREADS}_threads_s"),
+        "median_stowage_over_floor": med("stowage_over_floor"),
+        "median_stowage_over_parallel_floor": med("stowage_over_parallel_floor"),
+        "median_p99_no_gc_ms": med("put_latency_no_gc", "p99_ms"),
+        "median_p99_during_gc_ms": med("put_latency_during_gc", "p99_ms"),
+        "median_p99_ratio": med("p99_ratio"),
     }))
 
 

@@ -319,8 +319,10 @@ async fn kill9_during_gc_keeps_reachable_images() {
             n += 1;
         }
         // Garbage: lone blobs, and an image untagged again.
-        // Enough lone blobs that each run sweeps for a while (the kills must land inside).
-        let uploads = (0..200u64).map(|k| {
+        // Enough lone blobs that each run sweeps for a while (the kills must land inside): an
+        // idle sweep grows its batches, so 200 went in a few commits and most kills of a
+        // 60-kill soak landed after the run.
+        let uploads = (0..800u64).map(|k| {
             let (c, base) = (c.clone(), d.base.clone());
             let blob = data(1024, 900_000 + n * 1000 + k);
             async move {

@@ -101,6 +101,13 @@ pub(crate) trait BlobBackend: Send + Sync + std::fmt::Debug {
     /// Deletes the object at `path`. Deleting an absent object is not an error.
     async fn delete(&self, path: &Path) -> Result<(), object_store::Error>;
 
+    /// Deletes the objects at `paths`, several at a time (`object_store`'s `delete_stream`:
+    /// batched requests on object stores, a few parallel unlinks on the file system). Absent
+    /// objects are not an error. Returns only once no deletion is in flight any more, so a
+    /// caller holding locks over the call knows nothing is removed after it releases them; on
+    /// `Err` (the first failure) some objects may be gone and others not.
+    async fn delete_many(&self, paths: Vec<Path>) -> Result<(), object_store::Error>;
+
     /// Removes the staged objects of uploads not in `live` (named by their upload id), and
     /// with `before` only those last written before it. Returns how many went.
     async fn remove_stray_staging(

@@ -30,6 +30,7 @@ struct State {
     stalled: tokio::sync::Notify,
     latency_ms: AtomicU64,
     injected: AtomicU64,
+    delete_requests: AtomicU64,
 }
 
 /// The knobs of a [`FaultyStore`]; cheap to clone, shared with the store.
@@ -83,6 +84,12 @@ impl Faults {
         self.state
             .latency_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Delete requests received so far (`delete_stream` calls: one for a single object, one
+    /// for a batch that stores such as S3 serve with one request per thousand objects).
+    pub fn delete_requests(&self) -> u64 {
+        self.state.delete_requests.load(Ordering::SeqCst)
     }
 
     /// Faults injected so far.
@@ -226,6 +233,10 @@ impl ObjectStore for FaultyStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.faults
+            .state
+            .delete_requests
+            .fetch_add(1, Ordering::SeqCst);
         self.inner.delete_stream(locations)
     }
 

@@ -160,6 +160,10 @@ impl BlobBackend for FsBackend {
         self.objects.delete(path).await
     }
 
+    async fn delete_many(&self, paths: Vec<Path>) -> Result<(), object_store::Error> {
+        self.objects.delete_many(paths).await
+    }
+
     async fn remove_stray_staging(
         &self,
         live: &HashSet<String>,

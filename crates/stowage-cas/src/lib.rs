@@ -573,6 +573,19 @@ impl Cas {
             .await
             .map_err(be_err(format!("deleting blob {digest}")))
     }
+
+    /// Deletes the bytes of `digests`, several at a time (see `BlobBackend::delete_many`).
+    /// Absent blobs are not an error. Nothing is still being deleted when it returns; on `Err`
+    /// some may be gone and others not.
+    pub async fn delete_many(&self, digests: &[Digest]) -> Result<(), CasError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        self.backend
+            .delete_many(digests.iter().map(blob_path).collect())
+            .await
+            .map_err(be_err(format!("deleting {} blobs", digests.len())))
+    }
 }
 
 #[cfg(test)]

@@ -314,6 +314,24 @@ impl BlobBackend for ObjectBackend {
         }
     }
 
+    async fn delete_many(&self, paths: Vec<Path>) -> Result<(), object_store::Error> {
+        let mut results = self
+            .store
+            .delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed());
+        // Drained to the end even after a failure: the stream's deletions run concurrently,
+        // and none may still be in flight when this returns.
+        let mut first = None;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     async fn remove_stray_staging(
         &self,
         live: &HashSet<String>,

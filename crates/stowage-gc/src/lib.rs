@@ -5,6 +5,7 @@
 //! `stowage-store`, which re-checks it under the same per-digest lock a push takes. Pushes go on
 //! during the whole run. See `run.rs` for the phases and `mark.rs` for the roots.
 
+mod batches;
 mod mark;
 mod report;
 mod run;

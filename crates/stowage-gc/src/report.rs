@@ -124,6 +124,11 @@ pub struct PhaseTime {
     pub phase: Phase,
     /// Wall-clock milliseconds.
     pub ms: u64,
+    /// Store calls the phase made, each removing one batch of candidates under their locks
+    /// with at most one index commit (the sweep's synced writes); 0 in reports of older
+    /// versions.
+    #[serde(default)]
+    pub batches: u64,
 }
 
 /// One run's report, as kept in the history.

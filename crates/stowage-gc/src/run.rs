@@ -7,16 +7,10 @@ use futures::{stream, StreamExt};
 use stowage_core::Actor;
 use stowage_store::GcStore as Store;
 
+use crate::batches::Batches;
 use crate::mark::{self, MarkParams, Plan};
 use crate::report::{Counts, Phase, PhaseTime, Report, RunStatus};
 use crate::GcError;
-
-/// Candidates removed per index commit: the batch's digests are locked together, re-checked
-/// one by one, and written with one synced commit. Per-candidate commits cost one fsync each
-/// and tripled pushes' p99 manifest-put latency during a sweep; batches of 16 held their locks
-/// long enough to double it; 4 kept it within 1.5x of the quiet value (`gcbench latency`) and
-/// still sweeps 100,000 blobs in about 21 s.
-const SWEEP_BATCH: usize = 4;
 
 /// Nice increment of the mark thread.
 const MARK_NICE: i32 = 10;
@@ -71,6 +65,12 @@ async fn paced<T>(store: &Store, work: impl std::future::Future<Output = T>) -> 
         tokio::time::sleep(started.elapsed()).await;
     }
     out
+}
+
+/// The count of client commits, which [`Batches`] sizes the sweep's store calls by.
+fn activity(store: &Store) -> impl FnMut() -> u64 + Send + 'static {
+    let store = store.clone();
+    move || store.client_commits()
 }
 
 /// Reports progress to the collector.
@@ -147,7 +147,7 @@ pub(crate) async fn execute(
         // Sweep figures are counted as they happen; marked figures stay.
         site = clear_sweep_figures(report);
     }
-    finish_phase(report, Phase::Mark, started);
+    finish_phase(report, Phase::Mark, started, 0);
     if opts.dry_run {
         return Ok(());
     }
@@ -161,17 +161,14 @@ pub(crate) async fn execute(
         .sum::<u64>()
         + plan.orphan_documents.len() as u64;
     let mut done = 0u64;
+    let mut batches = 0u64;
     sink.update(Phase::SweepManifests, 0, total, report);
     for level in std::mem::take(&mut plan.manifest_levels) {
-        let chunks: Vec<Vec<(stowage_core::RepoName, stowage_core::Digest, u64)>> = level
-            .chunks(SWEEP_BATCH)
-            .map(|c| {
-                c.iter()
-                    .map(|m| (m.repo.clone(), m.digest.clone(), m.created_ms))
-                    .collect()
-            })
-            .collect();
-        let mut results = stream::iter(chunks.into_iter().map(|chunk| {
+        let chunks = Batches::new(
+            level.into_iter().map(|m| (m.repo, m.digest, m.created_ms)),
+            activity(store),
+        );
+        let mut results = stream::iter(chunks.map(|chunk| {
             let store = store.clone();
             async move {
                 let result =
@@ -181,6 +178,7 @@ pub(crate) async fn execute(
         }))
         .buffer_unordered(SWEEP_CONCURRENCY);
         while let Some((chunk, result)) = results.next().await {
+            batches += 1;
             for ((repo, _, _), outcome) in chunk.iter().zip(result?) {
                 done += 1;
                 match outcome {
@@ -197,6 +195,7 @@ pub(crate) async fn execute(
         }
     }
     for (digest, _) in &plan.orphan_documents {
+        batches += 1;
         if store
             .remove_manifest_document(&Actor::system("gc"), digest)
             .await?
@@ -206,12 +205,13 @@ pub(crate) async fn execute(
         }
     }
     sum_repos(report, &site);
-    finish_phase(report, Phase::SweepManifests, started);
+    finish_phase(report, Phase::SweepManifests, started, batches);
 
     // Blobs: unlink candidates, quarantine what nothing holds.
     let started = Instant::now();
     let total = plan.blobs.len() as u64;
     let mut done = 0u64;
+    let mut batches = 0u64;
     let mut just_quarantined = Vec::new();
     sink.update(Phase::SweepBlobs, 0, total, report);
     let mut purge = std::mem::take(&mut plan.purge);
@@ -222,10 +222,8 @@ pub(crate) async fn execute(
         // Digests and repository names are made per candidate as the sweep reaches it, not
         // for all candidates up front.
         let lookup = std::sync::Arc::new(plan);
-        let chunks: Vec<Vec<crate::mark::BlobCand>> =
-            blobs.chunks(SWEEP_BATCH).map(|c| c.to_vec()).collect();
-        drop(blobs);
-        let mut results = stream::iter(chunks.into_iter().map(move |chunk| {
+        let chunks = Batches::new(blobs.into_iter(), activity(store));
+        let mut results = stream::iter(chunks.map(move |chunk| {
             let store = store.clone();
             let items: Result<Vec<_>, GcError> = chunk
                 .iter()
@@ -255,6 +253,7 @@ pub(crate) async fn execute(
         }))
         .buffer_unordered(SWEEP_CONCURRENCY);
         while let Some(result) = results.next().await {
+            batches += 1;
             for (digest, swept) in result? {
                 done += 1;
                 for repo in &swept.unlinked {
@@ -274,7 +273,7 @@ pub(crate) async fn execute(
         }
     }
     sum_repos(report, &site);
-    finish_phase(report, Phase::SweepBlobs, started);
+    finish_phase(report, Phase::SweepBlobs, started, batches);
 
     // Purge expired quarantine (and, with zero retention, what was just quarantined).
     let started = Instant::now();
@@ -283,18 +282,17 @@ pub(crate) async fn execute(
     }
     let total = purge.len() as u64;
     let mut done = 0u64;
+    let mut batches = 0u64;
     sink.update(Phase::Purge, 0, total, report);
     {
-        let chunks: Vec<Vec<(stowage_core::Digest, u64)>> = purge
-            .chunks(SWEEP_BATCH)
-            .map(|c| c.iter().map(|(d, at, _)| (d.clone(), *at)).collect())
-            .collect();
-        let mut results = stream::iter(chunks.into_iter().map(|chunk| {
+        let chunks = Batches::new(purge.into_iter().map(|(d, at, _)| (d, at)), activity(store));
+        let mut results = stream::iter(chunks.map(|chunk| {
             let store = store.clone();
             async move { paced(&store, store.purge_blobs(&Actor::system("gc"), &chunk)).await }
         }))
         .buffer_unordered(SWEEP_CONCURRENCY);
         while let Some(result) = results.next().await {
+            batches += 1;
             for size in result?.into_iter() {
                 done += 1;
                 if let Some(size) = size {
@@ -307,7 +305,7 @@ pub(crate) async fn execute(
         }
     }
     sum_repos(report, &site);
-    finish_phase(report, Phase::Purge, started);
+    finish_phase(report, Phase::Purge, started, batches);
 
     // Stale uploads, and publish intents a crash or failed commit left behind.
     let started = Instant::now();
@@ -336,7 +334,7 @@ pub(crate) async fn execute(
         );
     }
     sum_repos(report, &site);
-    finish_phase(report, Phase::Uploads, started);
+    finish_phase(report, Phase::Uploads, started, 0);
     Ok(())
 }
 
@@ -373,10 +371,11 @@ fn sum_repos(report: &mut Report, site: &Counts) {
     report.totals = totals;
 }
 
-fn finish_phase(report: &mut Report, phase: Phase, started: Instant) {
+fn finish_phase(report: &mut Report, phase: Phase, started: Instant, batches: u64) {
     report.phases.push(PhaseTime {
         phase,
         ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        batches,
     });
 }
 

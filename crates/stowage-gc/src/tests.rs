@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
+mod batching;
 mod concurrent;
 mod model;
 mod sparse;

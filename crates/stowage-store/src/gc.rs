@@ -334,7 +334,13 @@ impl Store {
         Ok(out.pop().flatten())
     }
 
-    /// [`Store::gc_purge_blob`] for many blobs, with one index commit.
+    /// [`Store::gc_purge_blob`] for many blobs, with one index commit. The bytes of every blob
+    /// still purgeable under the locks are deleted together (one batched request, or parallel
+    /// unlinks) and all of them are gone before the records are: a crash or a failed delete
+    /// leaves quarantined records, some without bytes, which the next purge removes. Unlinks
+    /// are not followed by a sync of their directories: an unlink the crash undoes leaves bytes
+    /// with no record (space to reclaim, never a record without bytes), which `fsck --repair`
+    /// finds as an orphan.
     pub(crate) async fn gc_purge_blobs(
         &self,
         actor: &Actor,
@@ -348,27 +354,31 @@ impl Store {
         let idx = &self.inner.index;
         let mut batch = Batch::new();
         let mut out = Vec::with_capacity(items.len());
+        let mut doomed = Vec::with_capacity(items.len());
         for (digest, quarantined_at) in items {
-            let rec = match idx.blob(digest)? {
+            match idx.blob(digest)? {
                 Some(rec)
                     if rec.state == BlobState::Deleted
                         && rec.quarantine.as_ref().map(|q| q.at_ms) == Some(*quarantined_at) =>
                 {
-                    rec
+                    doomed.push(digest.clone());
+                    out.push(Some(rec.size));
                 }
-                _ => {
-                    out.push(None);
-                    continue;
-                }
-            };
-            self.inner.cas.delete(digest).await?;
+                _ => out.push(None),
+            }
+        }
+        self.inner.cas.delete_many(&doomed).await?;
+        for (digest, size) in items
+            .iter()
+            .zip(&out)
+            .filter_map(|((d, _), s)| Some((d, (*s)?)))
+        {
             batch.delete_blob(digest);
             batch.audit(
                 self.audit_entry(actor, AuditAction::GcPurge)
                     .target(digest.to_string())
-                    .detail(format!("{} bytes", rec.size)),
+                    .detail(format!("{size} bytes")),
             );
-            out.push(Some(rec.size));
         }
         if !batch.is_empty() {
             self.commit_quiet(batch).await?;

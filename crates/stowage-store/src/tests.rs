@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod errors;
+mod gc_batch;
 mod growth;
 mod model;
 pub(crate) mod pause;

@@ -737,10 +737,12 @@ mod tests {
                 PhaseTime {
                     phase: Phase::Mark,
                     ms: 12,
+                    batches: 0,
                 },
                 PhaseTime {
                     phase: Phase::SweepBlobs,
                     ms: 1_234,
+                    batches: 3,
                 },
             ],
             totals: Counts {

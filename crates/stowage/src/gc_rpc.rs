@@ -170,9 +170,10 @@ pub fn report_to_proto(r: &Report) -> pb::GcReport {
         snapshot_seq: *snapshot_seq,
         phases: phases
             .iter()
-            .map(|PhaseTime { phase, ms }| pb::GcPhaseTime {
+            .map(|PhaseTime { phase, ms, batches }| pb::GcPhaseTime {
                 phase: phase.as_str().to_string(),
                 ms: *ms,
+                batches: *batches,
             })
             .collect(),
         totals: Some(counts_to_proto(totals)),
@@ -221,6 +222,7 @@ pub fn report_from_proto(r: pb::GcReport) -> Result<Report, FromProtoError> {
                 Ok(PhaseTime {
                     phase: phase_from_str(&p.phase)?,
                     ms: p.ms,
+                    batches: p.batches,
                 })
             })
             .collect::<Result<_, FromProtoError>>()?,
@@ -319,6 +321,7 @@ mod tests {
                 .map(|(i, &phase)| PhaseTime {
                     phase,
                     ms: i as u64 * 10,
+                    batches: i as u64,
                 })
                 .collect(),
             totals: counts(100),

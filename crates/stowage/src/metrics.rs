@@ -618,10 +618,12 @@ mod tests {
                 PhaseTime {
                     phase: Phase::Mark,
                     ms: 1500,
+                    batches: 0,
                 },
                 PhaseTime {
                     phase: Phase::SweepBlobs,
                     ms: 250,
+                    batches: 2,
                 },
             ],
             totals: totals.clone(),
