@@ -218,6 +218,9 @@ fn index_instance(index: &Index) -> Result<String> {
     let mut batch = stowage_index::Batch::new();
     batch.put_meta(INSTANCE_KEY, id.clone().into_bytes());
     index.commit(batch)?;
+    // Synced whatever `sync_index` says: the store is claimed under this id next, durably, and
+    // an index that lost it in a crash would be refused its own store.
+    index.flush()?;
     Ok(id)
 }
 
