@@ -462,6 +462,9 @@ impl Replicator {
     }
 
     async fn run_peer(&self, peer: &Arc<Peer>, mut stop: watch::Receiver<bool>) {
+        // A plain doubling delay, not `backon`: this loop keeps its connection and cursor
+        // across failures, resets the delay on progress and caps it by error kind, so a
+        // retry-a-closure crate would add glue without removing any of this logic.
         let mut backoff = Duration::from_millis(100);
         let sleep_or_stop = |d: Duration, mut stop: watch::Receiver<bool>| async move {
             tokio::select! {

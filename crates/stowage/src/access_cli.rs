@@ -403,25 +403,7 @@ async fn user_async(args: UserArgs) -> Result<(), String> {
                     .collect();
                 emit(&format!("{}\n", serde_json::Value::Array(v)))
             } else {
-                let mut text = format!(
-                    "{:<24}{:<14}{:<10}{}\n",
-                    "USER", "SYSTEM-ADMIN", "SOURCE", "ROLES"
-                );
-                for u in &users {
-                    let roles: Vec<String> = u
-                        .roles
-                        .iter()
-                        .map(|r| format!("{}:{}", r.project, r.role))
-                        .collect();
-                    text.push_str(&format!(
-                        "{:<24}{:<14}{:<10}{}\n",
-                        u.name,
-                        if u.system_admin { "yes" } else { "no" },
-                        u.source,
-                        roles.join(" ")
-                    ));
-                }
-                emit(&text)
+                emit(&crate::access_text::users_text(&users))
             }
         }
         UserCommand::Grant {
@@ -611,22 +593,7 @@ async fn robot_async(args: RobotArgs) -> Result<(), String> {
                     .collect();
                 emit(&format!("{}\n", serde_json::Value::Array(v)))
             } else {
-                let mut text = format!(
-                    "{:<40}{:<20}{:<20}{}\n",
-                    "ACCOUNT", "PROJECT", "ACTIONS", "EXPIRES"
-                );
-                for r in &robots {
-                    text.push_str(&format!(
-                        "{:<40}{:<20}{:<20}{}\n",
-                        r.account,
-                        r.project,
-                        r.actions.join(","),
-                        r.expires_ms
-                            .map(crate::gc_cli::timestamp)
-                            .unwrap_or_else(|| "never".into())
-                    ));
-                }
-                emit(&text)
+                emit(&crate::access_text::robots_text(&robots))
             }
         }
         RobotCommand::Del { account, target } => {
@@ -707,7 +674,6 @@ pub fn project(args: ProjectArgs) -> Result<(), String> {
                         })
                         .collect(),
                 };
-                let yes = |b: bool| if b { "yes" } else { "no" };
                 if json {
                     let v: Vec<_> = projects
                         .iter()
@@ -718,16 +684,7 @@ pub fn project(args: ProjectArgs) -> Result<(), String> {
                         .collect();
                     emit(&format!("{}\n", serde_json::Value::Array(v)))
                 } else {
-                    let mut text = format!("{:<32}{:<8}{}\n", "PROJECT", "PUBLIC", "SPARSE");
-                    for p in &projects {
-                        text.push_str(&format!(
-                            "{:<32}{:<8}{}\n",
-                            p.project,
-                            yes(p.public),
-                            yes(p.sparse_manifests)
-                        ));
-                    }
-                    emit(&text)
+                    emit(&crate::access_text::projects_text(&projects))
                 }
             }
         }

@@ -5,17 +5,19 @@
 //! own serde form of its types) and nothing else; progress and errors go to stderr.
 
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
+use std::io::IsTerminal;
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::client::AdminChannel;
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stowage_core::Digest;
 use stowage_gc::{Phase, Progress, Report, RunStatus};
 use stowage_rpc::v1 as pb;
 use stowage_rpc::v1::admin_client::AdminClient;
 
 use crate::admin::{cli_runtime, connect, emit, endpoint_url, rpc_error};
+use crate::cli_table::{human_bytes, table};
 use crate::config::parse_duration;
 use crate::gc_rpc::{progress_from_proto, report_from_proto};
 
@@ -258,46 +260,81 @@ async fn follow(
     Ok(report)
 }
 
-/// The progress display on stderr: on a terminal one line redrawn in place; otherwise one
-/// line per phase, so logs stay readable.
+/// The progress display on stderr: on a terminal an indicatif bar redrawn in place;
+/// otherwise one line per phase, so logs stay readable.
 struct ProgressLine {
-    tty: bool,
-    drawn: bool,
+    /// Where the bar is drawn (a terminal); `None`: plain lines.
+    target: Option<ProgressDrawTarget>,
+    /// The bar, made at the first update so nothing is drawn for a run without progress.
+    bar: Option<ProgressBar>,
+    /// Whether the bar's style shows a bar (the phase has a known total).
+    counted: bool,
     phase: Option<Phase>,
 }
 
 impl ProgressLine {
     fn new(tty: bool) -> Self {
+        Self::with_target(tty.then(ProgressDrawTarget::stderr))
+    }
+
+    fn with_target(target: Option<ProgressDrawTarget>) -> Self {
         ProgressLine {
-            tty,
-            drawn: false,
+            target,
+            bar: None,
+            counted: false,
             phase: None,
         }
     }
 
     fn update(&mut self, p: &Progress) {
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            // \r and "erase line": the new text replaces the old even when shorter.
-            let _ = write!(err, "\r\x1b[2K{}", progress_text(p, true));
-            let _ = err.flush();
-            self.drawn = true;
-        } else if self.phase != Some(p.phase) {
-            let _ = writeln!(err, "{}", progress_text(p, false));
+        let counted = p.total > 0 && p.phase != Phase::Done;
+        if let Some(target) = self.target.take() {
+            self.bar = Some(ProgressBar::with_draw_target(None, target));
+            self.counted = !counted;
+        }
+        match &self.bar {
+            Some(bar) => {
+                if counted != self.counted {
+                    bar.set_style(bar_style(counted));
+                    self.counted = counted;
+                }
+                if counted {
+                    bar.set_length(p.total);
+                    bar.set_position(p.done);
+                }
+                bar.set_message(progress_head(p));
+            }
+            None if self.phase != Some(p.phase) => eprintln!("{}", progress_text(p)),
+            None => {}
         }
         self.phase = Some(p.phase);
     }
 
+    /// Leaves the last state on screen and moves to the next line.
     fn finish(&mut self) {
-        if self.tty && self.drawn {
-            eprintln!();
-            self.drawn = false;
+        if let Some(bar) = self.bar.take() {
+            // `finish` would fill the bar; a stream that ended early shows where it stopped.
+            bar.abandon();
         }
     }
 }
 
-/// `gc run 7 (dry run): sweep_blobs [#######.............] 120/300 35%`.
-fn progress_text(p: &Progress, bar: bool) -> String {
+/// `gc run 7 (dry run): sweep_blobs [#######.............] 120/300 40%` when the phase has a
+/// total, else the head alone.
+fn bar_style(counted: bool) -> ProgressStyle {
+    let template = if counted {
+        "{msg} [{bar:20}] {pos}/{len} {percent}%"
+    } else {
+        "{msg}"
+    };
+    ProgressStyle::with_template(template)
+        .map(|s| s.progress_chars("#."))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// `gc run 7 (dry run): sweep_blobs`, with the count when the phase has no total
+/// (`mark 120`) and the outcome when done.
+fn progress_head(p: &Progress) -> String {
     let mut s = format!(
         "gc run {}{}: {}",
         p.run_id,
@@ -306,20 +343,18 @@ fn progress_text(p: &Progress, bar: bool) -> String {
     );
     if p.phase == Phase::Done {
         let _ = write!(s, " ({})", status_str(p.report.status));
-        return s;
-    }
-    if p.total > 0 {
-        let done = p.done.min(p.total);
-        let pct = done.saturating_mul(100) / p.total;
-        if bar {
-            const WIDTH: u64 = 20;
-            let filled = usize::try_from(done.saturating_mul(WIDTH) / p.total).unwrap_or(0);
-            let empty = usize::try_from(WIDTH).unwrap_or(0).saturating_sub(filled);
-            let _ = write!(s, " [{}{}]", "#".repeat(filled), ".".repeat(empty));
-        }
-        let _ = write!(s, " {}/{} {pct}%", p.done, p.total);
-    } else if p.done > 0 {
+    } else if p.total == 0 && p.done > 0 {
         let _ = write!(s, " {}", p.done);
+    }
+    s
+}
+
+/// `gc run 7: sweep_blobs 120/300 40%`: a line for logs and `gc status`.
+fn progress_text(p: &Progress) -> String {
+    let mut s = progress_head(p);
+    if p.total > 0 && p.phase != Phase::Done {
+        let pct = p.done.min(p.total).saturating_mul(100) / p.total;
+        let _ = write!(s, " {}/{} {pct}%", p.done, p.total);
     }
     s
 }
@@ -355,7 +390,7 @@ fn render_status(running: Option<u64>, latest: Option<&Progress>) -> String {
     let mut out = String::new();
     match (running, latest) {
         (Some(id), Some(p)) if p.run_id == id => {
-            let _ = writeln!(out, "in progress: {}", progress_text(p, false));
+            let _ = writeln!(out, "in progress: {}", progress_text(p));
         }
         (Some(id), _) => {
             let _ = writeln!(out, "in progress: gc run {id} (starting)");
@@ -523,21 +558,6 @@ pub(crate) fn timestamp(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// `0 B`, `512 B`, `1.5 KiB`, `3.2 GiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 /// `850 ms`, `12.3 s`, `5m 2s`, `1h 30m`.
 fn human_ms(ms: u64) -> String {
     if ms < 1000 {
@@ -555,40 +575,6 @@ fn setting(ms: u64) -> String {
         return "0s".to_string();
     }
     humantime::format_duration(Duration::from_millis(ms)).to_string()
-}
-
-/// Columns separated by two spaces; `right[i]` aligns column i to the right.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]], right: &[bool; N]) -> String {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.enumerate() {
-            if i > 0 {
-                text.push_str("  ");
-            }
-            let pad = widths[i].saturating_sub(cell.chars().count());
-            if right[i] {
-                text.push_str(&" ".repeat(pad));
-                text.push_str(cell);
-            } else {
-                text.push_str(cell);
-                text.push_str(&" ".repeat(pad));
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
-    }
-    out
 }
 
 /// A report for people: settings, totals, phase durations, then one row per repository.
@@ -765,11 +751,6 @@ mod tests {
 
     #[test]
     fn human_units() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
         assert_eq!(human_ms(850), "850 ms");
         assert_eq!(human_ms(12_340), "12.3 s");
         assert_eq!(human_ms(302_000), "5m 2s");
@@ -837,23 +818,33 @@ mod tests {
             total: 300,
             report: report(),
         };
+        assert_eq!(progress_text(&p), "gc run 7: sweep_blobs 120/300 40%");
+        // On a terminal: the bar, redrawn in place.
+        let term = indicatif::InMemoryTerm::new(4, 80);
+        let mut line =
+            ProgressLine::with_target(Some(ProgressDrawTarget::term_like(Box::new(term.clone()))));
+        line.update(&p);
+        line.finish();
         assert_eq!(
-            progress_text(&p, true),
+            term.contents().trim_end(),
             "gc run 7: sweep_blobs [########............] 120/300 40%"
-        );
-        assert_eq!(
-            progress_text(&p, false),
-            "gc run 7: sweep_blobs 120/300 40%"
         );
         p.total = 0;
         p.phase = Phase::Mark;
         p.dry_run = true;
-        assert_eq!(progress_text(&p, true), "gc run 7 (dry run): mark 120");
+        assert_eq!(progress_text(&p), "gc run 7 (dry run): mark 120");
+        line =
+            ProgressLine::with_target(Some(ProgressDrawTarget::term_like(Box::new(term.clone()))));
+        term.reset();
+        line.update(&p);
         p.phase = Phase::Done;
+        line.update(&p);
+        line.finish();
         assert_eq!(
-            progress_text(&p, true),
+            term.contents().trim_end(),
             "gc run 7 (dry run): done (completed)"
         );
+        assert_eq!(progress_text(&p), "gc run 7 (dry run): done (completed)");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 
 mod access_cli;
 mod access_rpc;
+mod access_text;
 mod admin;
 mod admin_auth;
 mod audit_tasks;
+mod cli_table;
 mod client;
 mod config;
 mod feed_trim;

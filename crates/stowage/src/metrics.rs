@@ -1,5 +1,12 @@
 //! `GET /metrics`: Prometheus text exposition (format 0.0.4) of the collector's figures, served
 //! on the API listener next to `/v2/`.
+//!
+//! Written by hand rather than through `prometheus-client` (0.26): that crate writes
+//! OpenMetrics only, so every counter's `# HELP`/`# TYPE` would name it without `_total`,
+//! help texts would gain a `.`, floats would print as `1.0` and a `# EOF` line would end the
+//! body; and every figure here is read at scrape time from state other code owns, which
+//! there means a custom `Collector` per source. The formatting itself is [`header()`] and a
+//! `writeln!` per sample.
 
 use std::fmt::Write as _;
 

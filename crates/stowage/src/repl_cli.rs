@@ -2,6 +2,7 @@
 //! entries parked because a blob they need was corrupt at the source) of a running daemon.
 
 use crate::admin::{cli_runtime, emit, rpc_error};
+use crate::cli_table::{human_bytes, table};
 use crate::client::{AdminChannel, ClientArgs};
 use clap::{Args, Subcommand};
 use stowage_rpc::v1 as pb;
@@ -159,56 +160,46 @@ pub fn parked_text(entries: &[pb::ParkedEntry]) -> String {
     if entries.is_empty() {
         return "no parked entries\n".to_string();
     }
-    let mut out = format!(
-        "{:<24}{:<18}{:<40}{:>9}  {}\n",
-        "ID", "KIND", "REFERENCE", "ATTEMPTS", "BLOB / LAST ERROR"
-    );
-    for e in entries {
-        let (kind, reference) = match &e.event {
-            Some(ev) => {
-                let r = if ev.tag.is_empty() {
-                    format!("{}@{}", ev.repository, short(&ev.digest))
-                } else {
-                    format!("{}:{}", ev.repository, ev.tag)
-                };
-                (kind(ev.kind), r)
-            }
-            None => ("unknown", String::new()),
-        };
-        out.push_str(&format!(
-            "{:<24}{:<18}{:<40}{:>9}  {} ({}, at {})\n{:>91}  {}\n",
-            e.id,
-            kind,
-            reference,
-            e.attempts,
-            e.blob,
-            reason(e.reason),
-            e.source_site,
-            "",
-            e.last_error
-        ));
-    }
-    out
+    let rows: Vec<[String; 5]> = entries
+        .iter()
+        .map(|e| {
+            let (kind, reference) = match &e.event {
+                Some(ev) => {
+                    let r = if ev.tag.is_empty() {
+                        format!("{}@{}", ev.repository, short(&ev.digest))
+                    } else {
+                        format!("{}:{}", ev.repository, ev.tag)
+                    };
+                    (kind(ev.kind), r)
+                }
+                None => ("unknown", String::new()),
+            };
+            [
+                e.id.clone(),
+                kind.to_string(),
+                reference,
+                e.attempts.to_string(),
+                // The error on a line of its own, under the blob: errors are long.
+                format!(
+                    "{} ({}, at {})\n{}",
+                    e.blob,
+                    reason(e.reason),
+                    e.source_site,
+                    e.last_error
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "KIND", "REFERENCE", "ATTEMPTS", "BLOB / LAST ERROR"],
+        &rows,
+        &[false, false, false, true, false],
+    )
 }
 
 /// A digest cut to its algorithm and 12 hex digits, for tables.
 fn short(d: &str) -> &str {
     d.get(..19).unwrap_or(d)
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// The status as a table.
@@ -218,34 +209,42 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         out.push_str("no replication peers configured\n");
         return out;
     }
-    out.push_str(&format!(
-        "{:<16}{:<6}{:<13}{:>10}{:>9}{:>12}{:>12}{:>8}{:>8}  {}\n",
-        "PEER",
-        "DIR",
-        "STATE",
-        "LAG",
-        "LAG(s)",
-        "SENT",
-        "SKIPPED",
-        "PARKED",
-        "ERRORS",
-        "LAST ERROR"
+    let rows: Vec<[String; 10]> = s
+        .peers
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.direction.clone(),
+                p.state.clone(),
+                p.lag_events.to_string(),
+                format!("{:.1}", p.lag_seconds),
+                human_bytes(p.bytes_sent),
+                human_bytes(p.bytes_skipped),
+                p.parked.to_string(),
+                p.errors.to_string(),
+                p.last_error.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "PEER",
+            "DIR",
+            "STATE",
+            "LAG",
+            "LAG(s)",
+            "SENT",
+            "SKIPPED",
+            "PARKED",
+            "ERRORS",
+            "LAST ERROR",
+        ],
+        &rows,
+        &[
+            false, false, false, true, true, true, true, true, true, false,
+        ],
     ));
-    for p in &s.peers {
-        out.push_str(&format!(
-            "{:<16}{:<6}{:<13}{:>10}{:>9.1}{:>12}{:>12}{:>8}{:>8}  {}\n",
-            p.name,
-            p.direction,
-            p.state,
-            p.lag_events,
-            p.lag_seconds,
-            bytes(p.bytes_sent),
-            bytes(p.bytes_skipped),
-            p.parked,
-            p.errors,
-            p.last_error
-        ));
-    }
     if s.corrupt_blobs_quarantined > 0 {
         out.push_str(&format!(
             "{} blobs quarantined as corrupt since start (`stowage repl parked` lists the entries waiting for them)\n",
@@ -397,5 +396,72 @@ pub fn command(args: ReplArgs) -> Result<(), String> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_long_peer_name_keeps_its_own_column() {
+        let s = pb::StatusResponse {
+            site: "main".into(),
+            feed_sequence: 9,
+            peers: vec![pb::PeerStatus {
+                name: "disaster-recovery-eu-west".into(),
+                direction: "push".into(),
+                state: "in_sync".into(),
+                bytes_sent: 1536,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = status_text(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "site main (feed sequence 9)", "{text}");
+        assert!(lines[1].starts_with("PEER  "), "{text}");
+        let cells: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            cells[..4],
+            ["disaster-recovery-eu-west", "push", "in_sync", "0"],
+            "{text}"
+        );
+        assert!(lines[2].contains("1.5 KiB"), "{text}");
+        // Right-aligned numbers end under their heading.
+        let end = |l: &str, cell: &str| l.find(cell).unwrap() + cell.len();
+        assert_eq!(end(lines[1], "SENT"), end(lines[2], "1.5 KiB"), "{text}");
+    }
+
+    #[test]
+    fn a_parked_entry_shows_its_error_under_its_blob() {
+        let entry = pb::ParkedEntry {
+            id: "cloud/42".into(),
+            event: Some(pb::FeedEvent {
+                repository: "a-team/with-a-rather-long-repository-name".into(),
+                tag: "2024.05.01".into(),
+                ..Default::default()
+            }),
+            attempts: 3,
+            blob: "sha256:abc".into(),
+            source_site: "main".into(),
+            last_error: "peer refused: corrupt".into(),
+            ..Default::default()
+        };
+        let text = parked_text(&[entry]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells[0], "cloud/42", "{text}");
+        assert_eq!(
+            cells[2], "a-team/with-a-rather-long-repository-name:2024.05.01",
+            "{text}"
+        );
+        assert_eq!(cells[3], "3", "{text}");
+        let col = lines[0].find("BLOB / LAST ERROR").unwrap();
+        assert_eq!(lines[1].find("sha256:abc"), Some(col), "{text}");
+        assert_eq!(lines[2].find("peer refused"), Some(col), "{text}");
+        assert_eq!(parked_text(&[]), "no parked entries\n");
     }
 }
