@@ -104,7 +104,14 @@ def push(port, repo, i):
     st, _, body = c.req("PUT", f"/v2/{repo}/manifests/t{i}", body=manifest,
                         headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
     assert st == 201, (st, body[:200])
-    return sha(manifest), [sha(b) for b in blobs]
+    return Pushed(i, repo, sha(manifest), [sha(b) for b in blobs])
+
+
+class Pushed:
+    """One pushed image: its number, repository, manifest digest and blob digests."""
+
+    def __init__(self, i, repo, digest, blobs):
+        self.i, self.repo, self.digest, self.blobs = i, repo, digest, blobs
 
 
 def delete(port, repo, digest):
@@ -127,12 +134,15 @@ def wait_ready(port, proc, what):
     sys.exit(f"{what} not ready")
 
 
-def populate(port, repo, n, workers):
+def populate(port, n, repos, workers):
+    """Pushes image i into repository bench/gc<i % repos> (spread over repositories, as in a real
+    registry: Distribution's delete by digest reads every tag of the repository), then deletes
+    every other one by digest."""
     with concurrent.futures.ThreadPoolExecutor(workers) as ex:
-        results = list(ex.map(lambda i: push(port, repo, i), range(n)))
+        results = list(ex.map(lambda i: push(port, f"bench/gc{i % repos}", i), range(n)))
     deleted = results[1::2]
     with concurrent.futures.ThreadPoolExecutor(workers) as ex:
-        list(ex.map(lambda m: delete(port, repo, m[0]), deleted))
+        list(ex.map(lambda m: delete(port, m.repo, m.digest), deleted))
     kept = results[0::2]
     return kept, deleted
 
@@ -153,8 +163,8 @@ def blob_files(root):
 
 def check(kind, root, kept, deleted):
     on_disk = blob_files(root)
-    keep = {b for _, bs in kept for b in bs}
-    gone = {b for _, bs in deleted for b in bs}
+    keep = {b for m in kept for b in m.blobs}
+    gone = {b for m in deleted for b in m.blobs}
     missing = keep - on_disk
     left = gone & on_disk
     assert not missing, f"{kind}: {len(missing)} live blobs lost"
@@ -162,7 +172,7 @@ def check(kind, root, kept, deleted):
     return len(gone)
 
 
-def run_distribution(bin_, tmp, n, workers):
+def run_distribution(bin_, tmp, n, repos, workers):
     root = os.path.join(tmp, "dist")
     port = free_port()
     cfg = os.path.join(tmp, "dist.yml")
@@ -186,7 +196,7 @@ http:
     proc = subprocess.Popen([bin_, "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, proc, "distribution")
-        kept, deleted = populate(port, "bench/gc", n, workers)
+        kept, deleted = populate(port, n, repos, workers)
     finally:
         proc.terminate()
         proc.wait()
@@ -263,7 +273,7 @@ def latency_figures(lat):
     return {"puts": len(lat), "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2)}
 
 
-def run_stowage(bin_, tmp, n, workers, latency):
+def run_stowage(bin_, tmp, n, repos, workers, latency):
     data = os.path.join(tmp, "stowage")
     port, admin = free_port(), free_port()
     proc = subprocess.Popen([bin_, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
@@ -274,7 +284,7 @@ def run_stowage(bin_, tmp, n, workers, latency):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, proc, "stowage")
-        kept, deleted = populate(port, "bench/gc", n, workers)
+        kept, deleted = populate(port, n, repos, workers)
         os.sync()
         t = time.monotonic()
         report = stowage_gc(bin_, admin)
@@ -287,7 +297,7 @@ def run_stowage(bin_, tmp, n, workers, latency):
             # pushes through a quiet window (as long as the first run took) and then the run.
             kept2, deleted2 = kept[0::2], kept[1::2]
             with concurrent.futures.ThreadPoolExecutor(workers) as ex:
-                list(ex.map(lambda m: delete(port, "bench/gc", m[0]), deleted2))
+                list(ex.map(lambda m: delete(port, m.repo, m.digest), deleted2))
             os.sync()
             loop = PutLoop(port, "bench/lat")
             stop = threading.Event()
@@ -321,8 +331,8 @@ def unlink_floor(tmp, deleted):
 
     def write_all():
         paths.clear()
-        for i, _ in deleted:
-            for b in image(i)[0]:
+        for m in deleted:
+            for b in image(m.i)[0]:
                 hexd = hashlib.sha256(b).hexdigest()
                 d = os.path.join(root, "blobs", "sha256", hexd[:2])
                 os.makedirs(d, exist_ok=True)
@@ -351,6 +361,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--manifests", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--repos", type=int, default=100, help="repositories the images spread over")
     ap.add_argument("--workers", type=int, default=16, help="parallel pushes while populating")
     ap.add_argument("--no-latency", action="store_true",
                     help="skip the second run with a client pushing (put latency)")
@@ -366,9 +377,10 @@ def main():
     for rep in range(args.reps):
         with tempfile.TemporaryDirectory(prefix="gc-sbs-", dir=args.tmp) as tmp:
             load0 = os.getloadavg()[0]
-            d_secs, d_freed = run_distribution(dist, tmp, args.manifests, args.workers)
+            d_secs, d_freed = run_distribution(dist, tmp, args.manifests, args.repos, args.workers)
             shutil.rmtree(os.path.join(tmp, "dist"))
-            s = run_stowage(stowage, tmp, args.manifests, args.workers, not args.no_latency)
+            s = run_stowage(stowage, tmp, args.manifests, args.repos, args.workers,
+                            not args.no_latency)
             files, serial, parallel = unlink_floor(tmp, s["deleted"])
         assert files == s["freed"], (files, s["freed"])
         row = {"rep": rep, "distribution_gc_s": round(d_secs, 3), "stowage_gc_s": round(s["secs"], 3),
@@ -394,7 +406,7 @@ def main():
         return statistics.median(vals) if vals else None
 
     print(json.dumps({
-        "stowage": stowage, "distribution": dist, "manifests": args.manifests,
+        "stowage": stowage, "distribution": dist, "manifests": args.manifests, "repos": args.repos,
         "blobs": args.manifests * BLOBS_PER_MANIFEST, "reps": len(rows),
         "median_distribution_gc_s": med("distribution_gc_s"),
         "median_stowage_gc_s": med("stowage_gc_s"),
