@@ -85,6 +85,12 @@ pub enum GcError {
     /// An index operation failed.
     #[error(transparent)]
     Index(#[from] stowage_index::IndexError),
+    /// The mark thread could not be started.
+    #[error("starting the gc mark thread: {0}")]
+    MarkThread(#[source] std::io::Error),
+    /// The mark thread ended without handing over its plan (it panicked).
+    #[error("the gc mark thread ended without a result")]
+    MarkLost,
 }
 
 /// What a restore did.

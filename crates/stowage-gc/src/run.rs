@@ -123,16 +123,11 @@ pub(crate) async fn execute(
                 drop(snap);
                 let _ = done_tx.send(plan);
             })
-            .map_err(|e| {
-                GcError::Store(stowage_store::StoreError::Internal(format!(
-                    "starting the gc mark thread: {e}"
-                )))
-            })?;
+            .map_err(GcError::MarkThread)?;
         loop {
             tokio::select! {
                 done = &mut done_rx => {
-                    break done.map_err(|_| GcError::Store(stowage_store::StoreError::Internal(
-                        "the gc mark thread ended without a result".into())))??;
+                    break done.map_err(|_| GcError::MarkLost)??;
                 }
                 Some(n) = rx.recv() => sink.update(Phase::Mark, n, 0, report),
             }

@@ -440,7 +440,9 @@ impl Store {
             .iter()
             .map(|r| {
                 RepoName::parse(r).map_err(|e| {
-                    StoreError::Internal(format!("quarantine record of {digest} names {r:?}: {e}"))
+                    StoreError::Index(stowage_index::IndexError::Corrupt(format!(
+                        "quarantine record of {digest} names {r:?}: {e}"
+                    )))
                 })
             })
             .collect::<Result<_>>()?;

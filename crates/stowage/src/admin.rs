@@ -41,7 +41,7 @@ fn gc_status(doing: &str, e: GcError) -> Status {
     match e {
         GcError::AlreadyRunning(_) => Status::already_exists(msg),
         GcError::UnknownRun(_) | GcError::NotQuarantined(_) => Status::not_found(msg),
-        GcError::Store(_) | GcError::Index(_) => {
+        GcError::Store(_) | GcError::Index(_) | GcError::MarkThread(_) | GcError::MarkLost => {
             tracing::error!(error = %msg, "admin request failed");
             Status::internal(msg)
         }
